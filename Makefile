@@ -1,0 +1,46 @@
+# morango: PGXS build for the morango extension.
+#
+#   make && make install          build and install (as root)
+#   make installcheck             pg_regress + isolation + TAP against a running server
+#
+# tools/test.sh runs everything on a fresh machine (packages, throwaway cluster,
+# unprivileged user); see README.md.
+
+EXTENSION    = morango
+EXTVERSION   = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
+
+MODULE_big   = morango
+OBJS = \
+	src/morango.o \
+	src/idrule.o \
+	src/filter.o \
+	src/registry.o \
+	src/register.o \
+	src/capture.o \
+	src/serialize.o \
+	src/deserialize.o
+
+DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
+
+# pg_regress: sql/*.sql against expected/*.out
+REGRESS      = setup idrule identity register capture serialize deserialize
+REGRESS_OPTS = --load-extension=$(EXTENSION)
+
+# isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
+ISOLATION      = serialize_commit_order capture_vs_serialize
+ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION)
+
+# TAP tests with real clusters (test/t/*.pl)
+TAP_TESTS    = 1
+PROVE_TESTS  = $(wildcard test/t/*.pl)
+
+PG_CPPFLAGS  = -I$(libpq_srcdir) -Isrc $(shell pkg-config --cflags json-c)
+SHLIB_LINK   = $(libpq) $(shell pkg-config --libs json-c)
+PG_CFLAGS    = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+
+# no LLVM bitcode: nothing here benefits from JIT inlining
+override with_llvm := no
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

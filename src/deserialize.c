@@ -1,0 +1,630 @@
+/*-------------------------------------------------------------------------
+ *
+ * deserialize.c
+ *		Last step of a record's path: write store rows received from peers
+ *		(dirty_bit) into the application tables.
+ *
+ * For each registered model, parents before children (order from the
+ * foreign keys among registered tables), one set-based statement upserts
+ * every dirty live record by primary key; then, children before parents,
+ * one statement deletes the application rows of dirty tombstones.  A batch
+ * runs in a subtransaction; if it fails, its records are retried one by
+ * one so that a bad row (constraint violation, missing parent, wrong type)
+ * does not hold back the rest: it stays dirty with deserialization_error
+ * set and is retried next time.  Records that already carry an error skip
+ * the batch attempt.
+ *
+ * Concurrency.  Store rows and existing application rows are locked with
+ * SKIP LOCKED before writing: a record whose application row a transaction
+ * is changing right now is left for the next run (that transaction's
+ * change will win anyway, Morango's "local edit wins" rule), so a local
+ * edit is never overwritten by an older incoming version and deserialize
+ * never waits on application transactions.
+ *
+ * No echo.  The capture trigger ignores the rows our own statements write
+ * (it compares trigger depths); rows changed by cascades are captured.
+ *
+ * IDENTIFICATION
+ *		src/deserialize.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "morango.h"
+
+PG_FUNCTION_INFO_V1(morango_deserialize);
+
+/* A registered model with the statements deserialize needs for it. */
+typedef struct DeserModel
+{
+	MorangoModel *m;
+	char	   *qualname;
+	char	   *upsert_sql;		/* $1 uuid[]: write these live records */
+	char	   *delete_sql;		/* $1 uuid[]: delete these tombstones' rows */
+	char	   *lock_sql;		/* $1 uuid[] -> ids whose app row is ours to write */
+} DeserModel;
+
+typedef struct DeserCounts
+{
+	int64		applied;
+	int64		deleted;
+	int64		failed;
+} DeserCounts;
+
+/* the partition filter predicate over store alias s, filter in $n */
+#define FILTER_PRED(n) \
+	"($" #n "::text[] IS NULL OR EXISTS" \
+	" (SELECT 1 FROM pg_catalog.unnest($" #n "::text[]) AS f(prefix)" \
+	"  WHERE pg_catalog.starts_with(s.partition, f.prefix)))"
+
+static const char *candidates_sql =
+"SELECT s.id FROM morango.store s"
+" WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+"   AND s.deleted = $3 AND s.app_key IS NOT NULL"
+"   AND (s.deserialization_error IS NULL) = $4"
+"   AND " FILTER_PRED(5)
+" ORDER BY s.id"
+" FOR UPDATE OF s SKIP LOCKED";
+
+static const char *mark_clean_sql =
+"UPDATE morango.store SET dirty_bit = false, deserialization_error = NULL"
+" WHERE id = ANY($1)";
+
+static const char *set_errors_sql =
+"UPDATE morango.store s SET deserialization_error = e.msg"
+" FROM pg_catalog.unnest($1::uuid[], $2::text[]) AS e(id, msg)"
+" WHERE s.id = e.id";
+
+/*
+ * Build the statements for model m.  Runs inside SPI with the pinned
+ * search_path, so deparsed defaults are qualified as needed.
+ */
+static DeserModel *
+build_model(MorangoModel *m)
+{
+	DeserModel *dm = palloc0(sizeof(DeserModel));
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(m->relid)};
+	StringInfoData set,
+				cols,
+				sel,
+				upd_ret,
+				sql;
+	int			ret;
+	int			nset = 0;
+	char	   *keyrec;
+	char	   *pkeq_tk;
+
+	dm->m = m;
+	dm->qualname = morango_qualified_name(m->relid);
+
+	ret = SPI_execute_with_args("SELECT a.attname, a.attgenerated <> '' AS generated,"
+								"       a.attidentity = 'a' AS identity_always,"
+								"       pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS def"
+								" FROM pg_catalog.pg_attribute a"
+								" LEFT JOIN pg_catalog.pg_attrdef d"
+								"   ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+								" WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
+								" ORDER BY a.attnum",
+								1, argtypes, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+
+	initStringInfo(&set);
+	initStringInfo(&cols);
+	initStringInfo(&sel);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+		bool		generated = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		bool		identity_always = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		char	   *def = SPI_getvalue(tup, desc, 4);
+		const char *qname = quote_identifier(name);
+		char	   *lit = quote_literal_cstr(name);
+		bool		is_pk = false;
+		ListCell   *lc;
+
+		foreach(lc, m->pk_columns)
+		{
+			if (strcmp((char *) lfirst(lc), name) == 0)
+				is_pk = true;
+		}
+
+		if (generated)
+			continue;
+
+		appendStringInfo(&cols, "%s%s", cols.len ? ", " : "", qname);
+		appendStringInfo(&sel, "%sCASE WHEN src._morango_j ? %s THEN src.%s ELSE %s END",
+						 sel.len ? ", " : "", lit, qname, def ? def : "NULL");
+		if (!is_pk && !identity_always)
+		{
+			appendStringInfo(&set, "%s%s = CASE WHEN src._morango_j ? %s THEN src.%s ELSE t.%s END",
+							 nset ? ", " : "", qname, lit, qname, qname);
+			nset++;
+		}
+	}
+
+	initStringInfo(&upd_ret);
+	{
+		ListCell   *lc;
+		bool		first = true;
+
+		foreach(lc, m->pk_columns)
+		{
+			appendStringInfo(&upd_ret, "%st.%s", first ? "" : ", ",
+							 quote_identifier((char *) lfirst(lc)));
+			first = false;
+		}
+	}
+
+	/* upsert: UPDATE existing rows (keeping columns the record lacks), INSERT the rest */
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "WITH src AS ("
+					 "  SELECT s.serialized AS _morango_j, r.*"
+					 "  FROM morango.store s,"
+					 "       pg_catalog.jsonb_populate_record(NULL::%s, s.serialized) AS r"
+					 "  WHERE s.id = ANY($1)"
+					 "), upd AS (",
+					 dm->qualname);
+	if (nset > 0)
+		appendStringInfo(&sql, "UPDATE ONLY %s AS t SET %s FROM src WHERE %s RETURNING %s",
+						 dm->qualname, set.data, morango_pk_equal_sql(m, "t", "src"),
+						 upd_ret.data);
+	else
+		appendStringInfo(&sql, "SELECT %s FROM ONLY %s AS t JOIN src ON %s",
+						 upd_ret.data, dm->qualname, morango_pk_equal_sql(m, "t", "src"));
+	appendStringInfo(&sql,
+					 ") INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
+					 " SELECT %s FROM src"
+					 " WHERE NOT EXISTS (SELECT 1 FROM upd AS t WHERE %s)",
+					 dm->qualname, cols.data, sel.data,
+					 morango_pk_equal_sql(m, "t", "src"));
+	dm->upsert_sql = sql.data;
+
+	keyrec = morango_key_record_sql(m, dm->qualname, "s.app_key::jsonb");
+	pkeq_tk = morango_pk_equal_sql(m, "t", "k");
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "DELETE FROM ONLY %s AS t USING ("
+					 "  SELECT r.* FROM morango.store s, %s AS r WHERE s.id = ANY($1)"
+					 ") AS k WHERE %s",
+					 dm->qualname, keyrec, pkeq_tk);
+	dm->delete_sql = sql.data;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "WITH k AS ("
+					 "  SELECT s.id AS _morango_id, r.* FROM morango.store s, %s AS r"
+					 "  WHERE s.id = ANY($1)"
+					 "), locked AS ("
+					 "  SELECT k._morango_id FROM k JOIN ONLY %s AS t ON %s"
+					 "  FOR UPDATE OF t SKIP LOCKED"
+					 ") SELECT k._morango_id FROM k"
+					 " WHERE k._morango_id IN (SELECT _morango_id FROM locked)"
+					 "    OR NOT EXISTS (SELECT 1 FROM ONLY %s AS t WHERE %s)",
+					 keyrec, dm->qualname, pkeq_tk, dm->qualname, pkeq_tk);
+	dm->lock_sql = sql.data;
+	return dm;
+}
+
+/*
+ * Order models parents first, following foreign keys among them (Kahn's
+ * algorithm; models in a cycle keep their registry order at the end).
+ */
+static pg_noinline List *
+order_models(List *models)
+{
+	int			n = list_length(models);
+	Oid		   *oids = palloc(sizeof(Oid) * Max(n, 1));
+	int		   *indeg = palloc0(sizeof(int) * Max(n, 1));
+	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+	bool	  **edge = palloc(sizeof(bool *) * Max(n, 1));	/* edge[p][c]: c references p */
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	Oid			argtypes[1] = {OIDARRAYOID};
+	Datum		values[1];
+	List	   *result = NIL;
+	int			ret;
+
+	if (n == 0)
+		return NIL;
+	for (int i = 0; i < n; i++)
+	{
+		oids[i] = ((DeserModel *) list_nth(models, i))->m->relid;
+		elems[i] = ObjectIdGetDatum(oids[i]);
+		edge[i] = palloc0(sizeof(bool) * n);
+	}
+	values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+	ret = SPI_execute_with_args("SELECT DISTINCT conrelid, confrelid FROM pg_catalog.pg_constraint"
+								" WHERE contype = 'f' AND conrelid = ANY($1) AND confrelid = ANY($1)"
+								"   AND conrelid <> confrelid",
+								1, argtypes, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		Oid			child = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+		Oid			parent = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
+		int			ci = -1,
+					pi = -1;
+
+		for (int i = 0; i < n; i++)
+		{
+			if (oids[i] == child)
+				ci = i;
+			if (oids[i] == parent)
+				pi = i;
+		}
+		if (ci >= 0 && pi >= 0 && !edge[pi][ci])
+		{
+			edge[pi][ci] = true;
+			indeg[ci]++;
+		}
+	}
+
+	for (;;)
+	{
+		int			pick = -1;
+
+		for (int i = 0; i < n; i++)
+			if (!done[i] && indeg[i] == 0)
+			{
+				pick = i;
+				break;
+			}
+		if (pick < 0)
+			break;
+		done[pick] = true;
+		result = lappend(result, list_nth(models, pick));
+		for (int c = 0; c < n; c++)
+			if (edge[pick][c])
+				indeg[c]--;
+	}
+	/* a cycle: append the rest in registry order */
+	for (int i = 0; i < n; i++)
+		if (!done[i])
+			result = lappend(result, list_nth(models, i));
+	return result;
+}
+
+/* Run sql with $1 = ids; then mark those records clean.  Errors propagate. */
+static void
+write_batch(const char *sql, Datum ids)
+{
+	Oid			argtypes[1] = {UUIDARRAYOID};
+	Datum		values[1] = {ids};
+	int			ret;
+
+	ret = SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 0);
+	if (ret < 0)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	ret = SPI_execute_with_args(mark_clean_sql, 1, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Try write_batch in a subtransaction.  Returns NULL on success, else the
+ * error message (palloc'd in the caller's context).  Query cancel and
+ * shutdown requests are rethrown, never swallowed.
+ */
+static char *
+try_write_batch(const char *sql, Datum ids)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	char	   *volatile err = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		write_batch(sql, ids);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+			edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY)
+			ReThrowError(edata);
+
+		if (edata->detail)
+			err = psprintf("%s (%s)", edata->message, edata->detail);
+		else
+			err = pstrdup(edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return err;
+}
+
+/* Collect column 1 (uuid) of the current SPI result as a uuid[] Datum; *n gets the count. */
+static Datum
+spi_uuid_array(int *n)
+{
+	Datum	   *elems;
+
+	*n = (int) SPI_processed;
+	if (*n == 0)
+		return (Datum) 0;
+	elems = palloc(sizeof(Datum) * (*n));
+	for (int i = 0; i < *n; i++)
+	{
+		bool		isnull;
+		pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+
+		memcpy(u, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
+		elems[i] = UUIDPGetDatum(u);
+	}
+	return PointerGetDatum(construct_array(elems, *n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+}
+
+/*
+ * Give dirty records of dm that have no application key yet one computed
+ * from their serialized data, unless another record of the model holds
+ * that key (those get an error and stay dirty).  Dirty hard-deleted
+ * records without a key have nothing to delete here: mark them clean.
+ * Returns the number of records refused for a taken key.
+ */
+static int64
+assign_app_keys(DeserModel *dm, Datum filter, bool filter_null)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTARRAYOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', filter_null ? 'n' : ' '};
+	char	   *key = morango_app_key_sql(dm->m->pk_columns, "s.serialized");
+	char	   *sql;
+	int			ret;
+
+	values[0] = CStringGetTextDatum(dm->m->profile);
+	values[1] = CStringGetTextDatum(dm->m->model_name);
+	values[2] = filter;
+
+	sql = psprintf("WITH cand AS ("
+				   "  SELECT s.id, %s AS k FROM morango.store s"
+				   "  WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+				   "    AND s.app_key IS NULL AND NOT s.hard_deleted AND " FILTER_PRED(3)
+				   "), pick AS ("
+				   "  SELECT DISTINCT ON (c.k) c.id, c.k FROM cand c"
+				   "  WHERE NOT EXISTS (SELECT 1 FROM morango.store o"
+				   "                    WHERE o.profile = $1 AND o.model_name = $2 AND o.app_key = c.k)"
+				   "  ORDER BY c.k, c.id"
+				   ") UPDATE morango.store s SET app_key = pick.k FROM pick WHERE s.id = pick.id",
+				   key);
+	ret = SPI_execute_with_args(sql, 3, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+
+	ret = SPI_execute_with_args("UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
+								" WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+								"   AND s.app_key IS NULL AND s.hard_deleted AND " FILTER_PRED(3),
+								3, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+
+	sql = psprintf("UPDATE morango.store s SET deserialization_error ="
+				   "  'primary key ' || %s || ' is already used by another record of model ' || $2"
+				   " WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+				   "   AND s.app_key IS NULL AND NOT s.hard_deleted AND " FILTER_PRED(3),
+				   key);
+	ret = SPI_execute_with_args(sql, 3, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	return (int64) SPI_processed;
+}
+
+/*
+ * Write the dirty records of dm that are tombstones (deleted) or live
+ * (!deleted).  First the records without an error as one batch, falling
+ * back to one by one if the batch fails; then the records with an error,
+ * one by one.
+ */
+static void
+process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
+			  DeserCounts *counts)
+{
+	const char *write_sql = deleted ? dm->delete_sql : dm->upsert_sql;
+
+	for (int pass = 0; pass < 2; pass++)
+	{
+		bool		fresh = (pass == 0);
+		Oid			argtypes[5] = {TEXTOID, TEXTOID, BOOLOID, BOOLOID, TEXTARRAYOID};
+		Datum		values[5];
+		char		nulls[5] = {' ', ' ', ' ', ' ', filter_null ? 'n' : ' '};
+		Oid			idtype[1] = {UUIDARRAYOID};
+		Datum		ids;
+		int			n;
+		int			ret;
+		Datum	   *elems;
+		int			nok = 0;
+		List	   *err_ids = NIL;
+		List	   *err_msgs = NIL;
+
+		values[0] = CStringGetTextDatum(dm->m->profile);
+		values[1] = CStringGetTextDatum(dm->m->model_name);
+		values[2] = BoolGetDatum(deleted);
+		values[3] = BoolGetDatum(fresh);
+		values[4] = filter;
+		ret = SPI_execute_with_args(candidates_sql, 5, argtypes, values, nulls, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		ids = spi_uuid_array(&n);
+		if (n == 0)
+			continue;
+
+		/* keep only records whose application row we could lock (or that have none) */
+		ret = SPI_execute_with_args(dm->lock_sql, 1, idtype, &ids, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		ids = spi_uuid_array(&n);
+		if (n == 0)
+			continue;
+
+		if (fresh && try_write_batch(write_sql, ids) == NULL)
+		{
+			if (deleted)
+				counts->deleted += n;
+			else
+				counts->applied += n;
+			continue;
+		}
+
+		/* one by one, to find the records that fail */
+		deconstruct_array(DatumGetArrayTypeP(ids), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
+						  &elems, NULL, &n);
+		for (int i = 0; i < n; i++)
+		{
+			Datum		one = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
+															  false, TYPALIGN_CHAR));
+			char	   *err;
+
+			CHECK_FOR_INTERRUPTS();
+			err = try_write_batch(write_sql, one);
+			if (err == NULL)
+				nok++;
+			else
+			{
+				err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
+				err_msgs = lappend(err_msgs, err);
+			}
+		}
+		if (deleted)
+			counts->deleted += nok;
+		else
+			counts->applied += nok;
+		counts->failed += list_length(err_ids);
+
+		if (err_ids != NIL)
+		{
+			int			ne = list_length(err_ids);
+			Datum	   *ue = palloc(sizeof(Datum) * ne);
+			Datum	   *me = palloc(sizeof(Datum) * ne);
+			Oid			et[2] = {UUIDARRAYOID, TEXTARRAYOID};
+			Datum		ev[2];
+
+			for (int i = 0; i < ne; i++)
+			{
+				ue[i] = PointerGetDatum(list_nth(err_ids, i));
+				me[i] = CStringGetTextDatum((char *) list_nth(err_msgs, i));
+			}
+			ev[0] = PointerGetDatum(construct_array(ue, ne, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+			ev[1] = PointerGetDatum(construct_array(me, ne, TEXTOID, -1, false, TYPALIGN_INT));
+			ret = SPI_execute_with_args(set_errors_sql, 2, et, ev, NULL, false, 0);
+			if (ret != SPI_OK_UPDATE)
+				elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		}
+	}
+}
+
+/*
+ * morango_deserialize_internal
+ *		Deserialize every dirty store record of `profile` (NULL: all) under
+ *		`filter` (NULL: all).  Must run inside SPI.
+ */
+void
+morango_deserialize_internal(const char *profile, Datum filter, bool filter_null,
+							 int64 *applied, int64 *deleted, int64 *failed)
+{
+	List	   *models;
+	List	   *dms = NIL;
+	List	   *ordered;
+	ListCell   *lc;
+	DeserCounts counts = {0, 0, 0};
+	int			nestlevel;
+	int			save_depth = morango_capture_get_deserialize_depth();
+
+	models = morango_registry_models(profile, CurrentMemoryContext);
+
+	nestlevel = morango_pin_search_path();
+	foreach(lc, models)
+		dms = lappend(dms, build_model((MorangoModel *) lfirst(lc)));
+	ordered = order_models(dms);
+	morango_unpin_search_path(nestlevel);
+
+	foreach(lc, ordered)
+		counts.failed += assign_app_keys((DeserModel *) lfirst(lc), filter, filter_null);
+
+	/* rows our own statements write fire the capture trigger one level down */
+	morango_capture_set_deserialize_depth(morango_current_trigger_depth() + 1);
+	PG_TRY();
+	{
+		/* upserts parents first, deletes children first */
+		foreach(lc, ordered)
+			process_model((DeserModel *) lfirst(lc), false, filter, filter_null, &counts);
+		for (int i = list_length(ordered) - 1; i >= 0; i--)
+			process_model((DeserModel *) list_nth(ordered, i), true, filter, filter_null, &counts);
+	}
+	PG_FINALLY();
+	{
+		morango_capture_set_deserialize_depth(save_depth);
+	}
+	PG_END_TRY();
+
+	*applied = counts.applied;
+	*deleted = counts.deleted;
+	*failed = counts.failed;
+}
+
+/*
+ * morango.deserialize(profile text DEFAULT NULL, filter text[] DEFAULT NULL,
+ *                     OUT applied bigint, OUT deleted bigint, OUT failed bigint)
+ */
+Datum
+morango_deserialize(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	int64		applied,
+				deleted,
+				failed;
+	char	   *profile = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (!PG_ARGISNULL(1))
+		morango_check_filter(PG_GETARG_ARRAYTYPE_P(1));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	morango_deserialize_internal(profile, PG_GETARG_DATUM(1), PG_ARGISNULL(1),
+								 &applied, &deleted, &failed);
+	SPI_finish();
+
+	values[0] = Int64GetDatum(applied);
+	values[1] = Int64GetDatum(deleted);
+	values[2] = Int64GetDatum(failed);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}

@@ -1,0 +1,80 @@
+/*-------------------------------------------------------------------------
+ *
+ * morango.h
+ *		Declarations shared by the morango extension's source files.
+ *
+ * Each step of a record's path has its own file: capture.c (trigger ->
+ * store, pending), serialize.c (stamp counters), deserialize.c (store ->
+ * application table).  registry.c knows which tables are registered;
+ * idrule.c holds the pure record id rule.  Dependencies point one way:
+ * capture/serialize/deserialize -> registry -> idrule.
+ *
+ * IDENTIFICATION
+ *		src/morango.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MORANGO_H
+#define MORANGO_H
+
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "nodes/pg_list.h"
+#include "utils/array.h"
+#include "utils/uuid.h"
+
+/* GUC variables (morango.c) */
+extern bool morango_hard_delete_guc;
+
+/* idrule.c: the record id rule (pure, no SPI) */
+extern void morango_compute_record_id(const char *partition, const char *source_id,
+									  const char *model_name, pg_uuid_t *out);
+
+/*
+ * A registered application table, as recorded in morango.models
+ * (registry.c).  All strings are palloc'd in the context the loader was
+ * called in.
+ */
+typedef struct MorangoModel
+{
+	Oid			relid;
+	char	   *profile;
+	char	   *model_name;
+	char	   *partition_expr;
+	char	   *source_id_expr;
+	List	   *pk_columns;		/* list of C strings, in key order */
+} MorangoModel;
+
+extern MorangoModel *morango_registry_lookup(Oid relid, MemoryContext mcxt);
+extern List *morango_registry_models(const char *profile, MemoryContext mcxt);
+extern Oid	morango_extension_owner(void);
+extern char *morango_app_key_sql(List *pk_columns, const char *jsonb_expr);
+extern char *morango_key_record_sql(MorangoModel *m, const char *qualname,
+									const char *keyjson_expr);
+extern char *morango_pk_equal_sql(MorangoModel *m, const char *a, const char *b);
+extern char *morango_qualified_name(Oid relid);
+extern int	morango_pin_search_path(void);
+extern void morango_unpin_search_path(int nestlevel);
+
+/* filter.c: partition filters (pure) */
+extern void morango_check_filter(ArrayType *filter);
+extern bool morango_partition_in_filter(const char *partition,
+										const char *const *prefixes, int nprefixes);
+
+/* serialize.c */
+extern int64 morango_serialize_internal(Datum profile, bool profile_null,
+										Datum filter, bool filter_null);
+
+/* deserialize.c */
+extern void morango_deserialize_internal(const char *profile, Datum filter, bool filter_null,
+										 int64 *applied, int64 *deleted, int64 *failed);
+
+/* capture.c */
+extern void morango_capture_init(void);
+extern void morango_capture_set_deserialize_depth(int depth);
+extern int	morango_capture_get_deserialize_depth(void);
+extern int	morango_current_trigger_depth(void);
+extern char *morango_capture_sql(MorangoModel *m, const char *rowsource);
+
+#endif							/* MORANGO_H */

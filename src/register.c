@@ -1,0 +1,370 @@
+/*-------------------------------------------------------------------------
+ *
+ * register.c
+ *		morango.register_model() and morango.unregister_model(): put an
+ *		application table under sync (triggers, morango.models row, initial
+ *		load of its existing rows into the store) and take it out again.
+ *
+ * IDENTIFICATION
+ *		src/register.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "catalog/index.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/parser.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "morango.h"
+
+PG_FUNCTION_INFO_V1(morango_register_model);
+PG_FUNCTION_INFO_V1(morango_unregister_model);
+
+/* error context while checking or first evaluating the expressions */
+typedef struct ExprContextInfo
+{
+	const char *table;
+	const char *what;
+} ExprContextInfo;
+
+static void
+expr_error_callback(void *arg)
+{
+	ExprContextInfo *info = (ExprContextInfo *) arg;
+
+	errcontext("%s of morango model for table \"%s\"", info->what, info->table);
+}
+
+/*
+ * check_single_expression
+ *		Refuse anything but one scalar SQL expression (no statement
+ *		separators, no FROM/WHERE smuggled in).  `what` names the argument
+ *		in the error.
+ */
+static void
+check_single_expression(const char *expr, const char *what)
+{
+	char	   *sql = psprintf("SELECT (%s)", expr);
+	List	   *stmts;
+	SelectStmt *sel;
+
+	stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+	if (list_length(stmts) != 1 ||
+		!IsA(((RawStmt *) linitial(stmts))->stmt, SelectStmt))
+		goto bad;
+	sel = (SelectStmt *) ((RawStmt *) linitial(stmts))->stmt;
+	if (list_length(sel->targetList) != 1 || sel->fromClause != NIL ||
+		sel->whereClause != NULL || sel->groupClause != NIL ||
+		sel->havingClause != NULL || sel->windowClause != NIL ||
+		sel->sortClause != NIL || sel->limitCount != NULL ||
+		sel->limitOffset != NULL || sel->lockingClause != NIL ||
+		sel->withClause != NULL || sel->distinctClause != NIL ||
+		sel->intoClause != NULL || sel->valuesLists != NIL ||
+		sel->op != SETOP_NONE)
+		goto bad;
+	return;
+
+bad:
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must be a single SQL expression", what),
+			 errdetail("Got: %s", expr)));
+}
+
+/*
+ * The primary key columns of rel, in key order, as a List of names.
+ * Errors if rel has none.
+ */
+static List *
+primary_key_columns(Relation rel)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	idx;
+	List	   *cols = NIL;
+
+	if (!OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
+				 errhint("morango identifies application rows by their primary key; add one.")));
+	idx = index_open(pkoid, AccessShareLock);
+	for (int i = 0; i < idx->rd_index->indnkeyatts; i++)
+	{
+		AttrNumber	att = idx->rd_index->indkey.values[i];
+
+		cols = lappend(cols, get_attname(RelationGetRelid(rel), att, false));
+	}
+	index_close(idx, AccessShareLock);
+	return cols;
+}
+
+static void
+spi_exec_checked(const char *sql, int expected)
+{
+	int			ret = SPI_execute(sql, false, 0);
+
+	if (ret != expected)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * morango.register_model(model regclass, profile text, partition text
+ *                        DEFAULT '', source_id text DEFAULT NULL,
+ *                        model_name text DEFAULT NULL) -> void
+ *
+ * partition and source_id are SQL expressions over the table's columns
+ * (partition '' means the empty partition; source_id NULL means the primary
+ * key as text).  Installs the capture triggers and records every existing
+ * row in the store as pending.  The table is locked against writes for the
+ * duration, so no change slips between the initial load and the triggers.
+ */
+Datum
+morango_register_model(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char	   *profile;
+	char	   *partition_expr;
+	char	   *source_id_expr;
+	char	   *model_name;
+	Relation	rel;
+	List	   *pk;
+	char	   *qualname;
+	MorangoModel m;
+	Oid			argtypes[6];
+	Datum		values[6];
+	int			ret;
+	ArrayBuildState *astate;
+	ListCell   *lc;
+	ExprContextInfo info;
+	ErrorContextCallback errcallback;
+	int			nestlevel;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model and profile must not be null")));
+	relid = PG_GETARG_OID(0);
+	profile = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (profile[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("profile must not be empty")));
+
+	rel = table_open(relid, ShareRowExclusiveLock);
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errdetail("Only plain tables can be registered with morango.")));
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, RelationGetRelationName(rel));
+
+	qualname = morango_qualified_name(relid);
+	info.table = RelationGetRelationName(rel);
+
+	partition_expr = PG_ARGISNULL(2) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	model_name = PG_ARGISNULL(4) ? pstrdup(RelationGetRelationName(rel))
+		: text_to_cstring(PG_GETARG_TEXT_PP(4));
+	if (model_name[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model_name must not be empty")));
+
+	pk = primary_key_columns(rel);
+
+	if (partition_expr[0] == '\0')
+		partition_expr = "''";
+	else
+		check_single_expression(partition_expr, "partition");
+
+	if (PG_ARGISNULL(3))
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		if (list_length(pk) == 1)
+			appendStringInfo(&buf, "%s::text", quote_identifier(linitial(pk)));
+		else
+		{
+			appendStringInfoString(&buf, "pg_catalog.concat_ws(':'");
+			foreach(lc, pk)
+				appendStringInfo(&buf, ", %s", quote_identifier(lfirst(lc)));
+			appendStringInfoChar(&buf, ')');
+		}
+		source_id_expr = buf.data;
+	}
+	else
+	{
+		source_id_expr = text_to_cstring(PG_GETARG_TEXT_PP(3));
+		check_single_expression(source_id_expr, "source_id");
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	/* registered already?  model name taken? */
+	if (morango_registry_lookup(relid, CurrentMemoryContext) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("table \"%s\" is already registered with morango",
+						RelationGetRelationName(rel)),
+				 errhint("Call morango.unregister_model() first to change its registration.")));
+	argtypes[0] = TEXTOID;
+	argtypes[1] = TEXTOID;
+	values[0] = CStringGetTextDatum(profile);
+	values[1] = CStringGetTextDatum(model_name);
+	ret = SPI_execute_with_args("SELECT model::text FROM morango.models"
+								" WHERE profile = $1 AND model_name = $2",
+								2, argtypes, values, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("model name \"%s\" is already taken in profile \"%s\"", model_name, profile),
+				 errdetail("Table %s is registered under that name.",
+						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 errhint("Pass a different model_name.")));
+
+	/* record the registration */
+	astate = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+	foreach(lc, pk)
+		astate = accumArrayResult(astate, CStringGetTextDatum(lfirst(lc)), false,
+								  TEXTOID, CurrentMemoryContext);
+	argtypes[0] = OIDOID;
+	argtypes[1] = TEXTOID;
+	argtypes[2] = TEXTOID;
+	argtypes[3] = TEXTOID;
+	argtypes[4] = TEXTOID;
+	argtypes[5] = TEXTARRAYOID;
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = CStringGetTextDatum(profile);
+	values[2] = CStringGetTextDatum(model_name);
+	values[3] = CStringGetTextDatum(partition_expr);
+	values[4] = CStringGetTextDatum(source_id_expr);
+	values[5] = makeArrayResult(astate, CurrentMemoryContext);
+	ret = SPI_execute_with_args("INSERT INTO morango.models"
+								" (model, profile, model_name, partition_expr, source_id_expr, pk_columns)"
+								" VALUES ($1::regclass, $2, $3, $4, $5, $6)",
+								6, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+
+	m.relid = relid;
+	m.profile = profile;
+	m.model_name = model_name;
+	m.partition_expr = partition_expr;
+	m.source_id_expr = source_id_expr;
+	m.pk_columns = pk;
+
+	/*
+	 * Check the expressions: each alone first, so an error names the right
+	 * one, then the whole capture statement.  All under the pinned
+	 * search_path the trigger will use.
+	 */
+	nestlevel = morango_pin_search_path();
+	errcallback.callback = expr_error_callback;
+	errcallback.arg = &info;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+	argtypes[0] = rel->rd_rel->reltype;
+	{
+		char	   *sql;
+
+		info.what = "partition expression";
+		sql = psprintf("SELECT (%s)::text FROM (SELECT ($1).*) AS t", partition_expr);
+		if (SPI_prepare(sql, 1, argtypes) == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		info.what = "source_id expression";
+		sql = psprintf("SELECT (%s)::text FROM (SELECT ($1).*) AS t", source_id_expr);
+		if (SPI_prepare(sql, 1, argtypes) == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	}
+
+	/* triggers first; the lock we hold keeps writers out until we commit */
+	spi_exec_checked(psprintf("CREATE TRIGGER morango_capture"
+							  " AFTER INSERT OR UPDATE OR DELETE ON %s"
+							  " FOR EACH ROW EXECUTE FUNCTION morango.capture_trigger()",
+							  qualname), SPI_OK_UTILITY);
+	spi_exec_checked(psprintf("CREATE TRIGGER morango_no_truncate"
+							  " BEFORE TRUNCATE ON %s"
+							  " FOR EACH STATEMENT EXECUTE FUNCTION morango.capture_trigger()",
+							  qualname), SPI_OK_UTILITY);
+
+	/* initial load: every existing row becomes a pending store row */
+	info.what = "initial load (evaluating the partition and source_id expressions)";
+	argtypes[0] = rel->rd_rel->reltype;
+	argtypes[1] = TEXTOID;
+	argtypes[2] = TEXTOID;
+	argtypes[3] = TEXTOID;
+	values[0] = (Datum) 0;
+	values[1] = CStringGetTextDatum(profile);
+	values[2] = CStringGetTextDatum(model_name);
+	values[3] = CStringGetTextDatum("update");
+	ret = SPI_execute_with_args(morango_capture_sql(&m, psprintf("ONLY %s AS t", qualname)),
+								4, argtypes, values, "n   ", false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+
+	error_context_stack = errcallback.previous;
+	morango_unpin_search_path(nestlevel);
+
+	SPI_finish();
+	table_close(rel, NoLock);
+	PG_RETURN_VOID();
+}
+
+/*
+ * morango.unregister_model(model regclass) -> void
+ *		Remove the triggers and the registration; the store rows stay (they
+ *		still sync; re-registering the table picks them up again by key).
+ */
+Datum
+morango_unregister_model(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	Relation	rel;
+	char	   *qualname;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
+	int			ret;
+
+	rel = table_open(relid, ShareRowExclusiveLock);
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, RelationGetRelationName(rel));
+	qualname = morango_qualified_name(relid);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_with_args("DELETE FROM morango.models WHERE model = $1::regclass",
+								1, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("table \"%s\" is not registered with morango",
+						RelationGetRelationName(rel))));
+	spi_exec_checked(psprintf("DROP TRIGGER IF EXISTS morango_capture ON %s", qualname),
+					 SPI_OK_UTILITY);
+	spi_exec_checked(psprintf("DROP TRIGGER IF EXISTS morango_no_truncate ON %s", qualname),
+					 SPI_OK_UTILITY);
+	SPI_finish();
+	table_close(rel, NoLock);
+	PG_RETURN_VOID();
+}

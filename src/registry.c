@@ -1,0 +1,283 @@
+/*-------------------------------------------------------------------------
+ *
+ * registry.c
+ *		Read access to morango.models, the list of registered application
+ *		tables, plus small helpers every step needs (extension owner, the
+ *		SQL that computes a record's application key).
+ *
+ * Nothing here writes; registration itself lives in register.c.
+ *
+ * IDENTIFICATION
+ *		src/registry.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/skey.h"
+#include "access/table.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+#include "morango.h"
+
+/*
+ * Build a MorangoModel from the current SPI tuple table row `row`
+ * (columns: model, profile, model_name, partition_expr, source_id_expr,
+ * pk_columns).  Allocates in the caller's memory context `mcxt`.
+ */
+static MorangoModel *
+model_from_spi_row(int row, MemoryContext mcxt)
+{
+	HeapTuple	tup = SPI_tuptable->vals[row];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	MemoryContext old = MemoryContextSwitchTo(mcxt);
+	MorangoModel *m = palloc0(sizeof(MorangoModel));
+	bool		isnull;
+	Datum		d;
+	ArrayType  *arr;
+	Datum	   *elems;
+	int			nelems;
+
+	m->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+	m->profile = SPI_getvalue(tup, desc, 2);
+	m->model_name = SPI_getvalue(tup, desc, 3);
+	m->partition_expr = SPI_getvalue(tup, desc, 4);
+	m->source_id_expr = SPI_getvalue(tup, desc, 5);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	arr = DatumGetArrayTypeP(d);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
+	for (int i = 0; i < nelems; i++)
+		m->pk_columns = lappend(m->pk_columns, TextDatumGetCString(elems[i]));
+	MemoryContextSwitchTo(old);
+	return m;
+}
+
+#define MODEL_COLUMNS \
+	"model::oid, profile, model_name, partition_expr, source_id_expr, pk_columns"
+
+/*
+ * morango_registry_lookup
+ *		Return the registration of table relid, or NULL if it is not
+ *		registered.  Must be called inside an SPI connection; the result is
+ *		allocated in mcxt.
+ */
+MorangoModel *
+morango_registry_lookup(Oid relid, MemoryContext mcxt)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
+	int			ret;
+
+	ret = SPI_execute_with_args("SELECT " MODEL_COLUMNS
+								" FROM morango.models WHERE model = $1::regclass",
+								1, argtypes, values, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return NULL;
+	return model_from_spi_row(0, mcxt);
+}
+
+/*
+ * morango_registry_models
+ *		All registered models of `profile` (all profiles if NULL) whose
+ *		table still exists, as a List of MorangoModel *, ordered by profile
+ *		and model name.  Must be called inside an SPI connection; allocates
+ *		in mcxt.
+ */
+List *
+morango_registry_models(const char *profile, MemoryContext mcxt)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	char		nulls[1] = {' '};
+	int			ret;
+	List	   *result = NIL;
+	MemoryContext old;
+
+	if (profile)
+		values[0] = CStringGetTextDatum(profile);
+	else
+	{
+		values[0] = (Datum) 0;
+		nulls[0] = 'n';
+	}
+	ret = SPI_execute_with_args("SELECT " MODEL_COLUMNS
+								" FROM morango.models"
+								" WHERE ($1::text IS NULL OR profile = $1)"
+								" ORDER BY profile, model_name",
+								1, argtypes, values, nulls, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MorangoModel *m = model_from_spi_row((int) i, mcxt);
+
+		old = MemoryContextSwitchTo(mcxt);
+		result = lappend(result, m);
+		MemoryContextSwitchTo(old);
+	}
+	return result;
+}
+
+/*
+ * morango_extension_owner
+ *		The role that owns the morango extension.  The capture trigger writes
+ *		the store with this role's rights.
+ */
+Oid
+morango_extension_owner(void)
+{
+	Oid			extoid = get_extension_oid("morango", false);
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(owner))
+		elog(ERROR, "could not find the owner of extension morango");
+	return owner;
+}
+
+/*
+ * morango_app_key_sql
+ *		SQL text computing a record's application key from a jsonb
+ *		expression holding the serialized row: the jsonb array of its
+ *		primary key values, as text.  The same text results from an
+ *		application row (to_jsonb) and from a store row's serialized data,
+ *		so the two can be matched.
+ */
+char *
+morango_app_key_sql(List *pk_columns, const char *jsonb_expr)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "pg_catalog.jsonb_build_array(");
+	foreach(lc, pk_columns)
+	{
+		if (!first)
+			appendStringInfoString(&buf, ", ");
+		appendStringInfo(&buf, "(%s) -> %s", jsonb_expr,
+						 quote_literal_cstr((char *) lfirst(lc)));
+		first = false;
+	}
+	appendStringInfoString(&buf, ")::text");
+	return buf.data;
+}
+
+/*
+ * morango_key_record_sql
+ *		SQL text of a FROM item: a one-row record of table qualname holding
+ *		only the primary key values taken from keyjson_expr, a jsonb array
+ *		in the form morango_app_key_sql() produces.
+ */
+char *
+morango_key_record_sql(MorangoModel *m, const char *qualname, const char *keyjson_expr)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	int			i = 0;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "pg_catalog.jsonb_populate_record(NULL::%s, pg_catalog.jsonb_build_object(",
+					 qualname);
+	foreach(lc, m->pk_columns)
+	{
+		if (i > 0)
+			appendStringInfoString(&buf, ", ");
+		appendStringInfo(&buf, "%s, (%s) -> %d",
+						 quote_literal_cstr((char *) lfirst(lc)), keyjson_expr, i);
+		i++;
+	}
+	appendStringInfoString(&buf, "))");
+	return buf.data;
+}
+
+/*
+ * morango_pk_equal_sql
+ *		SQL text "a.k1 = b.k1 AND a.k2 = b.k2 ..." over the primary key.
+ */
+char *
+morango_pk_equal_sql(MorangoModel *m, const char *a, const char *b)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	foreach(lc, m->pk_columns)
+	{
+		const char *col = quote_identifier((char *) lfirst(lc));
+
+		appendStringInfo(&buf, "%s%s.%s = %s.%s", first ? "" : " AND ", a, col, b, col);
+		first = false;
+	}
+	return buf.data;
+}
+
+/*
+ * morango_qualified_name
+ *		"schema"."table" of relid, quoted as needed.
+ */
+char *
+morango_qualified_name(Oid relid)
+{
+	char	   *relname = get_rel_name(relid);
+	char	   *nspname = get_namespace_name(get_rel_namespace(relid));
+
+	if (relname == NULL || nspname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with oid %u does not exist", relid)));
+	return quote_qualified_identifier(nspname, relname);
+}
+
+/*
+ * morango_pin_search_path
+ *		Set search_path to "pg_catalog, pg_temp" until the matching
+ *		morango_unpin_search_path(); returns the GUC nest level to pass it.
+ *		Registered expressions are parsed and run under this path, so a
+ *		caller's search_path can never change what they call.
+ */
+int
+morango_pin_search_path(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+void
+morango_unpin_search_path(int nestlevel)
+{
+	AtEOXact_GUC(true, nestlevel);
+}

@@ -1,0 +1,104 @@
+#!/bin/bash
+# tools/test.sh: run morango's whole test suite on this machine, as root.
+#
+#   bash tools/test.sh
+#
+# Installs the Debian packages it needs, builds and installs the extension,
+# starts a throwaway cluster as an unprivileged user on a free loopback port,
+# runs pg_regress (sql/), the isolation specs (test/isolation/), the TAP
+# tests (test/t/) and the benchmark smoke run (test/bench/), stops
+# everything, and ends with the line "N passed, N failed".
+#
+# CI_KEEP=1 keeps the work directory.
+set -u
+here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/tools/lib.sh"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tools/test.sh must run as root (it installs packages and creates a test user)" >&2
+    exit 2
+fi
+
+mg_install_packages
+mg_ensure_user
+work=$(mg_prepare_tree "$here") || exit 1
+port=$(mg_free_port 55410)
+data="$work/tmp_check_server"
+
+cleanup() {
+    mg_cluster_stop_all
+    if [ "${CI_KEEP:-0}" = 1 ]; then
+        echo "work directory kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+mg_cluster_start "$data" "$port" "$work/test/regress.conf"
+
+passed=0
+failed=0
+log="$work/test-output.log"
+
+# count "... ok" / "... FAILED" lines of pg_regress and pg_isolation_regress
+count_regress() {
+    local p f
+    p=$(grep -cE '\.\.\. ok|^ok [0-9]+' "$1")
+    f=$(grep -cE '\.\.\. FAILED|\.\.\. failed|^not ok [0-9]+' "$1")
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+
+run_suite() {
+    local name=$1; shift
+    local out="$work/suite-$name.log"
+    mg_log "suite $name"
+    (cd "$work" && MG_ENV="PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres MORANGO_TEST_PORT_BASE=$((port + 10))" \
+        mg_as_user make -s installcheck "$@") >"$out" 2>&1
+    local rc=$?
+    cat "$out"
+    echo "$out" >>"$log"
+    return $rc
+}
+
+run_suite regress ISOLATION= TAP_TESTS=
+rc_regress=$?
+count_regress "$work/suite-regress.log"
+[ $rc_regress != 0 ] && [ -f "$work/regression.diffs" ] && cat "$work/regression.diffs"
+
+run_suite isolation REGRESS= TAP_TESTS=
+rc_iso=$?
+count_regress "$work/suite-isolation.log"
+[ $rc_iso != 0 ] && [ -f "$work/output_iso/regression.diffs" ] && cat "$work/output_iso/regression.diffs"
+
+if ls "$work"/test/t/*.pl >/dev/null 2>&1; then
+    run_suite tap REGRESS= ISOLATION=
+    rc_tap=$?
+    # prove prints one line per file: "test/t/x.pl .. ok" or "... Failed n/m subtests"
+    p=$(grep -cE '^test/t/\S+ \.+ ok' "$work/suite-tap.log")
+    f=$(grep -cE '^test/t/\S+ \.+ (Failed|Dubious|skipped: .*)' "$work/suite-tap.log")
+    passed=$((passed + p)); failed=$((failed + f))
+    if [ $rc_tap != 0 ] && [ "$f" = 0 ]; then failed=$((failed + 1)); fi
+    if [ $rc_tap != 0 ]; then
+        for l in "$work"/tmp_check/log/regress_log_*; do
+            [ -f "$l" ] && { echo "---- $l"; tail -n 60 "$l"; }
+        done
+    fi
+fi
+
+if [ -x "$work/test/bench/smoke.sh" ]; then
+    mg_log "benchmark smoke run"
+    if (cd "$work" && MG_PORT=$port bash test/bench/smoke.sh) >"$work/suite-bench.log" 2>&1; then
+        passed=$((passed + 1)); cat "$work/suite-bench.log"
+    else
+        failed=$((failed + 1)); cat "$work/suite-bench.log"
+    fi
+fi
+
+if [ $failed != 0 ]; then
+    echo "---- server log tail" >&2
+    tail -n 40 "$data/server.log" >&2
+fi
+echo "$passed passed, $failed failed"
+[ $failed = 0 ] && [ $passed -gt 0 ]
