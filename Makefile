@@ -24,10 +24,9 @@ DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress: sql/*.sql against expected/*.out
 REGRESS      = setup idrule identity register capture serialize deserialize
-REGRESS_OPTS = --load-extension=$(EXTENSION)
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
-ISOLATION      = serialize_commit_order capture_vs_serialize
+ISOLATION      = serialize_commit_order deserialize_vs_local_edit
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION)
 
 # TAP tests with real clusters (test/t/*.pl)

@@ -97,7 +97,10 @@ CREATE TABLE morango.store (
     CHECK ((last_saved_instance IS NULL) = (last_saved_counter IS NULL)),
     CHECK (last_saved_counter IS NOT NULL OR pending IS NOT NULL),
     CHECK (last_saved_counter IS NULL OR last_saved_counter > 0),
-    CHECK (jsonb_typeof(conflicting_serialized_data) = 'array')
+    CHECK (jsonb_typeof(conflicting_serialized_data) = 'array'),
+    CHECK (serialized IS NULL OR jsonb_typeof(serialized) = 'object'),
+    CHECK (pending_serialized IS NULL OR jsonb_typeof(pending_serialized) = 'object'),
+    CHECK (source_id <> '')
 );
 CREATE UNIQUE INDEX store_app_key ON morango.store (profile, model_name, app_key);
 CREATE INDEX store_partition ON morango.store (partition text_pattern_ops);
@@ -198,9 +201,9 @@ CREATE TABLE morango.record_max_counter_buffer (
     PRIMARY KEY (transfer_session_id, record_id, instance_id)
 );
 
--- Keep user data in these tables across pg_dump / restore.
-SELECT pg_catalog.pg_extension_config_dump('morango.database_ids', '');
-SELECT pg_catalog.pg_extension_config_dump('morango.instances', '');
+-- Keep user data in these tables across pg_dump / restore.  Not the
+-- identity: a restored database is a copy and must make versions under an
+-- instance id of its own (CREATE EXTENSION in the restore makes one).
 SELECT pg_catalog.pg_extension_config_dump('morango.models', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.store', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.record_max_counters', '');
@@ -271,14 +274,14 @@ COMMENT ON FUNCTION morango.lock_instance() IS
 
 CREATE FUNCTION morango.instance_id()
 RETURNS uuid
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT id FROM morango.instances WHERE current $$;
 COMMENT ON FUNCTION morango.instance_id() IS 'this database''s current instance id';
 
 CREATE FUNCTION morango.database_id()
 RETURNS uuid
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT id FROM morango.database_ids WHERE current $$;
 COMMENT ON FUNCTION morango.database_id() IS 'this database''s current database id';
@@ -304,6 +307,13 @@ LANGUAGE C
 AS 'MODULE_PATHNAME', 'morango_capture_trigger';
 COMMENT ON FUNCTION morango.capture_trigger() IS
     'row trigger on registered tables: records changes in the store as pending';
+
+CREATE FUNCTION morango.expression_failed(what text, model_name text)
+RETURNS text
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'morango_expression_failed';
+COMMENT ON FUNCTION morango.expression_failed(text, text) IS
+    'raise the error for a partition or source id expression that gave no value (used by the capture trigger)';
 
 CREATE FUNCTION morango.register_model(model regclass, profile text,
                                        "partition" text DEFAULT '',

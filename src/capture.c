@@ -48,6 +48,7 @@
 PG_FUNCTION_INFO_V1(morango_capture_trigger);
 PG_FUNCTION_INFO_V1(morango_hard_delete_key);
 PG_FUNCTION_INFO_V1(morango_hard_delete_record);
+PG_FUNCTION_INFO_V1(morango_expression_failed);
 
 /* One cache entry per registered table seen by this backend. */
 typedef struct CaptureEntry
@@ -55,7 +56,6 @@ typedef struct CaptureEntry
 	Oid			relid;			/* hash key */
 	bool		valid;
 	SPIPlanPtr	plan;			/* the store upsert, SPI_keepplan'd */
-	Oid			owner;			/* extension owner: runs the plan */
 	char	   *profile;		/* in CacheMemoryContext */
 	char	   *model_name;
 	int			npk;
@@ -64,8 +64,11 @@ typedef struct CaptureEntry
 
 static HTAB *capture_cache = NULL;
 
-/* trigger depth of deserialize.c's own statements; -1 when not deserializing */
-static int	deserialize_depth = -1;
+/* the extension owner, looked up once per backend */
+static Oid	extension_owner = InvalidOid;
+
+/* true while deserialize.c writes application tables */
+static bool deserializing = false;
 
 /*
  * Relcache callback: forget the cached plan of a table whose definition
@@ -97,27 +100,21 @@ morango_capture_init(void)
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
 }
 
-void
-morango_capture_set_deserialize_depth(int depth)
-{
-	deserialize_depth = depth;
-}
-
-int
-morango_capture_get_deserialize_depth(void)
-{
-	return deserialize_depth;
-}
-
 /*
- * morango_current_trigger_depth
- *		The executor's trigger nesting depth (what pg_trigger_depth()
- *		returns).  pg_trigger_depth does not look at its arguments.
+ * morango_capture_deserializing
+ *		Set whether deserialize.c is writing application tables; returns the
+ *		previous setting.  While it is, the trigger leaves alone rows whose
+ *		store record is dirty (a version from a peer being written: no echo)
+ *		and still records every other change (cascades, application
+ *		triggers).
  */
-int
-morango_current_trigger_depth(void)
+bool
+morango_capture_deserializing(bool on)
 {
-	return DatumGetInt32(pg_trigger_depth(NULL));
+	bool		old = deserializing;
+
+	deserializing = on;
+	return old;
 }
 
 /*
@@ -130,10 +127,15 @@ morango_current_trigger_depth(void)
  * row (may be unused), $2 profile, $3 model name, $4 the pending kind
  * ('update', 'delete' or 'hard_delete').
  *
- * A row that is already in the store (same application key) gets its
- * pending change replaced; if the store held a version received from a
- * peer that was not yet written to the application table, that version
- * moves to the conflict history (the local change wins, Morango's rule).
+ * A row that is already in the store (same application key) keeps its
+ * record id (partition and source id are frozen at the first
+ * serialization) and gets its pending change replaced; a new row gets the
+ * id of the id rule.  If the store held a version received from a peer
+ * that was not yet written to the application table, that version moves
+ * to the conflict history (the local change wins, Morango's rule).
+ *
+ * A new row whose id belongs to another live row's record is not recorded
+ * (the statement reports 0 rows): the caller raises the error.
  */
 char *
 morango_capture_sql(MorangoModel *m, const char *rowsource)
@@ -144,13 +146,21 @@ morango_capture_sql(MorangoModel *m, const char *rowsource)
 	appendStringInfo(&buf,
 					 "INSERT INTO morango.store AS s"
 					 " (id, profile, model_name, partition, source_id, app_key, pending, pending_serialized)"
-					 " SELECT morango.record_id(c.p, c.sid, $3), $2, $3, c.p, c.sid, %s, $4,"
+					 " SELECT COALESCE((SELECT o.id FROM morango.store o"
+					 "                  WHERE o.profile = $2 AND o.model_name = $3 AND o.app_key = c.k),"
+					 "                 morango.record_id(c.p, c.sid, $3)),"
+					 "        $2, $3, c.p, c.sid, c.k, $4,"
 					 "        CASE WHEN $4 = 'hard_delete' THEN NULL ELSE c.j END"
-					 " FROM (SELECT pg_catalog.to_jsonb(t) AS j,"
-					 "              (%s)::text AS p,"
-					 "              (%s)::text AS sid"
-					 "       FROM %s) AS c"
-					 " ON CONFLICT (profile, model_name, app_key) DO UPDATE SET"
+					 " FROM (SELECT j, p, sid, %s AS k FROM"
+					 "        (SELECT pg_catalog.to_jsonb(t) AS j,"
+					 "                COALESCE((%s)::text, morango.expression_failed('partition', $3)) AS p,"
+					 "                COALESCE(NULLIF((%s)::text, ''), morango.expression_failed('source_id', $3)) AS sid"
+					 "         FROM %s) AS r) AS c"
+					 " WHERE NOT ($5 AND EXISTS (SELECT 1 FROM morango.store d"
+					 "                           WHERE d.profile = $2 AND d.model_name = $3"
+					 "                             AND d.app_key = c.k AND d.dirty_bit))"
+					 " ON CONFLICT (id) DO UPDATE SET"
+					 "  app_key = EXCLUDED.app_key,"
 					 "  pending = EXCLUDED.pending,"
 					 "  pending_serialized = EXCLUDED.pending_serialized,"
 					 "  conflicting_serialized_data ="
@@ -158,8 +168,10 @@ morango_capture_sql(MorangoModel *m, const char *rowsource)
 					 "         THEN pg_catalog.jsonb_build_array(s.serialized) || s.conflicting_serialized_data"
 					 "         ELSE s.conflicting_serialized_data END,"
 					 "  dirty_bit = false,"
-					 "  deserialization_error = NULL",
-					 morango_app_key_sql(m->pk_columns, "c.j"),
+					 "  deserialization_error = NULL"
+					 " WHERE s.app_key IS NULL OR s.app_key = EXCLUDED.app_key"
+					 "    OR s.deleted OR s.pending IN ('delete', 'hard_delete')",
+					 morango_app_key_sql(m->pk_columns, "r.j"),
 					 m->partition_expr, m->source_id_expr, rowsource);
 	return buf.data;
 }
@@ -175,7 +187,8 @@ capture_error_callback(void *arg)
 }
 
 /*
- * Find or build the cache entry of rel.  Must run inside SPI.
+ * Find or build the cache entry of rel.  Must run inside SPI, as the
+ * extension owner and with the pinned search_path.
  */
 static CaptureEntry *
 capture_get_entry(Relation rel)
@@ -185,7 +198,7 @@ capture_get_entry(Relation rel)
 	bool		found;
 	MorangoModel *m;
 	char	   *sql;
-	Oid			argtypes[4];
+	Oid			argtypes[5];
 	SPIPlanPtr	plan;
 	MemoryContext old;
 
@@ -232,15 +245,11 @@ capture_get_entry(Relation rel)
 	argtypes[1] = TEXTOID;
 	argtypes[2] = TEXTOID;
 	argtypes[3] = TEXTOID;
+	argtypes[4] = BOOLOID;
 
-	{
-		int			nestlevel = morango_pin_search_path();
-
-		plan = SPI_prepare(sql, 4, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		morango_unpin_search_path(nestlevel);
-	}
+	plan = SPI_prepare(sql, 5, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 
 	old = MemoryContextSwitchTo(CacheMemoryContext);
@@ -258,7 +267,6 @@ capture_get_entry(Relation rel)
 			elog(ERROR, "primary key column \"%s\" of \"%s\" not found",
 				 col, RelationGetRelationName(rel));
 	}
-	entry->owner = morango_extension_owner();
 	entry->plan = plan;
 	entry->valid = true;
 	return entry;
@@ -289,17 +297,25 @@ primary_key_changed(CaptureEntry *entry, TupleDesc desc, HeapTuple oldtup, HeapT
 static void
 capture_row(CaptureEntry *entry, TupleDesc desc, HeapTuple tuple, const char *kind)
 {
-	Datum		values[4];
+	Datum		values[5];
 	int			ret;
 
 	values[0] = heap_copy_tuple_as_datum(tuple, desc);
 	values[1] = CStringGetTextDatum(entry->profile);
 	values[2] = CStringGetTextDatum(entry->model_name);
 	values[3] = CStringGetTextDatum(kind);
+	values[4] = BoolGetDatum(deserializing);
 
 	ret = SPI_execute_plan(entry->plan, values, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "capture statement failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0 && !deserializing)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("this row of morango model \"%s\" has the record id of another row",
+						entry->model_name),
+				 errdetail("Its partition and source id are those of a row already in the store."),
+				 errhint("The source_id expression must be unique within a partition.")));
 }
 
 /*
@@ -342,14 +358,22 @@ morango_capture_trigger(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("morango.capture_trigger() must be an AFTER ROW trigger")));
 
-	/* our own deserialization writing this row: not a local change */
-	if (deserialize_depth >= 0 && deserialize_depth == morango_current_trigger_depth())
-		return PointerGetDatum(NULL);
-
 	desc = RelationGetDescr(rel);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
+	/*
+	 * Read the registration and write the store as the extension owner,
+	 * with a safe search_path.
+	 */
+	if (!OidIsValid(extension_owner))
+		extension_owner = morango_extension_owner();
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(extension_owner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	nestlevel = morango_pin_search_path();
 
 	entry = capture_get_entry(rel);
 
@@ -357,13 +381,6 @@ morango_capture_trigger(PG_FUNCTION_ARGS)
 	errcallback.arg = entry;
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
-
-	/* write the store as the extension owner, with a safe search_path */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(entry->owner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	nestlevel = morango_pin_search_path();
 
 	if (TRIGGER_FIRED_BY_INSERT(ev))
 		capture_row(entry, desc, trigdata->tg_trigtuple, "update");
@@ -535,4 +552,27 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	PG_RETURN_BOOL(found);
+}
+
+/*
+ * morango.expression_failed(what text, model_name text) -> text
+ *		Raise the error for a partition (null) or source id (null or empty)
+ *		expression that gave no usable value.  The capture statement calls
+ *		it only in that case, through COALESCE.
+ */
+Datum
+morango_expression_failed(PG_FUNCTION_ARGS)
+{
+	char	   *what = PG_ARGISNULL(0) ? "?" : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *model = PG_ARGISNULL(1) ? "?" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	if (strcmp(what, "partition") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("partition expression of morango model \"%s\" is null for this row", model),
+				 errhint("Use coalesce() in the partition expression, or fix the row.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("source_id expression of morango model \"%s\" is null or empty for this row", model)));
+	PG_RETURN_NULL();
 }

@@ -21,8 +21,9 @@
  * edit is never overwritten by an older incoming version and deserialize
  * never waits on application transactions.
  *
- * No echo.  The capture trigger ignores the rows our own statements write
- * (it compares trigger depths); rows changed by cascades are captured.
+ * No echo.  While deserialize runs, the capture trigger ignores rows whose
+ * store record is dirty (those are the ones we write); rows changed by
+ * cascades or by application triggers are captured as local changes.
  *
  * IDENTIFICATION
  *		src/deserialize.c
@@ -56,6 +57,7 @@ typedef struct DeserModel
 	char	   *upsert_sql;		/* $1 uuid[]: write these live records */
 	char	   *delete_sql;		/* $1 uuid[]: delete these tombstones' rows */
 	char	   *lock_sql;		/* $1 uuid[] -> ids whose app row is ours to write */
+	Datum		columns;		/* text[]: every column of the table */
 } DeserModel;
 
 typedef struct DeserCounts
@@ -77,6 +79,8 @@ static const char *candidates_sql =
 "   AND s.deleted = $3 AND s.app_key IS NOT NULL"
 "   AND (s.deserialization_error IS NULL) = $4"
 "   AND " FILTER_PRED(5)
+"   AND (s.deleted OR NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
+"                                 WHERE k <> ALL ($6::text[])))"
 " ORDER BY s.id"
 " FOR UPDATE OF s SKIP LOCKED";
 
@@ -86,7 +90,7 @@ static const char *mark_clean_sql =
 
 static const char *set_errors_sql =
 "UPDATE morango.store s SET deserialization_error = e.msg"
-" FROM pg_catalog.unnest($1::uuid[], $2::text[]) AS e(id, msg)"
+" FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[])) AS e(id, msg)"
 " WHERE s.id = e.id";
 
 /*
@@ -127,6 +131,15 @@ build_model(MorangoModel *m)
 	initStringInfo(&set);
 	initStringInfo(&cols);
 	initStringInfo(&sel);
+	{
+		Datum	   *names = palloc(sizeof(Datum) * Max(SPI_processed, 1));
+
+		for (uint64 i = 0; i < SPI_processed; i++)
+			names[i] = CStringGetTextDatum(SPI_getvalue(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 1));
+		dm->columns = PointerGetDatum(construct_array(names, (int) SPI_processed, TEXTOID,
+													  -1, false, TYPALIGN_INT));
+	}
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -396,7 +409,9 @@ spi_uuid_array(int *n)
  * from their serialized data, unless another record of the model holds
  * that key (those get an error and stay dirty).  Dirty hard-deleted
  * records without a key have nothing to delete here: mark them clean.
- * Returns the number of records refused for a taken key.
+ * Live records holding columns the table does not have get an error too
+ * (they stay dirty until the table has them).  Returns the number of
+ * records refused.
  */
 static int64
 assign_app_keys(DeserModel *dm, Datum filter, bool filter_null)
@@ -407,6 +422,7 @@ assign_app_keys(DeserModel *dm, Datum filter, bool filter_null)
 	char	   *key = morango_app_key_sql(dm->m->pk_columns, "s.serialized");
 	char	   *sql;
 	int			ret;
+	int64		refused;
 
 	values[0] = CStringGetTextDatum(dm->m->profile);
 	values[1] = CStringGetTextDatum(dm->m->model_name);
@@ -442,14 +458,34 @@ assign_app_keys(DeserModel *dm, Datum filter, bool filter_null)
 	ret = SPI_execute_with_args(sql, 3, argtypes, values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	return (int64) SPI_processed;
+	refused = (int64) SPI_processed;
+
+	/* live records with columns the table lacks are refused, not truncated */
+	{
+		Oid			t4[4] = {TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID};
+		Datum		v4[4] = {values[0], values[1], filter, dm->columns};
+		char		n4[4] = {' ', ' ', filter_null ? 'n' : ' ', ' '};
+
+		ret = SPI_execute_with_args("UPDATE morango.store s SET deserialization_error ="
+									"  'table has no column ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ' ORDER BY k)"
+									"    FROM pg_catalog.jsonb_object_keys(s.serialized) AS k WHERE k <> ALL ($4::text[]))"
+									"  || ' of the record'"
+									" WHERE s.dirty_bit AND NOT s.deleted AND s.profile = $1 AND s.model_name = $2"
+									"   AND " FILTER_PRED(3)
+									"   AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
+									"               WHERE k <> ALL ($4::text[]))",
+									4, t4, v4, n4, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		refused += (int64) SPI_processed;
+	}
+	return refused;
 }
 
 /*
  * Write the dirty records of dm that are tombstones (deleted) or live
- * (!deleted).  First the records without an error as one batch, falling
- * back to one by one if the batch fails; then the records with an error,
- * one by one.
+ * (!deleted): first the records that failed before, one by one; then the
+ * others as one batch, falling back to one by one if the batch fails.
  */
 static void
 process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
@@ -457,12 +493,13 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 {
 	const char *write_sql = deleted ? dm->delete_sql : dm->upsert_sql;
 
+	/* records that failed before first, so this run's failures are tried once */
 	for (int pass = 0; pass < 2; pass++)
 	{
-		bool		fresh = (pass == 0);
-		Oid			argtypes[5] = {TEXTOID, TEXTOID, BOOLOID, BOOLOID, TEXTARRAYOID};
-		Datum		values[5];
-		char		nulls[5] = {' ', ' ', ' ', ' ', filter_null ? 'n' : ' '};
+		bool		fresh = (pass == 1);
+		Oid			argtypes[6] = {TEXTOID, TEXTOID, BOOLOID, BOOLOID, TEXTARRAYOID, TEXTARRAYOID};
+		Datum		values[6];
+		char		nulls[6] = {' ', ' ', ' ', ' ', filter_null ? 'n' : ' ', ' '};
 		Oid			idtype[1] = {UUIDARRAYOID};
 		Datum		ids;
 		int			n;
@@ -477,7 +514,8 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 		values[2] = BoolGetDatum(deleted);
 		values[3] = BoolGetDatum(fresh);
 		values[4] = filter;
-		ret = SPI_execute_with_args(candidates_sql, 5, argtypes, values, nulls, false, 0);
+		values[5] = dm->columns;
+		ret = SPI_execute_with_args(candidates_sql, 6, argtypes, values, nulls, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 		ids = spi_uuid_array(&n);
@@ -563,7 +601,7 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	ListCell   *lc;
 	DeserCounts counts = {0, 0, 0};
 	int			nestlevel;
-	int			save_depth = morango_capture_get_deserialize_depth();
+	bool		save_deserializing = morango_capture_deserializing(true);
 
 	models = morango_registry_models(profile, CurrentMemoryContext);
 
@@ -576,8 +614,7 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	foreach(lc, ordered)
 		counts.failed += assign_app_keys((DeserModel *) lfirst(lc), filter, filter_null);
 
-	/* rows our own statements write fire the capture trigger one level down */
-	morango_capture_set_deserialize_depth(morango_current_trigger_depth() + 1);
+	/* the capture trigger now skips rows of records that are dirty */
 	PG_TRY();
 	{
 		/* upserts parents first, deletes children first */
@@ -588,7 +625,7 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	}
 	PG_FINALLY();
 	{
-		morango_capture_set_deserialize_depth(save_depth);
+		(void) morango_capture_deserializing(save_deserializing);
 	}
 	PG_END_TRY();
 

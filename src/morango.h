@@ -72,9 +72,7 @@ extern void morango_deserialize_internal(const char *profile, Datum filter, bool
 
 /* capture.c */
 extern void morango_capture_init(void);
-extern void morango_capture_set_deserialize_depth(int depth);
-extern int	morango_capture_get_deserialize_depth(void);
-extern int	morango_current_trigger_depth(void);
+extern bool morango_capture_deserializing(bool on);
 extern char *morango_capture_sql(MorangoModel *m, const char *rowsource);
 
 #endif							/* MORANGO_H */

@@ -56,14 +56,43 @@ expr_error_callback(void *arg)
  *		separators, no FROM/WHERE smuggled in).  `what` names the argument
  *		in the error.
  */
+typedef struct ParseContextInfo
+{
+	const char *sql;
+	const char *what;
+} ParseContextInfo;
+
+/* report a syntax error's position inside our statement, not the caller's */
+static void
+parse_error_callback(void *arg)
+{
+	ParseContextInfo *info = (ParseContextInfo *) arg;
+	int			pos = geterrposition();
+
+	if (pos > 0)
+	{
+		errposition(0);
+		internalerrposition(pos);
+		internalerrquery(info->sql);
+	}
+	errcontext("checking the %s expression", info->what);
+}
+
 static void
 check_single_expression(const char *expr, const char *what)
 {
 	char	   *sql = psprintf("SELECT (%s)", expr);
 	List	   *stmts;
 	SelectStmt *sel;
+	ParseContextInfo info = {sql, what};
+	ErrorContextCallback errcallback;
 
+	errcallback.callback = parse_error_callback;
+	errcallback.arg = &info;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 	stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+	error_context_stack = errcallback.previous;
 	if (list_length(stmts) != 1 ||
 		!IsA(((RawStmt *) linitial(stmts))->stmt, SelectStmt))
 		goto bad;
@@ -296,6 +325,43 @@ morango_register_model(PG_FUNCTION_ARGS)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	}
 
+	/* evaluate both on the existing rows: errors, NULLs and empty source ids */
+	info.what = "evaluation of the partition and source_id expressions";
+	{
+		char	   *sql = psprintf("SELECT count(*) FILTER (WHERE p IS NULL),"
+								   "       count(*) FILTER (WHERE sid IS NULL OR sid = ''),"
+								   "       count(*) - count(DISTINCT (p, sid))"
+								   " FROM (SELECT (%s)::text AS p, (%s)::text AS sid FROM ONLY %s AS t) AS e",
+								   partition_expr, source_id_expr, qualname);
+		bool		isnull;
+		int64		nullp,
+					nulls,
+					dups;
+
+		spi_exec_checked(sql, SPI_OK_SELECT);
+		nullp = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		nulls = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		dups = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+		if (nullp > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("partition expression is null for " INT64_FORMAT " rows of table \"%s\"",
+							nullp, RelationGetRelationName(rel)),
+					 errhint("Use coalesce() to give those rows a partition.")));
+		if (nulls > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("source_id expression is null or empty for " INT64_FORMAT " rows of table \"%s\"",
+							nulls, RelationGetRelationName(rel))));
+		if (dups > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("partition and source_id are not unique over the rows of table \"%s\"",
+							RelationGetRelationName(rel)),
+					 errdetail(INT64_FORMAT " rows share the record id of another row.", dups),
+					 errhint("The source_id expression must be unique within a partition.")));
+	}
+
 	/* triggers first; the lock we hold keeps writers out until we commit */
 	spi_exec_checked(psprintf("CREATE TRIGGER morango_capture"
 							  " AFTER INSERT OR UPDATE OR DELETE ON %s"
@@ -312,12 +378,14 @@ morango_register_model(PG_FUNCTION_ARGS)
 	argtypes[1] = TEXTOID;
 	argtypes[2] = TEXTOID;
 	argtypes[3] = TEXTOID;
+	argtypes[4] = BOOLOID;
 	values[0] = (Datum) 0;
 	values[1] = CStringGetTextDatum(profile);
 	values[2] = CStringGetTextDatum(model_name);
 	values[3] = CStringGetTextDatum("update");
+	values[4] = BoolGetDatum(false);
 	ret = SPI_execute_with_args(morango_capture_sql(&m, psprintf("ONLY %s AS t", qualname)),
-								4, argtypes, values, "n   ", false, 0);
+								5, argtypes, values, "n    ", false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 

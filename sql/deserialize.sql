@@ -1,0 +1,101 @@
+--
+-- deserialize: store rows received from peers -> application tables
+--
+\set VERBOSITY default
+-- enrol sorts before room, so the registry order is children first;
+-- deserialize must still write rooms first
+CREATE TABLE room (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    parent_id text REFERENCES room
+);
+CREATE TABLE enrol (
+    id integer PRIMARY KEY,
+    room_id text NOT NULL REFERENCES room,
+    note text,
+    n integer NOT NULL DEFAULT 42
+);
+SELECT morango.register_model('room', 'school', partition => $$'school'$$);
+SELECT morango.register_model('enrol', 'school', partition => $$'school:' || room_id$$);
+
+-- a batch from a peer: a child room listed before its parent, enrolments
+-- listed before their rooms
+SELECT receive('enrol', 'school:r2', '1', '{"id": 1, "room_id": "r2", "note": "first", "n": 1}', profile => 'school') IS NOT NULL;
+SELECT receive('room', 'school', 'r2', '{"id": "r2", "name": "Annex", "parent_id": "r1"}', profile => 'school') IS NOT NULL;
+SELECT receive('room', 'school', 'r1', '{"id": "r1", "name": "Main", "parent_id": null}', profile => 'school') IS NOT NULL;
+SELECT receive('enrol', 'school:r1', '2', '{"id": 2, "room_id": "r1", "note": "second"}', profile => 'school') IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT * FROM room ORDER BY id;
+SELECT * FROM enrol ORDER BY id;
+-- the store is clean, and writing the tables did not echo back as local changes
+SELECT model_name, source_id, dirty, pending, error FROM store_view
+WHERE model_name IN ('room', 'enrol') ORDER BY 1, 2;
+
+-- nothing dirty: nothing to do
+SELECT * FROM morango.deserialize('school');
+
+-- an update; keys the record lacks keep their local value
+SELECT receive('enrol', 'school:r1', '2', '{"id": 2, "room_id": "r1", "n": 7}', profile => 'school', ctr => 2) IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT * FROM enrol WHERE id = 2;
+
+-- bad records do not stop the good ones; they stay dirty with an error
+SELECT receive('enrol', 'school:r9', '3', '{"id": 3, "room_id": "r9", "note": "no such room"}', profile => 'school') IS NOT NULL;
+SELECT receive('enrol', 'school:r1', '4', '{"id": 4, "room_id": "r1", "n": "not a number"}', profile => 'school') IS NOT NULL;
+SELECT receive('enrol', 'school:r1', '5', '{"id": 5, "room_id": "r1", "bogus": true}', profile => 'school') IS NOT NULL;
+SELECT receive('enrol', 'school:r1', '6', '{"id": 6, "room_id": null}', profile => 'school') IS NOT NULL;
+SELECT receive('enrol', 'school:r1', '7', '{"id": 7, "room_id": "r1", "note": "fine"}', profile => 'school') IS NOT NULL;
+SELECT receive('room', 'elsewhere', 'r1', '{"id": "r1", "name": "Another r1"}', profile => 'school') IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT id, note, n FROM enrol ORDER BY id;
+SELECT model_name, source_id, partition, dirty, error FROM store_view
+WHERE model_name IN ('room', 'enrol') AND dirty ORDER BY 1, 2, 3;
+-- errors are retried: once the parent exists, the child goes in
+SELECT receive('room', 'school', 'r9', '{"id": "r9", "name": "Late room"}', profile => 'school') IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT id, room_id FROM enrol WHERE id = 3;
+SELECT count(*) AS still_failing FROM morango.store WHERE dirty_bit AND profile = 'school';
+
+-- tombstones: children are deleted before their parents
+SELECT receive('room', 'school', 'r9', '{"id": "r9", "name": "Late room"}', is_deleted => true, profile => 'school', ctr => 3) IS NOT NULL;
+SELECT receive('enrol', 'school:r9', '3', '{"id": 3, "room_id": "r9"}', is_deleted => true, profile => 'school', ctr => 3) IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT count(*) AS r9_rows FROM room WHERE id = 'r9';
+SELECT count(*) AS enrol_3_rows FROM enrol WHERE id = 3;
+
+-- a hard delete from a peer: the row goes, the store keeps no data
+SELECT receive('enrol', 'school:r1', '7', NULL, is_hard => true, profile => 'school', ctr => 4) IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT count(*) AS enrol_7_rows FROM enrol WHERE id = 7;
+SELECT serialized, deleted, hard_deleted, dirty FROM store_view WHERE model_name = 'enrol' AND source_id = '7';
+-- a hard delete of a record never seen here has nothing to delete
+SELECT receive('enrol', 'school:r1', '70', NULL, is_hard => true, profile => 'school') IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+
+-- filters: only records under the prefix
+SELECT receive('enrol', 'school:r1', '8', '{"id": 8, "room_id": "r1"}', profile => 'school') IS NOT NULL;
+SELECT receive('enrol', 'school:r2', '9', '{"id": 9, "room_id": "r2"}', profile => 'school') IS NOT NULL;
+SELECT * FROM morango.deserialize('school', ARRAY['school:r2']);
+SELECT id FROM enrol WHERE id IN (8, 9) ORDER BY id;
+SELECT * FROM morango.deserialize('school', ARRAY['school:r1']);
+SELECT id FROM enrol WHERE id IN (8, 9) ORDER BY id;
+
+-- a delete that cascades to rows of another registered table: the cascade
+-- is a local change and is recorded as such
+SELECT receive('facility', '00000000-0000-0000-0000-0000000000f2', 'South',
+               '{"id": "00000000-0000-0000-0000-0000000000f2", "name": "South"}',
+               is_deleted => true, ctr => 5) IS NOT NULL;
+SELECT id FROM learner WHERE facility_id = '00000000-0000-0000-0000-0000000000f2' ORDER BY id;
+SELECT * FROM morango.deserialize('facilitydata');
+SELECT count(*) FROM learner WHERE facility_id = '00000000-0000-0000-0000-0000000000f2';
+SELECT model_name, source_id, pending, dirty FROM store_view
+WHERE pending IS NOT NULL OR dirty ORDER BY 1, 2;
+SELECT morango.serialize('facilitydata') AS stamped;
+
+-- with no profile, every profile is deserialized
+SELECT receive('enrol', 'school:r1', '10', '{"id": 10, "room_id": "r1"}', profile => 'school') IS NOT NULL;
+SELECT * FROM morango.deserialize();
+SELECT count(*) FROM enrol WHERE id = 10;
+
+-- bad filters
+SELECT * FROM morango.deserialize('school', '{}');

@@ -1,0 +1,56 @@
+--
+-- setup: install the extension and the helpers the other tests share.
+--
+CREATE EXTENSION morango;
+
+-- the schema and its catalog
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'morango' AND c.relkind = 'r' ORDER BY 1;
+
+-- a fresh database has one current identity, counter 0
+SELECT count(*) AS identities, bool_and(counter = 0) AS counter_zero
+FROM morango.instances WHERE current;
+SELECT morango.instance_id() IS NOT NULL AS has_instance,
+       morango.database_id() IS NOT NULL AS has_database;
+
+-- PUBLIC may use the getters and the id rule, nothing else
+DO $$ BEGIN CREATE ROLE regress_morango_app LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+SET ROLE regress_morango_app;
+SELECT morango.instance_id() IS NOT NULL AS getter_works, morango.record_id('', 'x', 'y') IS NOT NULL AS id_rule_works;
+SELECT count(*) FROM morango.store;
+SELECT morango.serialize();
+SELECT morango.deserialize();
+SELECT morango.register_model('pg_class', 'p');
+RESET ROLE;
+
+/*
+ * Test helper: put a version of a record into the store as if it had
+ * arrived from a peer (what the dequeue step does): dirty, stamped by a
+ * foreign instance.
+ */
+CREATE FUNCTION receive(model text, part text, src text, data jsonb,
+                        is_deleted boolean DEFAULT false, is_hard boolean DEFAULT false,
+                        profile text DEFAULT 'facilitydata', ctr bigint DEFAULT 1)
+RETURNS uuid LANGUAGE sql AS $$
+    INSERT INTO morango.store AS s (id, profile, model_name, partition, source_id, serialized,
+                                    deleted, hard_deleted, last_saved_instance, last_saved_counter,
+                                    dirty_bit)
+    VALUES (morango.record_id(part, src, model), profile, model, part, src,
+            CASE WHEN is_hard THEN '{}' ELSE data END, is_deleted OR is_hard, is_hard,
+            'aaaaaaaa-0000-0000-0000-000000000000', ctr, true)
+    ON CONFLICT (id) DO UPDATE SET serialized = EXCLUDED.serialized, deleted = EXCLUDED.deleted,
+        hard_deleted = EXCLUDED.hard_deleted, last_saved_instance = EXCLUDED.last_saved_instance,
+        last_saved_counter = EXCLUDED.last_saved_counter, dirty_bit = true,
+        deserialization_error = NULL
+    RETURNING id
+$$;
+
+-- Test helper: the store as a readable table (no random ids)
+CREATE VIEW store_view AS
+SELECT model_name, partition, source_id, serialized, deleted, hard_deleted,
+       last_saved_counter AS ctr,
+       CASE WHEN last_saved_instance = morango.instance_id() THEN 'local'
+            WHEN last_saved_instance IS NULL THEN NULL ELSE 'peer' END AS lsi,
+       pending, dirty_bit AS dirty, deserialization_error AS error,
+       jsonb_array_length(conflicting_serialized_data) AS conflicts
+FROM morango.store;
