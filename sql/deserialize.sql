@@ -28,7 +28,7 @@ SELECT * FROM morango.deserialize('school');
 SELECT * FROM room ORDER BY id;
 SELECT * FROM enrol ORDER BY id;
 -- the store is clean, and writing the tables did not echo back as local changes
-SELECT model_name, source_id, dirty, pending, error FROM store_view
+SELECT model_name, source_id, dirty, changed, error FROM store_view
 WHERE model_name IN ('room', 'enrol') ORDER BY 1, 2;
 
 -- nothing dirty: nothing to do
@@ -88,8 +88,7 @@ SELECT receive('facility', '00000000-0000-0000-0000-0000000000f2', 'South',
 SELECT id FROM learner WHERE facility_id = '00000000-0000-0000-0000-0000000000f2' ORDER BY id;
 SELECT * FROM morango.deserialize('facilitydata');
 SELECT count(*) FROM learner WHERE facility_id = '00000000-0000-0000-0000-0000000000f2';
-SELECT model_name, source_id, pending, dirty FROM store_view
-WHERE pending IS NOT NULL OR dirty ORDER BY 1, 2;
+SELECT * FROM changes_view;
 SELECT morango.serialize('facilitydata') AS stamped;
 
 -- with no profile, every profile is deserialized

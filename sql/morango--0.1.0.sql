@@ -69,42 +69,43 @@ CREATE TABLE morango.models (
 -- -------------------------------------------------------------------------
 
 /*
+ * Changes the capture trigger noted and serialize() has not stamped yet:
+ * one row per changed application row (table, primary key as a jsonb array
+ * in text form, hard delete?).  Written by the trigger with a plain heap
+ * insert; no index, constraint or trigger, on purpose.
+ */
+CREATE TABLE morango.changes (
+    model               regclass NOT NULL,
+    key                 text NOT NULL,
+    hard                boolean NOT NULL
+);
+
+/*
  * The store: one serialized copy of every syncable record, local or
- * received.  serialized/deleted/hard_deleted/last_saved_* describe the last
- * stamped version (the one peers may receive).  pending/pending_serialized
- * hold a local change the trigger recorded but serialize() has not stamped
- * yet.  dirty_bit means "holds a version from a peer not yet written to the
- * application table".
+ * received, at its last version (last_saved_instance, last_saved_counter).
+ * dirty_bit means "holds a version from a peer not yet written to the
+ * application table".  app_key ties a record to its application row.
  */
 CREATE TABLE morango.store (
     id                          uuid PRIMARY KEY,
     profile                     text NOT NULL,
     model_name                  text NOT NULL,
     partition                   text NOT NULL,
-    source_id                   text NOT NULL,
-    serialized                  jsonb,
+    source_id                   text NOT NULL CHECK (source_id <> ''),
+    serialized                  jsonb NOT NULL CHECK (jsonb_typeof(serialized) = 'object'),
     deleted                     boolean NOT NULL DEFAULT false,
     hard_deleted                boolean NOT NULL DEFAULT false,
-    last_saved_instance         uuid,
-    last_saved_counter          bigint,
-    conflicting_serialized_data jsonb NOT NULL DEFAULT '[]',
+    last_saved_instance         uuid NOT NULL,
+    last_saved_counter          bigint NOT NULL CHECK (last_saved_counter > 0),
+    conflicting_serialized_data jsonb NOT NULL DEFAULT '[]'
+        CHECK (jsonb_typeof(conflicting_serialized_data) = 'array'),
     dirty_bit                   boolean NOT NULL DEFAULT false,
     deserialization_error       text,
     last_transfer_session_id    uuid,
-    app_key                     text,
-    pending                     text CHECK (pending IN ('update', 'delete', 'hard_delete')),
-    pending_serialized          jsonb,
-    CHECK ((last_saved_instance IS NULL) = (last_saved_counter IS NULL)),
-    CHECK (last_saved_counter IS NOT NULL OR pending IS NOT NULL),
-    CHECK (last_saved_counter IS NULL OR last_saved_counter > 0),
-    CHECK (jsonb_typeof(conflicting_serialized_data) = 'array'),
-    CHECK (serialized IS NULL OR jsonb_typeof(serialized) = 'object'),
-    CHECK (pending_serialized IS NULL OR jsonb_typeof(pending_serialized) = 'object'),
-    CHECK (source_id <> '')
+    app_key                     text
 );
 CREATE UNIQUE INDEX store_app_key ON morango.store (profile, model_name, app_key);
 CREATE INDEX store_partition ON morango.store (partition text_pattern_ops);
-CREATE INDEX store_pending ON morango.store (profile) WHERE pending IS NOT NULL;
 CREATE INDEX store_dirty ON morango.store (profile, model_name) WHERE dirty_bit;
 
 /* Version vector of each record: the highest counter of every instance that wrote it. */
@@ -205,6 +206,7 @@ CREATE TABLE morango.record_max_counter_buffer (
 -- identity: a restored database is a copy and must make versions under an
 -- instance id of its own (CREATE EXTENSION in the restore makes one).
 SELECT pg_catalog.pg_extension_config_dump('morango.models', '');
+SELECT pg_catalog.pg_extension_config_dump('morango.changes', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.store', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.record_max_counters', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.database_max_counters', '');
@@ -306,14 +308,7 @@ RETURNS trigger
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'morango_capture_trigger';
 COMMENT ON FUNCTION morango.capture_trigger() IS
-    'row trigger on registered tables: records changes in the store as pending';
-
-CREATE FUNCTION morango.expression_failed(what text, model_name text)
-RETURNS text
-LANGUAGE C
-AS 'MODULE_PATHNAME', 'morango_expression_failed';
-COMMENT ON FUNCTION morango.expression_failed(text, text) IS
-    'raise the error for a partition or source id expression that gave no value (used by the capture trigger)';
+    'row trigger on registered tables: notes changed rows in morango.changes';
 
 CREATE FUNCTION morango.register_model(model regclass, profile text,
                                        "partition" text DEFAULT '',
@@ -355,7 +350,7 @@ RETURNS bigint
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'morango_serialize';
 COMMENT ON FUNCTION morango.serialize(text, text[]) IS
-    'stamp pending store rows in scope with one new counter; returns the number of rows stamped';
+    'write changed rows in scope to the store, all stamped with one new counter; returns the number of records stamped';
 
 CREATE FUNCTION morango.deserialize(profile text DEFAULT NULL, filter text[] DEFAULT NULL,
                                     OUT applied bigint, OUT deleted bigint, OUT failed bigint)
@@ -378,6 +373,9 @@ BEGIN
     DELETE FROM morango.models m
     USING pg_event_trigger_dropped_objects() d
     WHERE d.classid = 'pg_class'::regclass AND d.objid = m.model::oid AND d.objsubid = 0;
+    DELETE FROM morango.changes c
+    USING pg_event_trigger_dropped_objects() d
+    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.model::oid AND d.objsubid = 0;
 END
 $$;
 CREATE EVENT TRIGGER morango_sql_drop ON sql_drop EXECUTE FUNCTION morango.on_sql_drop();

@@ -15,9 +15,11 @@ CREATE TABLE learner (
 );
 INSERT INTO facility VALUES ('00000000-0000-0000-0000-0000000000f1', 'North', NULL);
 
--- existing rows are recorded at registration, pending
+-- existing rows are noted as changes at registration; serialize stores them
 SELECT morango.register_model('facility', 'facilitydata', partition => 'id::text', source_id => 'name');
-SELECT model_name, partition, source_id, pending, ctr FROM store_view;
+SELECT * FROM changes_view;
+SELECT morango.serialize();
+SELECT model_name, partition, source_id, changed, ctr FROM store_view;
 SELECT model::text, profile, model_name, partition_expr, source_id_expr, pk_columns FROM morango.models;
 -- triggers installed
 SELECT tgname FROM pg_trigger WHERE tgrelid = 'facility'::regclass AND NOT tgisinternal ORDER BY 1;
@@ -56,10 +58,15 @@ REVOKE EXECUTE ON FUNCTION morango.register_model(regclass, text, text, text, te
 -- the good registration: partition per facility, source id default (the key)
 SELECT morango.register_model('learner', 'facilitydata',
                               partition => $$facility_id || ':user:' || id$$);
-SELECT model_name, partition, source_id, pending FROM store_view WHERE model_name = 'learner';
+SELECT * FROM changes_view;
+SELECT morango.serialize();
+SELECT model_name, partition, source_id, ctr, lsi FROM store_view WHERE model_name = 'learner';
 
--- unregister keeps store rows; writes are no longer recorded
+-- unregister keeps store rows; writes are no longer recorded, pending
+-- changes are dropped
+UPDATE learner SET username = 'ann2' WHERE id = 1;
 SELECT morango.unregister_model('learner');
+SELECT * FROM changes_view;
 SELECT count(*) FROM pg_trigger WHERE tgrelid = 'learner'::regclass AND NOT tgisinternal;
 INSERT INTO learner VALUES (2, '00000000-0000-0000-0000-0000000000f1', 'ben', 0);
 TRUNCATE nokey;
@@ -69,15 +76,20 @@ SELECT morango.unregister_model('nokey');
 -- registering again picks up the existing store row by key, adds the new one
 SELECT morango.register_model('learner', 'facilitydata',
                               partition => $$facility_id || ':user:' || id$$);
-SELECT source_id, pending FROM store_view WHERE model_name = 'learner' ORDER BY 1;
-SELECT count(*) FROM morango.store WHERE model_name = 'learner';
+SELECT source_id, changed FROM store_view WHERE model_name = 'learner' ORDER BY 1;
+SELECT morango.serialize();
+SELECT source_id, serialized->>'username' AS username, ctr FROM store_view
+WHERE model_name = 'learner' ORDER BY 1;
 
 -- dropping a registered table removes its registration, keeps its store rows
 CREATE TABLE scratch (k text PRIMARY KEY);
 INSERT INTO scratch VALUES ('x');
 SELECT morango.register_model('scratch', 'other');
+SELECT morango.serialize();
+INSERT INTO scratch VALUES ('y');
 DROP TABLE scratch;
 SELECT count(*) FROM morango.models WHERE model_name = 'scratch';
+SELECT count(*) FROM morango.changes;
 SELECT model_name, source_id FROM store_view WHERE model_name = 'scratch';
 DROP TABLE nokey;
 DROP VIEW learner_view;

@@ -1,38 +1,54 @@
 --
--- serialize: stamp pending rows with one new counter; record max counters
+-- serialize: one new counter for everything changed; record max counters
 -- and database max counters
 --
 \set VERBOSITY default
 CREATE TEMP TABLE c0 AS SELECT counter FROM morango.instances WHERE current;
 
--- everything pending gets the same, new counter
-SELECT count(*) AS pending FROM morango.store WHERE pending IS NOT NULL;
+-- everything changed gets the same, new counter
+INSERT INTO learner VALUES (20, '00000000-0000-0000-0000-0000000000f1', 'u20', 0),
+                           (21, '00000000-0000-0000-0000-0000000000f1', 'u21', 0);
+UPDATE facility SET name = 'North!' WHERE name = 'North';
+SELECT count(*) AS changes FROM morango.changes;
 SELECT morango.serialize() AS stamped;
 SELECT counter - (SELECT counter FROM c0) AS advanced_by FROM morango.instances WHERE current;
-SELECT count(DISTINCT ctr) AS counters, bool_and(lsi = 'local') AS all_local
+SELECT count(DISTINCT ctr) AS counters, bool_and(lsi = 'local') AS all_local, count(*) AS records
 FROM store_view WHERE ctr > (SELECT counter FROM c0);
-SELECT count(*) AS still_pending FROM morango.store WHERE pending IS NOT NULL;
+SELECT count(*) AS still_changed FROM morango.changes;
 
--- nothing pending: no new counter (Morango bumps anyway; we do not)
+-- nothing changed: no new counter (Morango bumps anyway; we do not)
 SELECT morango.serialize() AS stamped;
 SELECT counter - (SELECT counter FROM c0) AS advanced_by FROM morango.instances WHERE current;
 
 -- the record max counter of this instance follows each stamp
-UPDATE learner SET score = score + 1 WHERE id = 7;
+UPDATE learner SET score = score + 1 WHERE id = 20;
 SELECT morango.serialize() AS stamped;
 SELECT r.counter = s.last_saved_counter AS rmc_follows, r.counter - (SELECT counter FROM c0) AS rel
 FROM morango.store s JOIN morango.record_max_counters r
   ON r.record_id = s.id AND r.instance_id = morango.instance_id()
-WHERE s.model_name = 'learner' AND s.source_id = '7';
+WHERE s.model_name = 'learner' AND s.source_id = '20';
+-- a version from a peer keeps its counter in the version vector
+SELECT receive('learner', '00000000-0000-0000-0000-0000000000f1:user:21', '21',
+               '{"id": 21, "facility_id": "00000000-0000-0000-0000-0000000000f1", "username": "peer", "score": 0}',
+               ctr => 77) IS NOT NULL AS received;
+INSERT INTO morango.record_max_counters
+SELECT id, 'aaaaaaaa-0000-0000-0000-000000000000', 77 FROM morango.store
+WHERE model_name = 'learner' AND source_id = '21';
+SELECT * FROM morango.deserialize('facilitydata');
+UPDATE learner SET username = 'local' WHERE id = 21;
+SELECT morango.serialize() AS stamped;
+SELECT CASE WHEN r.instance_id = morango.instance_id() THEN 'local' ELSE 'peer' END AS instance,
+       CASE WHEN r.instance_id = morango.instance_id() THEN r.counter - (SELECT counter FROM c0)
+            ELSE r.counter END AS counter
+FROM morango.store s JOIN morango.record_max_counters r ON r.record_id = s.id
+WHERE s.model_name = 'learner' AND s.source_id = '21' ORDER BY 1;
+
 -- the database max counter for the whole database ('')
 SELECT partition, counter = (SELECT counter FROM morango.instances WHERE current) AS is_current
 FROM morango.database_max_counters WHERE instance_id = morango.instance_id() ORDER BY 1;
 
--- deletes, hard deletes and data
-SELECT source_id, deleted, hard_deleted, serialized = '{}' AS erased, conflicts
-FROM store_view WHERE model_name = 'learner' AND source_id IN ('3', '4', '5', '6') ORDER BY 1;
 -- a hard delete clears the conflict history too
-SELECT source_id, conflicts FROM store_view WHERE model_name = 'learner' AND source_id = '8';
+SELECT conflicts FROM store_view WHERE model_name = 'learner' AND source_id = '8';
 SELECT morango.hard_delete('learner', '8');
 SELECT morango.serialize() AS stamped;
 SELECT serialized, deleted, hard_deleted, conflicts FROM store_view
@@ -59,27 +75,31 @@ SELECT serialized->>'nickname' AS kept, serialized->>'score' AS score FROM store
 WHERE model_name = 'learner' AND source_id = '8';
 
 -- scope: by profile and by partition prefix
-INSERT INTO gadget VALUES (10, 'zed');
+CREATE TABLE tag (id text PRIMARY KEY, grp text NOT NULL);
+SELECT morango.register_model('tag', 'tags', partition => 'grp');
+INSERT INTO tag VALUES ('t1', 'zed');
 INSERT INTO learner VALUES (10, '00000000-0000-0000-0000-0000000000f2', 'in f2', 0),
                            (11, '00000000-0000-0000-0000-0000000000f1', 'in f1', 0);
 SELECT morango.serialize('otherprofile') AS stamped;
 SELECT morango.serialize('facilitydata', ARRAY['00000000-0000-0000-0000-0000000000f2']) AS stamped;
-SELECT source_id, pending FROM store_view WHERE source_id IN ('10', '11', 'zed') ORDER BY 1;
+SELECT * FROM changes_view ORDER BY 1, 2;
 SELECT partition FROM morango.database_max_counters
 WHERE instance_id = morango.instance_id() ORDER BY 1;
 SELECT morango.serialize('facilitydata', ARRAY['00000000-0000-0000-0000-0000000000f1', 'zed']) AS stamped;
-SELECT count(*) AS still_pending FROM morango.store WHERE pending IS NOT NULL;
+SELECT * FROM changes_view ORDER BY 1, 2;
+SELECT morango.serialize('tags') AS stamped;
 -- database max counters only rise
 UPDATE morango.database_max_counters SET counter = counter + 1000
 WHERE instance_id = morango.instance_id() AND partition = 'zed';
-UPDATE gadget SET owner = 'zed' WHERE id = 10;
+UPDATE tag SET grp = 'zed' WHERE id = 't1';
+INSERT INTO tag VALUES ('t2', 'zed');
 SELECT morango.serialize(filter => ARRAY['zed']) AS stamped;
 SELECT counter > (SELECT counter FROM morango.instances WHERE current) AS kept_higher
 FROM morango.database_max_counters WHERE instance_id = morango.instance_id() AND partition = 'zed';
 -- LIKE wildcards in a prefix are plain characters
-INSERT INTO gadget VALUES (12, 'a_b'), (13, 'axb');
+INSERT INTO tag VALUES ('t3', 'a_b'), ('t4', 'axb');
 SELECT morango.serialize(filter => ARRAY['a_']) AS stamped;
-SELECT partition, pending FROM morango.store WHERE model_name = 'gadget' AND partition IN ('a_b', 'axb') ORDER BY 1;
+SELECT * FROM changes_view;
 SELECT morango.serialize() AS stamped;
 
 -- bad filters

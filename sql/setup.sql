@@ -45,12 +45,18 @@ RETURNS uuid LANGUAGE sql AS $$
     RETURNING id
 $$;
 
--- Test helper: the store as a readable table (no random ids)
+-- Test helper: the store as a readable table (no random ids); "changed"
+-- says a local change of the record waits for serialize
 CREATE VIEW store_view AS
-SELECT model_name, partition, source_id, serialized, deleted, hard_deleted,
-       last_saved_counter AS ctr,
-       CASE WHEN last_saved_instance = morango.instance_id() THEN 'local'
-            WHEN last_saved_instance IS NULL THEN NULL ELSE 'peer' END AS lsi,
-       pending, dirty_bit AS dirty, deserialization_error AS error,
-       jsonb_array_length(conflicting_serialized_data) AS conflicts
-FROM morango.store;
+SELECT s.model_name, s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,
+       s.last_saved_counter AS ctr,
+       CASE WHEN s.last_saved_instance = morango.instance_id() THEN 'local' ELSE 'peer' END AS lsi,
+       EXISTS (SELECT 1 FROM morango.changes c JOIN morango.models m ON m.model = c.model
+               WHERE m.profile = s.profile AND m.model_name = s.model_name AND c.key = s.app_key) AS changed,
+       s.dirty_bit AS dirty, s.deserialization_error AS error,
+       jsonb_array_length(s.conflicting_serialized_data) AS conflicts
+FROM morango.store s;
+
+-- Test helper: the changes waiting for serialize
+CREATE VIEW changes_view AS
+SELECT model::text AS model, key, hard FROM morango.changes;

@@ -1,25 +1,21 @@
 /*-------------------------------------------------------------------------
  *
  * capture.c
- *		Step 1 of a record's path: the row trigger on registered tables puts
- *		each change into the store as *pending*.
+ *		Step 1 of a record's path: the row trigger on registered tables
+ *		notes which rows changed, in morango.changes.
  *
- * The trigger does the jsonb work eagerly (to_jsonb of the row, partition,
- * source id, record id) and leaves the store row marked pending; it never
- * touches counters.  serialize.c later stamps every pending row with one
- * new counter under a lock, so that counters follow commit order.
+ * The trigger is a hot path, so it does the least that keeps the change:
+ * it computes the row's application key (its primary key as a jsonb
+ * array, the same text morango.store.app_key holds) and appends
+ * (table, key, hard delete?) to morango.changes with a direct heap insert:
+ * no SPI, no SQL, no index.  Everything else (the row's jsonb, partition,
+ * source id, record id, version) is done by serialize.c for all pending
+ * changes at once, set-based, when it stamps them with one counter under
+ * the instance lock: that is what keeps counters in commit order.
  *
- * One SQL statement does the whole store write (an upsert keyed by the
- * application key), prepared once per table and backend and kept in a
- * cache invalidated by relcache callbacks.  It runs with the extension
- * owner's rights and a pinned search_path, so application roles need no
- * privileges on morango's tables and cannot hijack the registered
- * expressions.
- *
- * Deserialization writes application tables too; those writes must not be
- * captured again (no echo).  deserialize.c tells us the trigger depth of
- * its own statements; changes made deeper (cascaded by foreign keys) are
- * still captured.
+ * While deserialize.c writes application tables it tells us which keys it
+ * is writing; changes to those rows are not captured (no echo).  Every
+ * other change made meanwhile (cascades, application triggers) is.
  *
  * IDENTIFICATION
  *		src/capture.c
@@ -28,17 +24,24 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
-#include "utils/guc.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -48,30 +51,31 @@
 PG_FUNCTION_INFO_V1(morango_capture_trigger);
 PG_FUNCTION_INFO_V1(morango_hard_delete_key);
 PG_FUNCTION_INFO_V1(morango_hard_delete_record);
-PG_FUNCTION_INFO_V1(morango_expression_failed);
 
-/* One cache entry per registered table seen by this backend. */
+/* columns of morango.changes */
+#define Natts_changes			3
+#define Anum_changes_model		1
+#define Anum_changes_key		2
+#define Anum_changes_hard		3
+
+/* What the trigger needs to know about one table's primary key. */
 typedef struct CaptureEntry
 {
 	Oid			relid;			/* hash key */
 	bool		valid;
-	SPIPlanPtr	plan;			/* the store upsert, SPI_keepplan'd */
-	char	   *profile;		/* in CacheMemoryContext */
-	char	   *model_name;
 	int			npk;
 	AttrNumber *pk_attnums;
+	FmgrInfo   *to_jsonb;		/* one to_jsonb() call per key column */
 } CaptureEntry;
 
 static HTAB *capture_cache = NULL;
+static Oid	changes_relid = InvalidOid;
 
-/* the extension owner, looked up once per backend */
-static Oid	extension_owner = InvalidOid;
-
-/* true while deserialize.c writes application tables */
-static bool deserializing = false;
+/* keys deserialize.c is writing right now; NULL when it is not running */
+static HTAB *deserializing_keys = NULL;
 
 /*
- * Relcache callback: forget the cached plan of a table whose definition
+ * Relcache callback: forget what we know of a table whose definition
  * changed (or of every table, on a global invalidation).
  */
 static void
@@ -80,6 +84,8 @@ capture_relcache_callback(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	CaptureEntry *entry;
 
+	if (relid == InvalidOid || relid == changes_relid)
+		changes_relid = InvalidOid;
 	if (capture_cache == NULL)
 		return;
 	hash_seq_init(&status, capture_cache);
@@ -101,94 +107,8 @@ morango_capture_init(void)
 }
 
 /*
- * morango_capture_deserializing
- *		Set whether deserialize.c is writing application tables; returns the
- *		previous setting.  While it is, the trigger leaves alone rows whose
- *		store record is dirty (a version from a peer being written: no echo)
- *		and still records every other change (cascades, application
- *		triggers).
- */
-bool
-morango_capture_deserializing(bool on)
-{
-	bool		old = deserializing;
-
-	deserializing = on;
-	return old;
-}
-
-/*
- * morango_capture_sql
- *		The statement that records rows of model m in the store as pending.
- *
- * rowsource is a FROM item that yields the application rows under the alias
- * t: "(SELECT ($1).*) AS t" for the trigger (one row, passed as $1), or the
- * table itself for the initial load at registration.  Parameters: $1 the
- * row (may be unused), $2 profile, $3 model name, $4 the pending kind
- * ('update', 'delete' or 'hard_delete').
- *
- * A row that is already in the store (same application key) keeps its
- * record id (partition and source id are frozen at the first
- * serialization) and gets its pending change replaced; a new row gets the
- * id of the id rule.  If the store held a version received from a peer
- * that was not yet written to the application table, that version moves
- * to the conflict history (the local change wins, Morango's rule).
- *
- * A new row whose id belongs to another live row's record is not recorded
- * (the statement reports 0 rows): the caller raises the error.
- */
-char *
-morango_capture_sql(MorangoModel *m, const char *rowsource)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfo(&buf,
-					 "INSERT INTO morango.store AS s"
-					 " (id, profile, model_name, partition, source_id, app_key, pending, pending_serialized)"
-					 " SELECT COALESCE((SELECT o.id FROM morango.store o"
-					 "                  WHERE o.profile = $2 AND o.model_name = $3 AND o.app_key = c.k),"
-					 "                 morango.record_id(c.p, c.sid, $3)),"
-					 "        $2, $3, c.p, c.sid, c.k, $4,"
-					 "        CASE WHEN $4 = 'hard_delete' THEN NULL ELSE c.j END"
-					 " FROM (SELECT j, p, sid, %s AS k FROM"
-					 "        (SELECT pg_catalog.to_jsonb(t) AS j,"
-					 "                COALESCE((%s)::text, morango.expression_failed('partition', $3)) AS p,"
-					 "                COALESCE(NULLIF((%s)::text, ''), morango.expression_failed('source_id', $3)) AS sid"
-					 "         FROM %s) AS r) AS c"
-					 " WHERE NOT ($5 AND EXISTS (SELECT 1 FROM morango.store d"
-					 "                           WHERE d.profile = $2 AND d.model_name = $3"
-					 "                             AND d.app_key = c.k AND d.dirty_bit))"
-					 " ON CONFLICT (id) DO UPDATE SET"
-					 "  app_key = EXCLUDED.app_key,"
-					 "  pending = EXCLUDED.pending,"
-					 "  pending_serialized = EXCLUDED.pending_serialized,"
-					 "  conflicting_serialized_data ="
-					 "    CASE WHEN s.dirty_bit AND s.serialized IS NOT NULL"
-					 "         THEN pg_catalog.jsonb_build_array(s.serialized) || s.conflicting_serialized_data"
-					 "         ELSE s.conflicting_serialized_data END,"
-					 "  dirty_bit = false,"
-					 "  deserialization_error = NULL"
-					 " WHERE s.app_key IS NULL OR s.app_key = EXCLUDED.app_key"
-					 "    OR s.deleted OR s.pending IN ('delete', 'hard_delete')",
-					 morango_app_key_sql(m->pk_columns, "r.j"),
-					 m->partition_expr, m->source_id_expr, rowsource);
-	return buf.data;
-}
-
-/* error context: which table's change we were recording */
-static void
-capture_error_callback(void *arg)
-{
-	CaptureEntry *entry = (CaptureEntry *) arg;
-
-	errcontext("recording a change of morango model \"%s\" (profile \"%s\")",
-			   entry->model_name, entry->profile);
-}
-
-/*
- * Find or build the cache entry of rel.  Must run inside SPI, as the
- * extension owner and with the pinned search_path.
+ * Find or build the cache entry of rel: its primary key columns and a
+ * to_jsonb() call set up for each one's type.
  */
 static CaptureEntry *
 capture_get_entry(Relation rel)
@@ -196,10 +116,8 @@ capture_get_entry(Relation rel)
 	Oid			relid = RelationGetRelid(rel);
 	CaptureEntry *entry;
 	bool		found;
-	MorangoModel *m;
-	char	   *sql;
-	Oid			argtypes[5];
-	SPIPlanPtr	plan;
+	Oid			pkoid;
+	Relation	idx;
 	MemoryContext old;
 
 	if (capture_cache == NULL)
@@ -217,59 +135,183 @@ capture_get_entry(Relation rel)
 		return entry;
 	if (found)
 	{
-		if (entry->plan)
-			SPI_freeplan(entry->plan);
-		if (entry->profile)
-			pfree(entry->profile);
-		if (entry->model_name)
-			pfree(entry->model_name);
-		if (entry->pk_attnums)
-			pfree(entry->pk_attnums);
+		/* the old FmgrInfos and arrays stay allocated; tables rarely change */
 	}
 	entry->valid = false;
-	entry->plan = NULL;
-	entry->profile = NULL;
-	entry->model_name = NULL;
-	entry->pk_attnums = NULL;
 
-	m = morango_registry_lookup(relid, CurrentMemoryContext);
-	if (m == NULL)
+	pkoid = RelationGetPrimaryKeyIndex(rel);
+	if (!OidIsValid(pkoid))
 		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" has a morango trigger but is not registered",
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table \"%s\" is registered with morango but has no primary key",
 						RelationGetRelationName(rel)),
-				 errhint("Drop the trigger, or register the table with morango.register_model().")));
+				 errhint("Add the primary key back, or unregister the table.")));
 
-	sql = morango_capture_sql(m, "(SELECT ($1).*) AS t");
-	argtypes[0] = rel->rd_rel->reltype;
-	argtypes[1] = TEXTOID;
-	argtypes[2] = TEXTOID;
-	argtypes[3] = TEXTOID;
-	argtypes[4] = BOOLOID;
-
-	plan = SPI_prepare(sql, 5, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-
+	idx = index_open(pkoid, AccessShareLock);
 	old = MemoryContextSwitchTo(CacheMemoryContext);
-	entry->profile = pstrdup(m->profile);
-	entry->model_name = pstrdup(m->model_name);
-	entry->npk = list_length(m->pk_columns);
+	entry->npk = idx->rd_index->indnkeyatts;
 	entry->pk_attnums = palloc(sizeof(AttrNumber) * entry->npk);
-	MemoryContextSwitchTo(old);
+	entry->to_jsonb = palloc(sizeof(FmgrInfo) * entry->npk);
 	for (int i = 0; i < entry->npk; i++)
 	{
-		char	   *col = list_nth(m->pk_columns, i);
+		AttrNumber	att = idx->rd_index->indkey.values[i];
+		Form_pg_attribute attr = TupleDescAttr(RelationGetDescr(rel), att - 1);
 
-		entry->pk_attnums[i] = get_attnum(relid, col);
-		if (entry->pk_attnums[i] == InvalidAttrNumber)
-			elog(ERROR, "primary key column \"%s\" of \"%s\" not found",
-				 col, RelationGetRelationName(rel));
+		entry->pk_attnums[i] = att;
+		fmgr_info_cxt(F_TO_JSONB, &entry->to_jsonb[i], CacheMemoryContext);
+		/* to_jsonb(anyelement) learns its argument's type from fn_expr */
+		entry->to_jsonb[i].fn_expr = (Node *)
+			makeFuncExpr(F_TO_JSONB, JSONBOID,
+						 list_make1(makeNullConst(attr->atttypid, attr->atttypmod,
+												  attr->attcollation)),
+						 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
 	}
-	entry->plan = plan;
+	MemoryContextSwitchTo(old);
+	index_close(idx, AccessShareLock);
+	entry->relid = relid;
 	entry->valid = true;
 	return entry;
+}
+
+/*
+ * The application key of a row: its primary key values as a jsonb array,
+ * in jsonb's text form ("[5]", "[1, \"a\"]"), exactly what
+ * pg_catalog.jsonb_build_array(key columns)::text gives in SQL.
+ */
+static char *
+row_app_key(CaptureEntry *entry, TupleDesc desc, HeapTuple tuple)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	for (int i = 0; i < entry->npk; i++)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, entry->pk_attnums[i], desc, &isnull);
+
+		if (i > 0)
+			appendStringInfoString(&buf, ", ");
+		if (isnull)
+			appendStringInfoString(&buf, "null");
+		else
+		{
+			Jsonb	   *jb = DatumGetJsonbP(FunctionCall1(&entry->to_jsonb[i], d));
+
+			(void) JsonbToCString(&buf, &jb->root, VARSIZE(jb));
+		}
+	}
+	appendStringInfoChar(&buf, ']');
+	return buf.data;
+}
+
+/* hash of (table, key) for the set of keys deserialize is writing */
+static uint64
+key_hash(Oid relid, const char *key)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) key, strlen(key), relid);
+
+	return h;
+}
+
+/*
+ * morango_capture_deserializing_begin / _add / _end
+ *		deserialize.c announces the keys it is about to write, so that the
+ *		trigger does not capture its writes as local changes.  _end forgets
+ *		them (also call it on error).
+ */
+void
+morango_capture_deserializing_begin(void)
+{
+	HASHCTL		ctl;
+
+	if (deserializing_keys)
+		hash_destroy(deserializing_keys);
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(uint64);
+	ctl.hcxt = TopTransactionContext;
+	deserializing_keys = hash_create("morango deserializing keys", 1024, &ctl,
+									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+void
+morango_capture_deserializing_add(Oid relid, const char *key)
+{
+	uint64		h = key_hash(relid, key);
+
+	Assert(deserializing_keys != NULL);
+	(void) hash_search(deserializing_keys, &h, HASH_ENTER, NULL);
+}
+
+void
+morango_capture_deserializing_end(void)
+{
+	if (deserializing_keys)
+		hash_destroy(deserializing_keys);
+	deserializing_keys = NULL;
+}
+
+/* Is (relid, key) being written by deserialize right now? */
+static bool
+being_deserialized(Oid relid, const char *key)
+{
+	uint64		h;
+
+	if (deserializing_keys == NULL)
+		return false;
+	h = key_hash(relid, key);
+	return hash_search(deserializing_keys, &h, HASH_FIND, NULL) != NULL;
+}
+
+/*
+ * morango_changes_relid
+ *		The oid of morango.changes (cached).
+ */
+Oid
+morango_changes_relid(void)
+{
+	if (!OidIsValid(changes_relid))
+	{
+		Oid			nsp = get_namespace_oid("morango", false);
+
+		changes_relid = get_relname_relid("changes", nsp);
+		if (!OidIsValid(changes_relid))
+			elog(ERROR, "table morango.changes does not exist");
+	}
+	return changes_relid;
+}
+
+/*
+ * Append (relid, key, hard) to morango.changes.  A plain heap insert: the
+ * table has no index, constraint or trigger, and its rows are only ever
+ * read and deleted by serialize.
+ */
+static void
+record_change(Oid relid, const char *key, bool hard)
+{
+	Relation	rel = table_open(morango_changes_relid(), RowExclusiveLock);
+	Datum		values[Natts_changes];
+	bool		nulls[Natts_changes] = {false, false, false};
+	HeapTuple	tup;
+
+	values[Anum_changes_model - 1] = ObjectIdGetDatum(relid);
+	values[Anum_changes_key - 1] = CStringGetTextDatum(key);
+	values[Anum_changes_hard - 1] = BoolGetDatum(hard);
+	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	simple_heap_insert(rel, tup);
+	heap_freetuple(tup);
+	table_close(rel, RowExclusiveLock);
+}
+
+/* Capture one row version (unless deserialize is writing it). */
+static void
+capture_tuple(Relation rel, CaptureEntry *entry, HeapTuple tuple, bool hard)
+{
+	char	   *key = row_app_key(entry, RelationGetDescr(rel), tuple);
+
+	if (!being_deserialized(RelationGetRelid(rel), key))
+		record_change(RelationGetRelid(rel), key, hard);
+	pfree(key);
 }
 
 /* Did an UPDATE change the primary key?  (binary comparison) */
@@ -293,36 +335,15 @@ primary_key_changed(CaptureEntry *entry, TupleDesc desc, HeapTuple oldtup, HeapT
 	return false;
 }
 
-/* Execute the cached upsert for one row with the given pending kind. */
-static void
-capture_row(CaptureEntry *entry, TupleDesc desc, HeapTuple tuple, const char *kind)
-{
-	Datum		values[5];
-	int			ret;
-
-	values[0] = heap_copy_tuple_as_datum(tuple, desc);
-	values[1] = CStringGetTextDatum(entry->profile);
-	values[2] = CStringGetTextDatum(entry->model_name);
-	values[3] = CStringGetTextDatum(kind);
-	values[4] = BoolGetDatum(deserializing);
-
-	ret = SPI_execute_plan(entry->plan, values, NULL, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "capture statement failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0 && !deserializing)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNIQUE_VIOLATION),
-				 errmsg("this row of morango model \"%s\" has the record id of another row",
-						entry->model_name),
-				 errdetail("Its partition and source id are those of a row already in the store."),
-				 errhint("The source_id expression must be unique within a partition.")));
-}
-
 /*
  * morango.capture_trigger()
  *		AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW on a registered table:
- *		record the change in the store as pending.  Also installed as
- *		BEFORE TRUNCATE FOR EACH STATEMENT, where it refuses the TRUNCATE.
+ *		note the changed key in morango.changes.  Also installed as BEFORE
+ *		TRUNCATE FOR EACH STATEMENT, where it refuses the TRUNCATE.
+ *
+ * A DELETE while morango.hard_delete is on is noted as a hard delete.  An
+ * UPDATE that changes the primary key notes the old key (deleted) and the
+ * new one.
  */
 Datum
 morango_capture_trigger(PG_FUNCTION_ARGS)
@@ -330,12 +351,7 @@ morango_capture_trigger(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	TriggerEvent ev;
 	Relation	rel;
-	TupleDesc	desc;
 	CaptureEntry *entry;
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nestlevel;
-	ErrorContextCallback errcallback;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -358,123 +374,99 @@ morango_capture_trigger(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("morango.capture_trigger() must be an AFTER ROW trigger")));
 
-	desc = RelationGetDescr(rel);
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-
-	/*
-	 * Read the registration and write the store as the extension owner,
-	 * with a safe search_path.
-	 */
-	if (!OidIsValid(extension_owner))
-		extension_owner = morango_extension_owner();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(extension_owner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	nestlevel = morango_pin_search_path();
-
 	entry = capture_get_entry(rel);
 
-	errcallback.callback = capture_error_callback;
-	errcallback.arg = entry;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-
 	if (TRIGGER_FIRED_BY_INSERT(ev))
-		capture_row(entry, desc, trigdata->tg_trigtuple, "update");
+		capture_tuple(rel, entry, trigdata->tg_trigtuple, false);
 	else if (TRIGGER_FIRED_BY_UPDATE(ev))
 	{
-		/* a changed primary key moves the row: delete the old key's record */
-		if (primary_key_changed(entry, desc, trigdata->tg_trigtuple, trigdata->tg_newtuple))
-			capture_row(entry, desc, trigdata->tg_trigtuple,
-						morango_hard_delete_guc ? "hard_delete" : "delete");
-		capture_row(entry, desc, trigdata->tg_newtuple, "update");
+		if (primary_key_changed(entry, RelationGetDescr(rel),
+								trigdata->tg_trigtuple, trigdata->tg_newtuple))
+			capture_tuple(rel, entry, trigdata->tg_trigtuple, morango_hard_delete_guc);
+		capture_tuple(rel, entry, trigdata->tg_newtuple, false);
 	}
 	else if (TRIGGER_FIRED_BY_DELETE(ev))
-		capture_row(entry, desc, trigdata->tg_trigtuple,
-					morango_hard_delete_guc ? "hard_delete" : "delete");
+		capture_tuple(rel, entry, trigdata->tg_trigtuple, morango_hard_delete_guc);
 
-	morango_unpin_search_path(nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	error_context_stack = errcallback.previous;
-
-	SPI_finish();
 	return PointerGetDatum(NULL);
 }
 
 /*
- * Mark store record `id` for a hard delete and delete its application row,
- * if its table is registered and the row exists.  Returns false if there is
- * no such store record.  Runs inside SPI.
+ * Hard-delete store record `id` of registered model relid whose
+ * application key is app_key: delete its application row (the trigger notes
+ * a hard delete), or, if there is none (already deleted), note the hard
+ * delete directly.  Runs inside SPI.
  */
-static bool
-hard_delete_record(Datum id)
+static void
+hard_delete(MorangoModel *m, const char *app_key)
+{
+	char	   *qualname = morango_qualified_name(m->relid);
+	StringInfoData sql;
+	Oid			ktypes[1] = {TEXTOID};
+	Datum		kvalues[1] = {CStringGetTextDatum(app_key)};
+	bool		save = morango_hard_delete_guc;
+	int			ret;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "DELETE FROM ONLY %s AS t USING %s AS k WHERE %s",
+					 qualname,
+					 morango_key_record_sql(m, qualname, "$1::jsonb"),
+					 morango_pk_equal_sql(m, "t", "k"));
+	morango_hard_delete_guc = true;
+	PG_TRY();
+	{
+		ret = SPI_execute_with_args(sql.data, 1, ktypes, kvalues, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		morango_hard_delete_guc = save;
+	}
+	PG_END_TRY();
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		record_change(m->relid, app_key, true);
+}
+
+/*
+ * Find the registered model of a store record and its application key.
+ * Returns NULL if there is no such record; errors if its model is not
+ * registered.  Runs inside SPI.
+ */
+static MorangoModel *
+record_model(Datum id, char **app_key)
 {
 	Oid			argtypes[1] = {UUIDOID};
 	Datum		values[1] = {id};
 	int			ret;
-	Oid			relid = InvalidOid;
-	char	   *app_key = NULL;
 	bool		isnull;
+	Datum		d;
+	char	   *model_name;
 
-	ret = SPI_execute_with_args("SELECT m.model::oid, s.app_key"
+	ret = SPI_execute_with_args("SELECT m.model::oid, s.app_key, s.model_name"
 								" FROM morango.store s"
 								" LEFT JOIN morango.models m"
 								"   ON m.profile = s.profile AND m.model_name = s.model_name"
-								" WHERE s.id = $1 FOR UPDATE OF s",
-								1, argtypes, values, NULL, false, 1);
+								" WHERE s.id = $1",
+								1, argtypes, values, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)
-		return false;
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-			relid = DatumGetObjectId(d);
-		app_key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	}
-
-	/* delete the application row, if any: the trigger records a hard delete */
-	if (OidIsValid(relid) && app_key != NULL)
-	{
-		MorangoModel *m = morango_registry_lookup(relid, CurrentMemoryContext);
-		char	   *qualname = morango_qualified_name(relid);
-		StringInfoData sql;
-		Oid			ktypes[1] = {TEXTOID};
-		Datum		kvalues[1] = {CStringGetTextDatum(app_key)};
-		bool		save = morango_hard_delete_guc;
-
-		initStringInfo(&sql);
-		appendStringInfo(&sql, "DELETE FROM ONLY %s AS t USING %s AS k WHERE %s",
-						 qualname,
-						 morango_key_record_sql(m, qualname, "$1::jsonb"),
-						 morango_pk_equal_sql(m, "t", "k"));
-		morango_hard_delete_guc = true;
-		PG_TRY();
-		{
-			ret = SPI_execute_with_args(sql.data, 1, ktypes, kvalues, NULL, false, 0);
-		}
-		PG_FINALLY();
-		{
-			morango_hard_delete_guc = save;
-		}
-		PG_END_TRY();
-		if (ret != SPI_OK_DELETE)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	}
-
-	/* and in any case (already deleted, or table unregistered) mark the record */
-	ret = SPI_execute_with_args("UPDATE morango.store SET pending = 'hard_delete',"
-								" pending_serialized = NULL, dirty_bit = false,"
-								" deserialization_error = NULL"
-								" WHERE id = $1",
-								1, argtypes, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	return true;
+		return NULL;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	*app_key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	model_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("model \"%s\" of this record is not registered here", model_name),
+				 errhint("Register its table with morango.register_model() first.")));
+	if (*app_key == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("record has no application key yet"),
+				 errhint("Run morango.deserialize() first.")));
+	return morango_registry_lookup(DatumGetObjectId(d), CurrentMemoryContext);
 }
 
 /*
@@ -486,19 +478,23 @@ hard_delete_record(Datum id)
 Datum
 morango_hard_delete_record(PG_FUNCTION_ARGS)
 {
-	bool		found;
+	MorangoModel *m;
+	char	   *app_key = NULL;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	found = hard_delete_record(PG_GETARG_DATUM(0));
+	m = record_model(PG_GETARG_DATUM(0), &app_key);
+	if (m)
+		hard_delete(m, app_key);
 	SPI_finish();
-	PG_RETURN_BOOL(found);
+	PG_RETURN_BOOL(m != NULL);
 }
 
 /*
  * morango.hard_delete(model regclass, key text) -> boolean
  *		The same, naming the record by its table and primary key value (as
- *		text; tables with a single-column key only).
+ *		text; tables with a single-column key only).  False if neither an
+ *		application row nor a store record has that key.
  */
 Datum
 morango_hard_delete_key(PG_FUNCTION_ARGS)
@@ -512,6 +508,7 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 	int			ret;
 	bool		found = false;
 	Oid			keytype;
+	char	   *app_key;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -528,51 +525,26 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 				 errhint("Use SET LOCAL morango.hard_delete = on and a DELETE statement, "
 						 "or morango.hard_delete(record_id uuid).")));
 
+	/* the key in app_key form, and whether a row or a record has it */
 	keytype = get_atttype(relid, get_attnum(relid, linitial(m->pk_columns)));
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT id FROM morango.store"
-					 " WHERE profile = $1 AND model_name = $2"
-					 "   AND app_key = pg_catalog.jsonb_build_array(CAST($3 AS %s))::text",
-					 format_type_be_qualified(keytype));
+					 "SELECT k, EXISTS (SELECT 1 FROM morango.store"
+					 "                  WHERE profile = $1 AND model_name = $2 AND app_key = k)"
+					 "       OR EXISTS (SELECT 1 FROM ONLY %s AS t WHERE t.%s = CAST($3 AS %s))"
+					 " FROM (SELECT pg_catalog.jsonb_build_array(CAST($3 AS %s))::text AS k) AS v",
+					 morango_qualified_name(relid), quote_identifier(linitial(m->pk_columns)),
+					 format_type_be_qualified(keytype), format_type_be_qualified(keytype));
 	values[0] = CStringGetTextDatum(m->profile);
 	values[1] = CStringGetTextDatum(m->model_name);
 	values[2] = PointerGetDatum(key);
 	ret = SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed > 0)
-	{
-		bool		isnull;
-		Datum		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		pg_uuid_t  *copy = palloc(sizeof(pg_uuid_t));
-
-		memcpy(copy, DatumGetUUIDP(id), sizeof(pg_uuid_t));
-		found = hard_delete_record(UUIDPGetDatum(copy));
-	}
+	app_key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	found = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0;
+	if (found)
+		hard_delete(m, app_key);
 	SPI_finish();
 	PG_RETURN_BOOL(found);
-}
-
-/*
- * morango.expression_failed(what text, model_name text) -> text
- *		Raise the error for a partition (null) or source id (null or empty)
- *		expression that gave no usable value.  The capture statement calls
- *		it only in that case, through COALESCE.
- */
-Datum
-morango_expression_failed(PG_FUNCTION_ARGS)
-{
-	char	   *what = PG_ARGISNULL(0) ? "?" : text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *model = PG_ARGISNULL(1) ? "?" : text_to_cstring(PG_GETARG_TEXT_PP(1));
-
-	if (strcmp(what, "partition") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("partition expression of morango model \"%s\" is null for this row", model),
-				 errhint("Use coalesce() in the partition expression, or fix the row.")));
-	ereport(ERROR,
-			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-			 errmsg("source_id expression of morango model \"%s\" is null or empty for this row", model)));
-	PG_RETURN_NULL();
 }

@@ -14,16 +14,19 @@
  * set and is retried next time.  Records that already carry an error skip
  * the batch attempt.
  *
- * Concurrency.  Store rows and existing application rows are locked with
- * SKIP LOCKED before writing: a record whose application row a transaction
- * is changing right now is left for the next run (that transaction's
- * change will win anyway, Morango's "local edit wins" rule), so a local
- * edit is never overwritten by an older incoming version and deserialize
- * never waits on application transactions.
+ * Local edits win.  A record whose application row was changed locally
+ * since the last serialize (a key in morango.changes) is not written: the
+ * next serialize makes the local version the newest and keeps the incoming
+ * one in the conflict history (Morango's rule, semantics 3.1 c).  To make
+ * that airtight, store rows and existing application rows are locked first
+ * (SKIP LOCKED: a row some transaction is changing right now is left for
+ * the next run, and deserialize never waits on application transactions),
+ * and only then, in a new statement that sees every committed change, are
+ * changed keys left out.
  *
- * No echo.  While deserialize runs, the capture trigger ignores rows whose
- * store record is dirty (those are the ones we write); rows changed by
- * cascades or by application triggers are captured as local changes.
+ * No echo.  Deserialize tells the capture trigger which keys it is writing;
+ * rows changed by cascades or by application triggers are still captured
+ * as local changes.
  *
  * IDENTIFICATION
  *		src/deserialize.c
@@ -57,6 +60,7 @@ typedef struct DeserModel
 	char	   *upsert_sql;		/* $1 uuid[]: write these live records */
 	char	   *delete_sql;		/* $1 uuid[]: delete these tombstones' rows */
 	char	   *lock_sql;		/* $1 uuid[] -> ids whose app row is ours to write */
+	char	   *unchanged_sql;	/* $1 uuid[] -> (id, app_key) without local changes */
 	Datum		columns;		/* text[]: every column of the table */
 } DeserModel;
 
@@ -236,6 +240,12 @@ build_model(MorangoModel *m)
 					 "    OR NOT EXISTS (SELECT 1 FROM ONLY %s AS t WHERE %s)",
 					 keyrec, dm->qualname, pkeq_tk, dm->qualname, pkeq_tk);
 	dm->lock_sql = sql.data;
+
+	dm->unchanged_sql = psprintf("SELECT s.id, s.app_key FROM morango.store s"
+								 " WHERE s.id = ANY($1) AND NOT EXISTS"
+								 "  (SELECT 1 FROM morango.changes c"
+								 "   WHERE c.model = %u::oid::regclass AND c.key = s.app_key)",
+								 m->relid);
 	return dm;
 }
 
@@ -530,6 +540,18 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 		if (n == 0)
 			continue;
 
+		/* ... and that were not changed locally (a new snapshot sees every commit) */
+		ret = SPI_execute_with_args(dm->unchanged_sql, 1, idtype, &ids, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		for (uint64 i = 0; i < SPI_processed; i++)
+			morango_capture_deserializing_add(dm->m->relid,
+											  SPI_getvalue(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 2));
+		ids = spi_uuid_array(&n);
+		if (n == 0)
+			continue;
+
 		if (fresh && try_write_batch(write_sql, ids) == NULL)
 		{
 			if (deleted)
@@ -601,7 +623,6 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	ListCell   *lc;
 	DeserCounts counts = {0, 0, 0};
 	int			nestlevel;
-	bool		save_deserializing = morango_capture_deserializing(true);
 
 	models = morango_registry_models(profile, CurrentMemoryContext);
 
@@ -614,7 +635,8 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	foreach(lc, ordered)
 		counts.failed += assign_app_keys((DeserModel *) lfirst(lc), filter, filter_null);
 
-	/* the capture trigger now skips rows of records that are dirty */
+	/* the capture trigger skips the keys we announce */
+	morango_capture_deserializing_begin();
 	PG_TRY();
 	{
 		/* upserts parents first, deletes children first */
@@ -625,7 +647,7 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	}
 	PG_FINALLY();
 	{
-		(void) morango_capture_deserializing(save_deserializing);
+		morango_capture_deserializing_end();
 	}
 	PG_END_TRY();
 

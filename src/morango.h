@@ -72,7 +72,9 @@ extern void morango_deserialize_internal(const char *profile, Datum filter, bool
 
 /* capture.c */
 extern void morango_capture_init(void);
-extern bool morango_capture_deserializing(bool on);
-extern char *morango_capture_sql(MorangoModel *m, const char *rowsource);
+extern Oid	morango_changes_relid(void);
+extern void morango_capture_deserializing_begin(void);
+extern void morango_capture_deserializing_add(Oid relid, const char *key);
+extern void morango_capture_deserializing_end(void);
 
 #endif							/* MORANGO_H */

@@ -158,8 +158,8 @@ spi_exec_checked(const char *sql, int expected)
  *
  * partition and source_id are SQL expressions over the table's columns
  * (partition '' means the empty partition; source_id NULL means the primary
- * key as text).  Installs the capture triggers and records every existing
- * row in the store as pending.  The table is locked against writes for the
+ * key as text).  Installs the capture triggers and notes every existing
+ * row as changed, so the next serialize puts it in the store.  The table is locked against writes for the
  * duration, so no change slips between the initial load and the triggers.
  */
 Datum
@@ -173,7 +173,6 @@ morango_register_model(PG_FUNCTION_ARGS)
 	Relation	rel;
 	List	   *pk;
 	char	   *qualname;
-	MorangoModel m;
 	Oid			argtypes[6];
 	Datum		values[6];
 	int			ret;
@@ -294,13 +293,6 @@ morango_register_model(PG_FUNCTION_ARGS)
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 
-	m.relid = relid;
-	m.profile = profile;
-	m.model_name = model_name;
-	m.partition_expr = partition_expr;
-	m.source_id_expr = source_id_expr;
-	m.pk_columns = pk;
-
 	/*
 	 * Check the expressions: each alone first, so an error names the right
 	 * one, then the whole capture statement.  All under the pinned
@@ -372,20 +364,15 @@ morango_register_model(PG_FUNCTION_ARGS)
 							  " FOR EACH STATEMENT EXECUTE FUNCTION morango.capture_trigger()",
 							  qualname), SPI_OK_UTILITY);
 
-	/* initial load: every existing row becomes a pending store row */
-	info.what = "initial load (evaluating the partition and source_id expressions)";
-	argtypes[0] = rel->rd_rel->reltype;
-	argtypes[1] = TEXTOID;
-	argtypes[2] = TEXTOID;
-	argtypes[3] = TEXTOID;
-	argtypes[4] = BOOLOID;
-	values[0] = (Datum) 0;
-	values[1] = CStringGetTextDatum(profile);
-	values[2] = CStringGetTextDatum(model_name);
-	values[3] = CStringGetTextDatum("update");
-	values[4] = BoolGetDatum(false);
-	ret = SPI_execute_with_args(morango_capture_sql(&m, psprintf("ONLY %s AS t", qualname)),
-								5, argtypes, values, "n    ", false, 0);
+	/* initial load: every existing row is a change for the next serialize */
+	info.what = "initial load";
+	argtypes[0] = OIDOID;
+	values[0] = ObjectIdGetDatum(relid);
+	ret = SPI_execute_with_args(psprintf("INSERT INTO morango.changes (model, key, hard)"
+										 " SELECT $1::regclass, %s, false FROM ONLY %s AS t",
+										 morango_app_key_sql(pk, "pg_catalog.to_jsonb(t)"),
+										 qualname),
+								1, argtypes, values, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 
@@ -401,6 +388,7 @@ morango_register_model(PG_FUNCTION_ARGS)
  * morango.unregister_model(model regclass) -> void
  *		Remove the triggers and the registration; the store rows stay (they
  *		still sync; re-registering the table picks them up again by key).
+ *		Changes not serialized yet are dropped: serialize first to keep them.
  */
 Datum
 morango_unregister_model(PG_FUNCTION_ARGS)
@@ -432,6 +420,11 @@ morango_unregister_model(PG_FUNCTION_ARGS)
 					 SPI_OK_UTILITY);
 	spi_exec_checked(psprintf("DROP TRIGGER IF EXISTS morango_no_truncate ON %s", qualname),
 					 SPI_OK_UTILITY);
+	/* changes not serialized yet are dropped; registering again notes every row */
+	ret = SPI_execute_with_args("DELETE FROM morango.changes WHERE model = $1::regclass",
+								1, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	SPI_finish();
 	table_close(rel, NoLock);
 	PG_RETURN_VOID();
