@@ -14,6 +14,7 @@ OBJS = \
 	src/morango.o \
 	src/idrule.o \
 	src/filter.o \
+	src/subxact.o \
 	src/registry.o \
 	src/register.o \
 	src/capture.o \

@@ -36,7 +36,6 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -46,7 +45,6 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/resowner.h"
 
 #include "morango.h"
 
@@ -345,50 +343,38 @@ write_batch(const char *sql, Datum ids)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 }
 
+typedef struct WriteArgs
+{
+	const char *sql;
+	Datum		ids;
+} WriteArgs;
+
+static void
+write_batch_run(void *arg)
+{
+	WriteArgs  *a = (WriteArgs *) arg;
+
+	write_batch(a->sql, a->ids);
+}
+
 /*
  * Try write_batch in a subtransaction.  Returns NULL on success, else the
- * error message (palloc'd in the caller's context).  Query cancel and
- * shutdown requests are rethrown, never swallowed.
+ * error message (palloc'd in the caller's context).
  */
 static char *
 try_write_batch(const char *sql, Datum ids)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	char	   *volatile err = NULL;
+	WriteArgs	args = {sql, ids};
+	ErrorData  *edata = morango_try(write_batch_run, &args);
+	char	   *err;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		write_batch(sql, ids);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-			edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY)
-			ReThrowError(edata);
-
-		if (edata->detail)
-			err = psprintf("%s (%s)", edata->message, edata->detail);
-		else
-			err = pstrdup(edata->message);
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
+	if (edata == NULL)
+		return NULL;
+	if (edata->detail)
+		err = psprintf("%s (%s)", edata->message, edata->detail);
+	else
+		err = pstrdup(edata->message);
+	FreeErrorData(edata);
 	return err;
 }
 
@@ -561,24 +547,45 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 			continue;
 		}
 
-		/* one by one, to find the records that fail */
+		/*
+		 * One by one, to find the records that fail.  Repeat over the
+		 * failures while some succeed: a row whose parent is in the same
+		 * batch (a self-referencing table) goes in once its parent has.
+		 */
 		deconstruct_array(DatumGetArrayTypeP(ids), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
 						  &elems, NULL, &n);
-		for (int i = 0; i < n; i++)
+		for (;;)
 		{
-			Datum		one = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
-															  false, TYPALIGN_CHAR));
-			char	   *err;
+			int			progress = 0;
+			int			nfail = 0;
 
-			CHECK_FOR_INTERRUPTS();
-			err = try_write_batch(write_sql, one);
-			if (err == NULL)
-				nok++;
-			else
+			list_free(err_ids);
+			list_free(err_msgs);
+			err_ids = NIL;
+			err_msgs = NIL;
+			for (int i = 0; i < n; i++)
 			{
-				err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
-				err_msgs = lappend(err_msgs, err);
+				Datum		one = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
+																  false, TYPALIGN_CHAR));
+				char	   *err;
+
+				CHECK_FOR_INTERRUPTS();
+				err = try_write_batch(write_sql, one);
+				if (err == NULL)
+				{
+					nok++;
+					progress++;
+				}
+				else
+				{
+					err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
+					err_msgs = lappend(err_msgs, err);
+					elems[nfail++] = elems[i];
+				}
 			}
+			n = nfail;
+			if (progress == 0 || n == 0)
+				break;
 		}
 		if (deleted)
 			counts->deleted += nok;

@@ -62,6 +62,9 @@ extern void morango_check_filter(ArrayType *filter);
 extern bool morango_partition_in_filter(const char *partition,
 										const char *const *prefixes, int nprefixes);
 
+/* subxact.c */
+extern ErrorData *morango_try(void (*fn) (void *arg), void *arg);
+
 /* serialize.c */
 extern int64 morango_serialize_internal(Datum profile, bool profile_null,
 										Datum filter, bool filter_null);

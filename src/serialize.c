@@ -40,15 +40,12 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/uuid.h"
 
 #include "morango.h"
@@ -190,18 +187,41 @@ stamp_sql(MorangoModel *m)
  * only.  Returns the number of records stamped; warns about rows it could
  * not stamp.
  */
+typedef struct StampArgs
+{
+	const char *sql;
+	Oid		   *argtypes;
+	Datum	   *values;
+	char	   *nulls;
+	int64		result[3];		/* stamped, no partition/source id, id taken */
+} StampArgs;
+
+static void
+stamp_run(void *arg)
+{
+	StampArgs  *a = (StampArgs *) arg;
+	int			ret;
+	bool		isnull;
+
+	ret = SPI_execute_with_args(a->sql, 6, a->argtypes, a->values, a->nulls, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	for (int i = 0; i < 3; i++)
+		a->result[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, i + 1, &isnull));
+}
+
 static int64
 stamp_model(MorangoModel *m, Datum filter, bool filter_null, Datum instance, int64 counter)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
 	Oid			argtypes[6] = {OIDOID, TEXTOID, TEXTOID, TEXTARRAYOID, UUIDOID, INT8OID};
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', filter_null ? 'n' : ' ', ' ', ' '};
-	int64		stamped = 0,
-				bad = 0,
-				taken = 0;
-	char	   *sql = stamp_sql(m);
+	StampArgs	args;
+	ErrorData  *edata;
+	int64		stamped,
+				bad,
+				taken;
 
 	values[0] = ObjectIdGetDatum(m->relid);
 	values[1] = CStringGetTextDatum(m->profile);
@@ -209,38 +229,14 @@ stamp_model(MorangoModel *m, Datum filter, bool filter_null, Datum instance, int
 	values[3] = filter;
 	values[4] = instance;
 	values[5] = Int64GetDatum(counter);
+	args.sql = stamp_sql(m);
+	args.argtypes = argtypes;
+	args.values = values;
+	args.nulls = nulls;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
+	edata = morango_try(stamp_run, &args);
+	if (edata != NULL)
 	{
-		int			ret;
-		bool		isnull;
-
-		ret = SPI_execute_with_args(sql, 6, argtypes, values, nulls, false, 0);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		stamped = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		bad = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		taken = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-			edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY)
-			ReThrowError(edata);
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("could not serialize the changes of morango model \"%s\": %s",
@@ -250,7 +246,9 @@ stamp_model(MorangoModel *m, Datum filter, bool filter_null, Datum instance, int
 		FreeErrorData(edata);
 		return 0;
 	}
-	PG_END_TRY();
+	stamped = args.result[0];
+	bad = args.result[1];
+	taken = args.result[2];
 
 	if (bad > 0)
 		ereport(WARNING,

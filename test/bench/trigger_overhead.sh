@@ -90,38 +90,7 @@ sql_value() {
 
 DB=postgres sql -c "CREATE DATABASE bench"
 mg_log "creating and populating bench_plain and bench_reg ($ROWS rows each)"
-sql <<EOF
-CREATE EXTENSION morango;
-
--- two identical tables: a bigint key and 9 columns of mixed types
-CREATE TABLE bench_plain (
-    id          bigint PRIMARY KEY,
-    name        text NOT NULL,
-    qty         integer NOT NULL,
-    created_at  timestamptz NOT NULL,
-    active      boolean NOT NULL,
-    price       numeric(12,2) NOT NULL,
-    note        text,
-    score       double precision,
-    ref         uuid,
-    updated_at  timestamptz
-);
-CREATE TABLE bench_reg (LIKE bench_plain INCLUDING ALL);
-CREATE SEQUENCE bench_plain_id_seq;
-CREATE SEQUENCE bench_reg_id_seq;
-
-INSERT INTO bench_plain
-SELECT g, 'item ' || g, g % 1000, now() - g * interval '1 minute', g % 2 = 0,
-       (g % 100000) / 100.0, repeat('n', 40), random(), gen_random_uuid(), NULL
-FROM generate_series(1, $ROWS) AS g;
-INSERT INTO bench_reg SELECT * FROM bench_plain;
-SELECT setval('bench_plain_id_seq', $ROWS), setval('bench_reg_id_seq', $ROWS) \g /dev/null
-
--- registering notes every existing row as changed;
--- serialize() stamps them, as a first sync would
-SELECT morango.register_model('bench_reg'::regclass, 'bench') \g /dev/null
-SELECT morango.serialize() \g /dev/null
-EOF
+sql -v rows="$ROWS" -v profile=bench -f "$work/test/bench/trigger_schema.sql"
 
 store_rows=$(sql_value "SELECT count(*) FROM morango.store WHERE model_name = 'bench_reg'")
 if [ "$store_rows" != "$ROWS" ]; then
@@ -132,18 +101,9 @@ fi
 # pgbench scripts, one per (workload, table); readable by MG_USER
 mkdir -p "$scripts"
 for t in plain reg; do
-    cat >"$scripts/insert_$t.sql" <<EOF
-\set q random(1, 1000000)
-INSERT INTO bench_$t (id, name, qty, created_at, active, price, note, score, ref, updated_at)
-VALUES (nextval('bench_${t}_id_seq'), 'item ' || :q, :q % 1000, now(), :q % 2 = 0,
-        :q / 100.0, 'inserted by pgbench client ' || :client_id, random(), gen_random_uuid(), NULL);
-EOF
-    cat >"$scripts/update_$t.sql" <<EOF
-\set id random(1, :rows)
-\set q random(1, 1000000)
-UPDATE bench_$t SET qty = :q % 1000, price = :q / 100.0, active = NOT active, updated_at = now()
-WHERE id = :id;
-EOF
+    for w in insert update; do
+        sed "s/@TABLE@/bench_$t/g" "$here/test/bench/trigger_$w.sql.in" >"$scripts/${w}_$t.sql"
+    done
 done
 chown -R "$MG_USER" "$scripts"
 
