@@ -84,6 +84,7 @@ capture_relcache_callback(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	CaptureEntry *entry;
 
+	(void) arg;
 	if (relid == InvalidOid || relid == changes_relid)
 		changes_relid = InvalidOid;
 	if (capture_cache == NULL)
