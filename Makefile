@@ -14,17 +14,25 @@ OBJS = \
 	src/morango.o \
 	src/idrule.o \
 	src/filter.o \
+	src/fsic.o \
+	src/fsic_sql.o \
 	src/subxact.o \
 	src/registry.o \
 	src/register.o \
 	src/capture.o \
 	src/serialize.o \
-	src/deserialize.o
+	src/deserialize.o \
+	src/queue.o \
+	src/buffer.o \
+	src/dequeue.o \
+	src/transport.o \
+	src/sync.o
 
 DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress: sql/*.sql against expected/*.out
-REGRESS      = setup idrule identity register capture serialize deserialize
+REGRESS      = setup idrule identity register capture serialize deserialize fsic edges \
+               transport sync
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
 ISOLATION      = serialize_commit_order deserialize_vs_local_edit

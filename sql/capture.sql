@@ -164,8 +164,10 @@ CREATE TABLE odd (ts timestamptz, amount numeric, flag boolean, label text,
                   PRIMARY KEY (ts, amount, flag, label));
 SELECT morango.register_model('odd', 'facilitydata');
 INSERT INTO odd VALUES ('2026-11-26 10:00:00.5+00', 1.50, true, 'a "quoted" \ label');
+SET TimeZone = 'UTC';
 SELECT key = (SELECT jsonb_build_array(ts, amount, flag, label)::text FROM odd) AS same_key
 FROM morango.changes WHERE model = 'odd'::regclass;
+RESET TimeZone;
 SELECT morango.serialize();
 UPDATE odd SET label = label;
 SELECT morango.serialize() AS unchanged;

@@ -6,8 +6,9 @@
  *
  * Every object lives in schema morango (fixed by morango.control).  Tables
  * hold sync state that only the extension and its owner touch; application
- * roles write their own tables and the C trigger writes the store with the
- * extension owner's rights (see doc/design.md, "Privileges").
+ * roles write their own tables, and the C trigger notes their changes with
+ * a direct heap insert that needs no privilege (doc/design.md,
+ * "Privileges").
  *
  * Column meanings follow Morango's data model (doc/design.md maps every
  * table to its Morango counterpart and lists where we deliberately differ).
@@ -107,6 +108,7 @@ CREATE TABLE morango.store (
 CREATE UNIQUE INDEX store_app_key ON morango.store (profile, model_name, app_key);
 CREATE INDEX store_partition ON morango.store (partition text_pattern_ops);
 CREATE INDEX store_dirty ON morango.store (profile, model_name) WHERE dirty_bit;
+CREATE INDEX store_version ON morango.store (last_saved_instance, last_saved_counter);
 
 /* Version vector of each record: the highest counter of every instance that wrote it. */
 CREATE TABLE morango.record_max_counters (
@@ -131,28 +133,46 @@ CREATE TABLE morango.database_max_counters (
 -- Sessions and buffers
 -- -------------------------------------------------------------------------
 
+/*
+ * A sync session: one run of morango.sync() between this database and a
+ * peer, on both sides (is_server says which side this row is).  filter and
+ * direction are what the initiator asked for; a later morango.sync() with
+ * the same peer, profile, filter and direction resumes an unfinished one.
+ */
 CREATE TABLE morango.sync_sessions (
     id                      uuid PRIMARY KEY,
     profile                 text NOT NULL,
     is_server               boolean NOT NULL,
     peer                    text,
+    filter                  text[],
+    direction               text CHECK (direction IN ('push', 'pull', 'both')),
     local_instance_id       uuid,
     peer_instance_id        uuid,
     local_certificate_id    uuid,
     peer_certificate_id     uuid,
     active                  boolean NOT NULL DEFAULT true,
+    status                  text NOT NULL DEFAULT 'started'
+        CHECK (status IN ('started', 'completed', 'errored')),
     process_id              integer,
     started_at              timestamptz NOT NULL DEFAULT now(),
     last_activity_at        timestamptz NOT NULL DEFAULT now(),
     ended_at                timestamptz,
     last_error              text
 );
+CREATE INDEX sync_sessions_resume ON morango.sync_sessions (peer, profile) WHERE active;
 
+/*
+ * A transfer session: one direction of a sync session.  push is from the
+ * initiator's point of view (Morango's), on both sides.  The stage and
+ * status follow Morango's; records_transferred counts records that reached
+ * the receiver's buffer.  local_fsic is this side's FSIC, remote_fsic the
+ * peer's.
+ */
 CREATE TABLE morango.transfer_sessions (
     id                      uuid PRIMARY KEY,
     sync_session_id         uuid NOT NULL REFERENCES morango.sync_sessions (id) ON DELETE CASCADE,
     push                    boolean NOT NULL,
-    filter                  text[] NOT NULL DEFAULT '{}',
+    filter                  text[] NOT NULL,
     active                  boolean NOT NULL DEFAULT true,
     stage                   text NOT NULL DEFAULT 'initializing'
         CHECK (stage IN ('initializing', 'serializing', 'queuing', 'transferring',
@@ -163,6 +183,7 @@ CREATE TABLE morango.transfer_sessions (
     records_transferred     bigint NOT NULL DEFAULT 0,
     bytes_sent              bigint NOT NULL DEFAULT 0,
     bytes_received          bigint NOT NULL DEFAULT 0,
+    conflicts               bigint NOT NULL DEFAULT 0,
     local_fsic              jsonb,
     remote_fsic             jsonb,
     started_at              timestamptz NOT NULL DEFAULT now(),
@@ -361,12 +382,508 @@ COMMENT ON FUNCTION morango.deserialize(text, text[]) IS
     'write store rows received from peers into the application tables';
 
 -- -------------------------------------------------------------------------
+-- Peers: FOREIGN DATA WRAPPER morango.  A peer is a foreign server of this
+-- wrapper (libpq connection options) with a user mapping (user, password);
+-- the transport (src/transport.c) also takes plain connection strings.
+-- -------------------------------------------------------------------------
+
+CREATE FUNCTION morango.fdw_validator(options text[], catalog oid)
+RETURNS void
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_fdw_validator';
+COMMENT ON FUNCTION morango.fdw_validator(text[], oid) IS
+    'validator of FOREIGN DATA WRAPPER morango: libpq connection options on servers, user and password in user mappings';
+
+CREATE FOREIGN DATA WRAPPER morango VALIDATOR morango.fdw_validator;
+COMMENT ON FOREIGN DATA WRAPPER morango IS
+    'morango peers: one server per peer database, CREATE SERVER p FOREIGN DATA WRAPPER morango OPTIONS (host ..., dbname ...)';
+
+-- -------------------------------------------------------------------------
+-- FSICs (filter-specific instance counters), pure functions
+-- -------------------------------------------------------------------------
+
+CREATE FUNCTION morango.fsic_expand(fsic jsonb, filter text[])
+RETURNS jsonb
+LANGUAGE C IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_fsic_expand_sql';
+COMMENT ON FUNCTION morango.fsic_expand(jsonb, text[]) IS
+    'expand a raw v2 FSIC ({"super": ..., "sub": ...}) for a filter into {partition: {instance: counter}} (Morango''s expand_fsic_for_use); a NULL filter means every partition';
+
+CREATE FUNCTION morango.fsic_diff(sender jsonb, receiver jsonb)
+RETURNS jsonb
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_fsic_diff_sql';
+COMMENT ON FUNCTION morango.fsic_diff(jsonb, jsonb) IS
+    'per sender partition and instance, the receiver''s counter where it is below the sender''s (Morango''s calculate_directional_fsic_diff_v2, on expanded FSICs)';
+
+-- -------------------------------------------------------------------------
+-- Sync: FSICs, queue, chunks, dequeue (doc/protocol.md)
+-- -------------------------------------------------------------------------
+
+/*
+ * This database's filter-specific instance counters for filter (v2 form,
+ * {"super": {...}, "sub": {...}}): from the database max counters, the
+ * partitions under a filter prefix (sub) and those that are strict prefixes
+ * of one (super).
+ */
+CREATE FUNCTION morango.fsic(filter text[])
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH f AS (SELECT DISTINCT prefix FROM unnest(filter) AS prefix),
+    sub AS (
+        SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
+        FROM morango.database_max_counters d
+        WHERE EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
+        GROUP BY d.partition
+    ), sup AS (
+        SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
+        FROM morango.database_max_counters d
+        WHERE EXISTS (SELECT 1 FROM f WHERE starts_with(f.prefix, d.partition)
+                                          AND f.prefix <> d.partition)
+          AND NOT EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
+        GROUP BY d.partition
+    )
+    SELECT jsonb_build_object(
+        'super', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sup), '{}'::jsonb),
+        'sub', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sub), '{}'::jsonb))
+$$;
+COMMENT ON FUNCTION morango.fsic(text[]) IS
+    'this database''s filter-specific instance counters for a filter (FSIC v2: super and sub partitions)';
+
+CREATE FUNCTION morango.queue(transfer_session uuid)
+RETURNS bigint
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_queue';
+COMMENT ON FUNCTION morango.queue(uuid) IS
+    'fill the outgoing buffer of a transfer session with what the receiver lacks (FSIC diff); returns the number of records';
+
+/*
+ * Up to max_records records of a transfer session's buffer after sequence
+ * number after_seq, as one jsonb array (the wire form of a chunk), with
+ * the last sequence number in it.
+ */
+CREATE FUNCTION morango.read_chunk(transfer_session uuid, after_seq bigint, max_records integer,
+                                   OUT chunk jsonb, OUT last_seq bigint, OUT records integer)
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+               'id', b.record_id, 'seq', b.seq, 'profile', b.profile,
+               'model_name', b.model_name, 'partition', b.partition, 'source_id', b.source_id,
+               'serialized', b.serialized, 'deleted', b.deleted, 'hard_deleted', b.hard_deleted,
+               'last_saved_instance', b.last_saved_instance,
+               'last_saved_counter', b.last_saved_counter,
+               'conflicting_serialized_data', b.conflicting_serialized_data,
+               'rmcs', (SELECT jsonb_object_agg(x.instance_id, x.counter)
+                        FROM morango.record_max_counter_buffer x
+                        WHERE x.transfer_session_id = b.transfer_session_id
+                          AND x.record_id = b.record_id)) ORDER BY b.seq), '[]'::jsonb),
+           COALESCE(max(b.seq), after_seq),
+           count(*)::integer
+    FROM (SELECT * FROM morango.buffer
+          WHERE transfer_session_id = $1 AND seq > $2
+          ORDER BY seq LIMIT $3) AS b
+$$;
+COMMENT ON FUNCTION morango.read_chunk(uuid, bigint, integer) IS
+    'the next chunk of a transfer session''s buffer, as the jsonb array sent over the wire';
+
+CREATE FUNCTION morango.receive_chunk(transfer_session uuid, chunk jsonb)
+RETURNS bigint
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_receive_chunk';
+COMMENT ON FUNCTION morango.receive_chunk(uuid, jsonb) IS
+    'validate a chunk of records and add it to the incoming buffer (all or nothing); returns the number added';
+
+CREATE FUNCTION morango.dequeue(transfer_session uuid,
+                                OUT new bigint, OUT fast_forwards bigint,
+                                OUT conflicts bigint, OUT ignored bigint)
+RETURNS record
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_dequeue';
+COMMENT ON FUNCTION morango.dequeue(uuid) IS
+    'merge the incoming buffer of a transfer session into the store (one transaction)';
+
+/*
+ * Open a transfer session (and its sync session) on this side, or find
+ * the one that exists: returns its state.  Used by the initiator and, as
+ * is_server, by morango.peer_begin().
+ */
+CREATE FUNCTION morango.transfer_open(sync_session uuid, transfer_session uuid, profile text,
+                                      is_server boolean, push boolean, filter text[],
+                                      peer text DEFAULT NULL, peer_instance uuid DEFAULT NULL,
+                                      direction text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ss      morango.sync_sessions;
+    ts      morango.transfer_sessions;
+    resumed boolean := true;
+BEGIN
+    SELECT * INTO ss FROM morango.sync_sessions WHERE id = sync_session FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO morango.sync_sessions (id, profile, is_server, peer, filter, direction,
+                                           local_instance_id, peer_instance_id, process_id)
+        VALUES (sync_session, profile, is_server, peer, filter, direction,
+                morango.instance_id(), peer_instance, pg_backend_pid())
+        RETURNING * INTO ss;
+    ELSIF ss.profile <> profile OR ss.is_server <> is_server THEN
+        RAISE EXCEPTION 'sync session % belongs to another profile or side', sync_session
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    ELSIF NOT ss.active THEN
+        RAISE EXCEPTION 'sync session % is closed', sync_session
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE morango.sync_sessions SET last_activity_at = now(), process_id = pg_backend_pid()
+    WHERE id = sync_session;
+
+    SELECT * INTO ts FROM morango.transfer_sessions WHERE id = transfer_session FOR UPDATE;
+    IF NOT FOUND THEN
+        resumed := false;
+        INSERT INTO morango.transfer_sessions (id, sync_session_id, push, filter)
+        VALUES (transfer_session, sync_session, push, filter)
+        RETURNING * INTO ts;
+    ELSIF ts.sync_session_id <> sync_session OR ts.push <> push OR ts.filter <> filter THEN
+        RAISE EXCEPTION 'transfer session % does not match its sync session, direction or filter',
+            transfer_session USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+
+    RETURN jsonb_build_object(
+        'resumed', resumed,
+        'active', ts.active,
+        'stage', ts.stage,
+        'status', ts.status,
+        'records_total', ts.records_total,
+        'records_transferred', ts.records_transferred,
+        'last_seq', (SELECT COALESCE(max(seq), 0) FROM morango.buffer
+                     WHERE transfer_session_id = transfer_session),
+        'local_fsic', ts.local_fsic,
+        'remote_fsic', ts.remote_fsic);
+END
+$$;
+COMMENT ON FUNCTION morango.transfer_open(uuid, uuid, text, boolean, boolean, text[], text, uuid, text) IS
+    'open or find a transfer session and its sync session on this side; returns its state';
+
+/*
+ * Close a transfer session on this side: empty its buffer, mark it done.
+ */
+CREATE FUNCTION morango.transfer_close(transfer_session uuid, error text DEFAULT NULL)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM morango.buffer WHERE transfer_session_id = transfer_session;
+    DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = transfer_session;
+    UPDATE morango.transfer_sessions
+    SET active = false, stage = 'cleanup',
+        status = CASE WHEN error IS NULL THEN 'completed' ELSE 'errored' END,
+        last_error = error, ended_at = now(), last_activity_at = now()
+    WHERE id = transfer_session;
+$$;
+
+/*
+ * Expire transfer and sync sessions idle for longer than older_than: their
+ * buffers are emptied and they are closed as errored.  Returns the number
+ * of transfer sessions expired.
+ */
+CREATE FUNCTION morango.cleanup(older_than interval DEFAULT '6 hours')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    WITH stale AS (
+        UPDATE morango.transfer_sessions
+        SET active = false, status = 'errored', ended_at = now(),
+            last_error = COALESCE(last_error, 'expired by morango.cleanup()')
+        WHERE active AND last_activity_at < now() - older_than
+        RETURNING id
+    ), b AS (
+        DELETE FROM morango.buffer USING stale WHERE transfer_session_id = stale.id
+    ), r AS (
+        DELETE FROM morango.record_max_counter_buffer USING stale WHERE transfer_session_id = stale.id
+    )
+    SELECT count(*) INTO n FROM stale;
+    -- buffers of sessions that are closed are never needed
+    DELETE FROM morango.buffer b USING morango.transfer_sessions t
+    WHERE t.id = b.transfer_session_id AND NOT t.active;
+    DELETE FROM morango.record_max_counter_buffer b USING morango.transfer_sessions t
+    WHERE t.id = b.transfer_session_id AND NOT t.active;
+    UPDATE morango.sync_sessions s
+    SET active = false, status = 'errored', ended_at = now(),
+        last_error = COALESCE(last_error, 'expired by morango.cleanup()')
+    WHERE active AND last_activity_at < now() - older_than
+      AND NOT EXISTS (SELECT 1 FROM morango.transfer_sessions t
+                      WHERE t.sync_session_id = s.id AND t.active);
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION morango.cleanup(interval) IS
+    'close sync and transfer sessions idle for longer than older_than and empty their buffers';
+
+-- -------------------------------------------------------------------------
+-- The peer side of the protocol (doc/protocol.md).  A peer connects as a
+-- role that may call these functions and nothing else; they run as the
+-- extension owner and check everything they receive.
+-- -------------------------------------------------------------------------
+
+CREATE FUNCTION morango.protocol_version()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 1 $$;
+COMMENT ON FUNCTION morango.protocol_version() IS 'version of the sync protocol this extension speaks';
+
+/* the transfer session of the server side, checked */
+CREATE FUNCTION morango.peer_session(transfer_session uuid, want_push boolean DEFAULT NULL)
+RETURNS morango.transfer_sessions
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ts morango.transfer_sessions;
+BEGIN
+    SELECT t.* INTO ts FROM morango.transfer_sessions t
+    JOIN morango.sync_sessions s ON s.id = t.sync_session_id
+    WHERE t.id = transfer_session AND s.is_server;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'transfer session % does not exist', transfer_session
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT ts.active THEN
+        RAISE EXCEPTION 'transfer session % is finished', transfer_session
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF want_push IS NOT NULL AND ts.push <> want_push THEN
+        RAISE EXCEPTION 'transfer session % is a %, not a %', transfer_session,
+            CASE WHEN ts.push THEN 'push' ELSE 'pull' END,
+            CASE WHEN want_push THEN 'push' ELSE 'pull' END
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN ts;
+END
+$$;
+
+/*
+ * Open (or resume) a transfer session on the server side.  The client
+ * sends its FSIC; for a pull the server serializes, computes its FSIC and
+ * queues; for a push it computes its receiver FSIC.  Returns the server's
+ * state, FSIC and identity.
+ */
+CREATE FUNCTION morango.peer_begin(protocol integer, sync_session uuid, transfer_session uuid,
+                                   profile text, push boolean, filter text[],
+                                   client_instance uuid, client_fsic jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    st      jsonb;
+    mine    jsonb;
+    total   bigint;
+BEGIN
+    IF protocol IS DISTINCT FROM morango.protocol_version() THEN
+        RAISE EXCEPTION 'morango protocol version % is not supported', protocol
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = format('This peer speaks protocol version %s.', morango.protocol_version()),
+                  HINT = 'Install the same morango version on both sides.';
+    END IF;
+    IF sync_session IS NULL OR transfer_session IS NULL OR profile IS NULL OR profile = ''
+       OR push IS NULL OR client_instance IS NULL THEN
+        RAISE EXCEPTION 'peer_begin: an argument is missing' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF filter IS NULL OR cardinality(filter) = 0 OR array_position(filter, NULL) IS NOT NULL
+       OR array_ndims(filter) > 1 THEN
+        RAISE EXCEPTION 'peer_begin: filter must be a non-empty array of partition prefixes'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_typeof(client_fsic) IS DISTINCT FROM 'object'
+       OR jsonb_typeof(client_fsic->'super') IS DISTINCT FROM 'object'
+       OR jsonb_typeof(client_fsic->'sub') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'peer_begin: the client FSIC must be {"super": {...}, "sub": {...}}'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the FSIC is checked by expanding it (bad shapes and counters raise)
+    PERFORM morango.fsic_expand(client_fsic, filter);
+
+    st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter,
+                                NULL, client_instance);
+    IF NOT (st->>'active')::boolean THEN
+        RETURN st || jsonb_build_object('instance_id', morango.instance_id());
+    END IF;
+
+    IF st->'remote_fsic' = 'null'::jsonb THEN
+        IF NOT push THEN
+            -- we produce: stamp local changes first, then our FSIC, then queue
+            PERFORM morango.serialize(profile, filter);
+        END IF;
+        mine := morango.fsic(filter);
+        UPDATE morango.transfer_sessions
+        SET local_fsic = mine, remote_fsic = client_fsic,
+            stage = 'serializing', status = 'completed', last_activity_at = now()
+        WHERE id = transfer_session;
+        IF NOT push THEN
+            total := morango.queue(transfer_session);
+        END IF;
+        st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter);
+    END IF;
+    RETURN st || jsonb_build_object('instance_id', morango.instance_id(),
+                                    'server_fsic', st->'local_fsic');
+END
+$$;
+COMMENT ON FUNCTION morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb) IS
+    'peer API: open or resume a transfer session on this (server) side';
+
+CREATE FUNCTION morango.peer_pull_chunk(transfer_session uuid, after_seq bigint, max_records integer)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+BEGIN
+    PERFORM morango.peer_session(transfer_session, false);
+    IF after_seq IS NULL OR after_seq < 0 OR max_records IS NULL OR max_records < 1
+       OR max_records > 100000 THEN
+        RAISE EXCEPTION 'peer_pull_chunk: after_seq must be >= 0 and max_records between 1 and 100000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO c FROM morango.read_chunk(transfer_session, after_seq, max_records);
+    -- queue numbers records 1..records_total, so the last one sent is the count
+    UPDATE morango.transfer_sessions
+    SET stage = 'transferring', status = 'started',
+        records_transferred = GREATEST(records_transferred, c.last_seq),
+        bytes_sent = bytes_sent + length(c.chunk::text), last_activity_at = now()
+    WHERE id = transfer_session;
+    RETURN jsonb_build_object('chunk', c.chunk, 'last_seq', c.last_seq, 'records', c.records);
+END
+$$;
+COMMENT ON FUNCTION morango.peer_pull_chunk(uuid, bigint, integer) IS
+    'peer API: the next chunk of a pull';
+
+CREATE FUNCTION morango.peer_push_chunk(transfer_session uuid, chunk jsonb)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM morango.peer_session(transfer_session, true);
+    RETURN morango.receive_chunk(transfer_session, chunk);
+END
+$$;
+COMMENT ON FUNCTION morango.peer_push_chunk(uuid, jsonb) IS
+    'peer API: a chunk of a push (validated, all or nothing)';
+
+/*
+ * Finish a transfer on the server side: for a push, check that all
+ * records_total records arrived, dequeue and deserialize; for a pull,
+ * drop the outgoing buffer.  Closes the transfer session.
+ */
+CREATE FUNCTION morango.peer_finish(transfer_session uuid, records_total bigint)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ts      morango.transfer_sessions;
+    ss      morango.sync_sessions;
+    dq      record;
+    ds      record;
+    result  jsonb := jsonb_build_object('stage', 'cleanup', 'status', 'completed');
+BEGIN
+    SELECT t.* INTO ts FROM morango.transfer_sessions t
+    JOIN morango.sync_sessions s ON s.id = t.sync_session_id
+    WHERE t.id = transfer_session AND s.is_server;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'transfer session % does not exist', transfer_session
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT ts.active THEN   -- finished before (a resumed client asks again)
+        RETURN jsonb_build_object('stage', ts.stage, 'status', ts.status);
+    END IF;
+    SELECT * INTO ss FROM morango.sync_sessions WHERE id = ts.sync_session_id;
+    IF ts.push THEN
+        IF records_total IS NULL OR records_total < 0 THEN
+            RAISE EXCEPTION 'peer_finish: records_total is required for a push'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        UPDATE morango.transfer_sessions SET records_total = peer_finish.records_total
+        WHERE id = transfer_session;
+        SELECT * INTO dq FROM morango.dequeue(transfer_session);
+        SELECT * INTO ds FROM morango.deserialize(ss.profile, ts.filter);
+        result := result || jsonb_build_object(
+            'new', dq.new, 'fast_forwards', dq.fast_forwards,
+            'conflicts', dq.conflicts, 'ignored', dq.ignored,
+            'deserialized', ds.applied, 'deleted', ds.deleted, 'failed', ds.failed);
+    END IF;
+    PERFORM morango.transfer_close(transfer_session);
+    UPDATE morango.sync_sessions SET last_activity_at = now() WHERE id = ss.id;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION morango.peer_finish(uuid, bigint) IS
+    'peer API: finish a transfer (a push is dequeued and deserialized here)';
+
+CREATE FUNCTION morango.peer_close(sync_session uuid, error text DEFAULT NULL)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE morango.sync_sessions
+    SET active = false, status = CASE WHEN error IS NULL THEN 'completed' ELSE 'errored' END,
+        last_error = left(error, 1000), ended_at = now(), last_activity_at = now()
+    WHERE id = sync_session AND is_server AND active;
+$$;
+COMMENT ON FUNCTION morango.peer_close(uuid, text) IS 'peer API: close a sync session on this side';
+
+/*
+ * Let role call the peer API (and nothing else of morango): what a peer
+ * that syncs with this database connects as.
+ */
+CREATE FUNCTION morango.grant_peer(role regrole)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA morango TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION morango.protocol_version(), '
+                   'morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb), '
+                   'morango.peer_pull_chunk(uuid, bigint, integer), '
+                   'morango.peer_push_chunk(uuid, jsonb), '
+                   'morango.peer_finish(uuid, bigint), '
+                   'morango.peer_close(uuid, text) TO %s', role);
+END
+$$;
+COMMENT ON FUNCTION morango.grant_peer(regrole) IS
+    'let a role (the one peers connect as) call the peer API';
+
+/*
+ * Run one whole sync with a peer (a foreign server of the morango wrapper,
+ * or a libpq connection string): pull, push or both (pull then push).
+ * Runs in a background worker that commits as it goes, so an interrupted
+ * sync resumes where it stopped when called again.  Returns the sync
+ * session id; raises the sync's error if it failed.
+ */
+CREATE FUNCTION morango.sync(peer text, profile text, filter text[] DEFAULT NULL,
+                             direction text DEFAULT 'both', chunk_size integer DEFAULT NULL)
+RETURNS uuid
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'morango_sync';
+COMMENT ON FUNCTION morango.sync(text, text, text[], text, integer) IS
+    'sync with a peer (pull, push or both) and return the sync session id';
+
+-- -------------------------------------------------------------------------
 -- Keep morango.models in step with dropped tables
 -- -------------------------------------------------------------------------
 
 CREATE FUNCTION morango.on_sql_drop()
 RETURNS event_trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -381,15 +898,16 @@ $$;
 CREATE EVENT TRIGGER morango_sql_drop ON sql_drop EXECUTE FUNCTION morango.on_sql_drop();
 
 -- -------------------------------------------------------------------------
--- Privileges: nothing for PUBLIC but the identity getters and the id rule.
--- The trigger function must stay executable by whoever writes a
--- registered table.
+-- Privileges: nothing for PUBLIC but the identity getters, the id rule and
+-- the protocol version.  Firing a trigger needs no EXECUTE right, so the
+-- trigger function is not granted: only those who may register tables can
+-- attach it to a table.
 -- -------------------------------------------------------------------------
 
 REVOKE ALL ON ALL TABLES IN SCHEMA morango FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA morango FROM PUBLIC;
 GRANT USAGE ON SCHEMA morango TO PUBLIC;
-GRANT EXECUTE ON FUNCTION morango.capture_trigger() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION morango.instance_id() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION morango.database_id() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION morango.record_id(text, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION morango.protocol_version() TO PUBLIC;

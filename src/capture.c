@@ -66,12 +66,13 @@ typedef struct CaptureEntry
 	int			npk;
 	AttrNumber *pk_attnums;
 	FmgrInfo   *to_jsonb;		/* one to_jsonb() call per key column */
+	bool		pin;			/* key text depends on settings: pin them */
 } CaptureEntry;
 
 static HTAB *capture_cache = NULL;
 static Oid	changes_relid = InvalidOid;
 
-/* keys deserialize.c is writing right now; NULL when it is not running */
+/* keys a deserialize.c statement is writing right now; NULL otherwise */
 static HTAB *deserializing_keys = NULL;
 
 /*
@@ -105,6 +106,38 @@ void
 morango_capture_init(void)
 {
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+}
+
+/*
+ * Does to_jsonb() of a value of this type print the same whatever the
+ * session's settings (TimeZone, DateStyle, IntervalStyle,
+ * extra_float_digits, bytea_output)?  Conservative: types not listed are
+ * taken to depend on them.
+ */
+static bool
+settings_independent(Oid type)
+{
+	switch (getBaseType(type))
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case NUMERICOID:
+		case BOOLOID:
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case NAMEOID:
+		case CHAROID:
+		case UUIDOID:
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMEOID:
+			return true;
+		default:
+			return false;
+	}
 }
 
 /*
@@ -153,12 +186,15 @@ capture_get_entry(Relation rel)
 	entry->npk = idx->rd_index->indnkeyatts;
 	entry->pk_attnums = palloc(sizeof(AttrNumber) * entry->npk);
 	entry->to_jsonb = palloc(sizeof(FmgrInfo) * entry->npk);
+	entry->pin = false;
 	for (int i = 0; i < entry->npk; i++)
 	{
 		AttrNumber	att = idx->rd_index->indkey.values[i];
 		Form_pg_attribute attr = TupleDescAttr(RelationGetDescr(rel), att - 1);
 
 		entry->pk_attnums[i] = att;
+		if (!settings_independent(attr->atttypid))
+			entry->pin = true;
 		fmgr_info_cxt(F_TO_JSONB, &entry->to_jsonb[i], CacheMemoryContext);
 		/* to_jsonb(anyelement) learns its argument's type from fn_expr */
 		entry->to_jsonb[i].fn_expr = (Node *)
@@ -183,6 +219,7 @@ static char *
 row_app_key(CaptureEntry *entry, TupleDesc desc, HeapTuple tuple)
 {
 	StringInfoData buf;
+	int			nestlevel = entry->pin ? morango_pin_settings(false) : 0;
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '[');
@@ -203,6 +240,8 @@ row_app_key(CaptureEntry *entry, TupleDesc desc, HeapTuple tuple)
 		}
 	}
 	appendStringInfoChar(&buf, ']');
+	if (entry->pin)
+		morango_unpin_settings(nestlevel);
 	return buf.data;
 }
 
@@ -216,23 +255,26 @@ key_hash(Oid relid, const char *key)
 }
 
 /*
- * morango_capture_deserializing_begin / _add / _end
- *		deserialize.c announces the keys it is about to write, so that the
- *		trigger does not capture its writes as local changes.  _end forgets
- *		them (also call it on error).
+ * morango_capture_deserializing_push / _add / _pop
+ *		deserialize.c announces the keys one statement of its own is about
+ *		to write, so that the trigger does not note those writes as local
+ *		changes (rows that statement changes by cascade are still noted).
+ *		_push starts an empty set and returns the previous one (nested
+ *		deserializes are allowed); _pop restores it.  Call _pop on error
+ *		too.
  */
-void
-morango_capture_deserializing_begin(void)
+void *
+morango_capture_deserializing_push(void)
 {
+	HTAB	   *previous = deserializing_keys;
 	HASHCTL		ctl;
 
-	if (deserializing_keys)
-		hash_destroy(deserializing_keys);
 	ctl.keysize = sizeof(uint64);
 	ctl.entrysize = sizeof(uint64);
-	ctl.hcxt = TopTransactionContext;
-	deserializing_keys = hash_create("morango deserializing keys", 1024, &ctl,
+	ctl.hcxt = CurrentMemoryContext;
+	deserializing_keys = hash_create("morango deserializing keys", 256, &ctl,
 									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	return previous;
 }
 
 void
@@ -240,16 +282,17 @@ morango_capture_deserializing_add(Oid relid, const char *key)
 {
 	uint64		h = key_hash(relid, key);
 
-	Assert(deserializing_keys != NULL);
+	if (deserializing_keys == NULL)
+		elog(ERROR, "morango: no deserializing key set");
 	(void) hash_search(deserializing_keys, &h, HASH_ENTER, NULL);
 }
 
 void
-morango_capture_deserializing_end(void)
+morango_capture_deserializing_pop(void *previous)
 {
 	if (deserializing_keys)
 		hash_destroy(deserializing_keys);
-	deserializing_keys = NULL;
+	deserializing_keys = (HTAB *) previous;
 }
 
 /* Is (relid, key) being written by deserialize right now? */
@@ -509,7 +552,9 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 	int			ret;
 	bool		found = false;
 	Oid			keytype;
+	int32		keytypmod;
 	char	   *app_key;
+	int			nestlevel;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -527,7 +572,12 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 						 "or morango.hard_delete(record_id uuid).")));
 
 	/* the key in app_key form, and whether a row or a record has it */
-	keytype = get_atttype(relid, get_attnum(relid, linitial(m->pk_columns)));
+	{
+		AttrNumber	att = get_attnum(relid, linitial(m->pk_columns));
+		Oid			collation;
+
+		get_atttypetypmodcoll(relid, att, &keytype, &keytypmod, &collation);
+	}
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT k, EXISTS (SELECT 1 FROM morango.store"
@@ -535,11 +585,16 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 					 "       OR EXISTS (SELECT 1 FROM ONLY %s AS t WHERE t.%s = CAST($3 AS %s))"
 					 " FROM (SELECT pg_catalog.jsonb_build_array(CAST($3 AS %s))::text AS k) AS v",
 					 morango_qualified_name(relid), quote_identifier(linitial(m->pk_columns)),
-					 format_type_be_qualified(keytype), format_type_be_qualified(keytype));
+					 format_type_extended(keytype, keytypmod,
+										  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY),
+					 format_type_extended(keytype, keytypmod,
+										  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
 	values[0] = CStringGetTextDatum(m->profile);
 	values[1] = CStringGetTextDatum(m->model_name);
 	values[2] = PointerGetDatum(key);
+	nestlevel = morango_pin_settings(true);
 	ret = SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 1);
+	morango_unpin_settings(nestlevel);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	app_key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);

@@ -14,19 +14,29 @@
  * set and is retried next time.  Records that already carry an error skip
  * the batch attempt.
  *
+ * Keys.  A record's application key (app_key) is computed from the typed
+ * primary key values of its serialized data, under fixed formatting
+ * settings, so it is the text the capture trigger computes for the same
+ * row.  A record whose key changed (a peer changed the primary key) is
+ * re-keyed: the old row is deleted and the new one written.
+ *
  * Local edits win.  A record whose application row was changed locally
  * since the last serialize (a key in morango.changes) is not written: the
  * next serialize makes the local version the newest and keeps the incoming
  * one in the conflict history (Morango's rule, semantics 3.1 c).  To make
  * that airtight, store rows and existing application rows are locked first
  * (SKIP LOCKED: a row some transaction is changing right now is left for
- * the next run, and deserialize never waits on application transactions),
- * and only then, in a new statement that sees every committed change, are
- * changed keys left out.
+ * the next run), and the write statement itself leaves out keys with a
+ * committed local change and rows inserted meanwhile (ON CONFLICT DO
+ * NOTHING); only the records actually written are marked clean.  Waits on
+ * application transactions (an insert of the same new key) are bounded by
+ * a short lock_timeout, so deserialize gives up on that record for this
+ * run rather than ever making an application transaction a deadlock
+ * victim.
  *
- * No echo.  Deserialize tells the capture trigger which keys it is writing;
- * rows changed by cascades or by application triggers are still captured
- * as local changes.
+ * No echo.  Each write statement tells the capture trigger which keys it
+ * writes; rows it changes by cascade, and rows application triggers
+ * change, are noted as local changes.
  *
  * IDENTIFICATION
  *		src/deserialize.c
@@ -43,6 +53,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
@@ -86,10 +97,6 @@ static const char *candidates_sql =
 " ORDER BY s.id"
 " FOR UPDATE OF s SKIP LOCKED";
 
-static const char *mark_clean_sql =
-"UPDATE morango.store SET dirty_bit = false, deserialization_error = NULL"
-" WHERE id = ANY($1)";
-
 static const char *set_errors_sql =
 "UPDATE morango.store s SET deserialization_error = e.msg"
 " FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[])) AS e(id, msg)"
@@ -109,6 +116,7 @@ build_model(MorangoModel *m)
 				cols,
 				sel,
 				upd_ret,
+				pk_list,
 				sql;
 	int			ret;
 	int			nset = 0;
@@ -120,7 +128,11 @@ build_model(MorangoModel *m)
 
 	ret = SPI_execute_with_args("SELECT a.attname, a.attgenerated <> '' AS generated,"
 								"       a.attidentity = 'a' AS identity_always,"
-								"       pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS def"
+								"       COALESCE(pg_catalog.pg_get_expr(d.adbin, d.adrelid),"
+								"                CASE WHEN a.attidentity <> '' THEN"
+								"                  'pg_catalog.nextval(' || pg_catalog.quote_literal("
+								"                    pg_catalog.pg_get_serial_sequence(a.attrelid::regclass::text, a.attname))"
+								"                  || '::pg_catalog.regclass)' END) AS def"
 								" FROM pg_catalog.pg_attribute a"
 								" LEFT JOIN pg_catalog.pg_attrdef d"
 								"   ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
@@ -177,6 +189,7 @@ build_model(MorangoModel *m)
 	}
 
 	initStringInfo(&upd_ret);
+	initStringInfo(&pk_list);
 	{
 		ListCell   *lc;
 		bool		first = true;
@@ -185,20 +198,28 @@ build_model(MorangoModel *m)
 		{
 			appendStringInfo(&upd_ret, "%st.%s", first ? "" : ", ",
 							 quote_identifier((char *) lfirst(lc)));
+			appendStringInfo(&pk_list, "%s%s", first ? "" : ", ",
+							 quote_identifier((char *) lfirst(lc)));
 			first = false;
 		}
 	}
 
-	/* upsert: UPDATE existing rows (keeping columns the record lacks), INSERT the rest */
+	/*
+	 * upsert: UPDATE existing rows (keeping columns the record lacks),
+	 * INSERT the rest (a row inserted meanwhile is left alone), mark clean
+	 * what was written.  Records with a local change are left out.
+	 */
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "WITH src AS ("
-					 "  SELECT s.serialized AS _morango_j, r.*"
+					 "  SELECT s.id AS _morango_id, s.serialized AS _morango_j, r.*"
 					 "  FROM morango.store s,"
 					 "       pg_catalog.jsonb_populate_record(NULL::%s, s.serialized) AS r"
-					 "  WHERE s.id = ANY($1)"
+					 "  WHERE s.id = ANY($1) AND s.dirty_bit"
+					 "    AND NOT EXISTS (SELECT 1 FROM morango.changes c"
+					 "                    WHERE c.model = %u::oid::regclass AND c.key = s.app_key)"
 					 "), upd AS (",
-					 dm->qualname);
+					 dm->qualname, m->relid);
 	if (nset > 0)
 		appendStringInfo(&sql, "UPDATE ONLY %s AS t SET %s FROM src WHERE %s RETURNING %s",
 						 dm->qualname, set.data, morango_pk_equal_sql(m, "t", "src"),
@@ -207,10 +228,22 @@ build_model(MorangoModel *m)
 		appendStringInfo(&sql, "SELECT %s FROM ONLY %s AS t JOIN src ON %s",
 						 upd_ret.data, dm->qualname, morango_pk_equal_sql(m, "t", "src"));
 	appendStringInfo(&sql,
-					 ") INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
-					 " SELECT %s FROM src"
-					 " WHERE NOT EXISTS (SELECT 1 FROM upd AS t WHERE %s)",
+					 "), ins AS ("
+					 "  INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE"
+					 "  SELECT %s FROM src"
+					 "  WHERE NOT EXISTS (SELECT 1 FROM upd AS t WHERE %s)"
+					 "  ON CONFLICT (%s) DO NOTHING"
+					 "  RETURNING %s"
+					 "), done AS ("
+					 "  SELECT src._morango_id FROM src"
+					 "  WHERE EXISTS (SELECT 1 FROM upd AS t WHERE %s)"
+					 "     OR EXISTS (SELECT 1 FROM ins AS t WHERE %s)"
+					 ") UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
+					 " FROM done WHERE s.id = done._morango_id RETURNING s.id",
 					 dm->qualname, cols.data, sel.data,
+					 morango_pk_equal_sql(m, "t", "src"),
+					 pk_list.data, upd_ret.data,
+					 morango_pk_equal_sql(m, "t", "src"),
 					 morango_pk_equal_sql(m, "t", "src"));
 	dm->upsert_sql = sql.data;
 
@@ -219,10 +252,16 @@ build_model(MorangoModel *m)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "DELETE FROM ONLY %s AS t USING ("
-					 "  SELECT r.* FROM morango.store s, %s AS r WHERE s.id = ANY($1)"
-					 ") AS k WHERE %s",
-					 dm->qualname, keyrec, pkeq_tk);
+					 "WITH k AS ("
+					 "  SELECT s.id AS _morango_id, r.* FROM morango.store s, %s AS r"
+					 "  WHERE s.id = ANY($1) AND s.dirty_bit"
+					 "    AND NOT EXISTS (SELECT 1 FROM morango.changes c"
+					 "                    WHERE c.model = %u::oid::regclass AND c.key = s.app_key)"
+					 "), del AS ("
+					 "  DELETE FROM ONLY %s AS t USING k WHERE %s"
+					 ") UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
+					 " FROM k WHERE s.id = k._morango_id RETURNING s.id",
+					 keyrec, m->relid, dm->qualname, pkeq_tk);
 	dm->delete_sql = sql.data;
 
 	initStringInfo(&sql);
@@ -327,47 +366,55 @@ order_models(List *models)
 	return result;
 }
 
-/* Run sql with $1 = ids; then mark those records clean.  Errors propagate. */
-static void
-write_batch(const char *sql, Datum ids)
-{
-	Oid			argtypes[1] = {UUIDARRAYOID};
-	Datum		values[1] = {ids};
-	int			ret;
-
-	ret = SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 0);
-	if (ret < 0)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	ret = SPI_execute_with_args(mark_clean_sql, 1, argtypes, values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-}
-
+/* One write statement: $1 = ids; it marks what it wrote clean. */
 typedef struct WriteArgs
 {
 	const char *sql;
 	Datum		ids;
+	int64		written;
 } WriteArgs;
 
 static void
 write_batch_run(void *arg)
 {
 	WriteArgs  *a = (WriteArgs *) arg;
+	Oid			argtypes[1] = {UUIDARRAYOID};
+	int			ret;
 
-	write_batch(a->sql, a->ids);
+	ret = SPI_execute_with_args(a->sql, 1, argtypes, &a->ids, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	a->written = (int64) SPI_processed;
 }
 
 /*
- * Try write_batch in a subtransaction.  Returns NULL on success, else the
- * error message (palloc'd in the caller's context).
+ * Run one write statement of dm for records ids, whose application keys
+ * are keys[0..nkeys-1], in a subtransaction, telling the capture trigger
+ * those keys are ours.  Returns NULL on success (*written: records marked
+ * clean), else the error message.
  */
 static char *
-try_write_batch(const char *sql, Datum ids)
+try_write_batch(DeserModel *dm, const char *sql, Datum ids, char **keys, int nkeys,
+				int64 *written)
 {
-	WriteArgs	args = {sql, ids};
-	ErrorData  *edata = morango_try(write_batch_run, &args);
+	WriteArgs	args = {sql, ids, 0};
+	ErrorData  *volatile edata = NULL;
+	void	   *previous = morango_capture_deserializing_push();
 	char	   *err;
 
+	for (int i = 0; i < nkeys; i++)
+		morango_capture_deserializing_add(dm->m->relid, keys[i]);
+	PG_TRY();
+	{
+		edata = morango_try(write_batch_run, &args);
+	}
+	PG_FINALLY();
+	{
+		morango_capture_deserializing_pop(previous);
+	}
+	PG_END_TRY();
+
+	*written = args.written;
 	if (edata == NULL)
 		return NULL;
 	if (edata->detail)
@@ -400,44 +447,253 @@ spi_uuid_array(int *n)
 	return PointerGetDatum(construct_array(elems, *n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 }
 
+/* the typed-key query of prepare_keys(), for some records */
+typedef struct KeysArgs
+{
+	const char *sql;
+	Datum		ids;
+	int			n;
+	Datum	   *out_ids;
+	char	  **out_old;
+	char	  **out_new;
+} KeysArgs;
+
+static void
+keys_run(void *arg)
+{
+	KeysArgs   *a = (KeysArgs *) arg;
+	Oid			argtypes[1] = {UUIDARRAYOID};
+	int			ret;
+
+	ret = SPI_execute_with_args(a->sql, 1, argtypes, &a->ids, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	a->n = (int) SPI_processed;
+	a->out_ids = palloc(sizeof(Datum) * Max(a->n, 1));
+	a->out_old = palloc(sizeof(char *) * Max(a->n, 1));
+	a->out_new = palloc(sizeof(char *) * Max(a->n, 1));
+	for (int i = 0; i < a->n; i++)
+	{
+		bool		isnull;
+		pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+
+		memcpy(u, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
+		a->out_ids[i] = UUIDPGetDatum(u);
+		a->out_old[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		a->out_new[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+	}
+}
+
+static Datum
+text_array(char **elems, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	for (int i = 0; i < n; i++)
+	{
+		nulls[i] = (elems[i] == NULL);
+		d[i] = elems[i] ? CStringGetTextDatum(elems[i]) : (Datum) 0;
+	}
+	return PointerGetDatum(construct_md_array(d, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /*
- * Give dirty records of dm that have no application key yet one computed
- * from their serialized data, unless another record of the model holds
- * that key (those get an error and stay dirty).  Dirty hard-deleted
- * records without a key have nothing to delete here: mark them clean.
- * Live records holding columns the table does not have get an error too
- * (they stay dirty until the table has them).  Returns the number of
- * records refused.
+ * Give every dirty record of dm its application key, computed from the
+ * typed primary key values of its serialized data under the canonical
+ * settings (the text the capture trigger computes for the same row).  A
+ * live record whose key changed is re-keyed: the row with the old key is
+ * deleted and the record takes the new key.  Records whose key cannot be
+ * read (a wrong type), is null, or is held by another record get an error
+ * and stay dirty.  Dirty hard-deleted records without a key have nothing
+ * to delete here: they are marked clean.  Live records holding columns the
+ * table does not have get an error too.  Returns the number of records
+ * refused.
  */
 static int64
-assign_app_keys(DeserModel *dm, Datum filter, bool filter_null)
+prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 {
-	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTARRAYOID};
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', filter_null ? 'n' : ' '};
-	char	   *key = morango_app_key_sql(dm->m->pk_columns, "s.serialized");
-	char	   *sql;
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', filter_null ? 'n' : ' ', ' '};
+	char	   *typed_key;
+	char	   *keys_sql;
 	int			ret;
-	int64		refused;
+	int64		refused = 0;
+	Datum		ids;
+	int			n;
+	KeysArgs	ka;
+	ErrorData  *edata;
+	List	   *err_ids = NIL;
+	List	   *err_msgs = NIL;
+	int			nestlevel;
 
 	values[0] = CStringGetTextDatum(dm->m->profile);
 	values[1] = CStringGetTextDatum(dm->m->model_name);
 	values[2] = filter;
+	values[3] = dm->columns;
 
-	sql = psprintf("WITH cand AS ("
-				   "  SELECT s.id, %s AS k FROM morango.store s"
-				   "  WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
-				   "    AND s.app_key IS NULL AND NOT s.hard_deleted AND " FILTER_PRED(3)
-				   "), pick AS ("
-				   "  SELECT DISTINCT ON (c.k) c.id, c.k FROM cand c"
-				   "  WHERE NOT EXISTS (SELECT 1 FROM morango.store o"
-				   "                    WHERE o.profile = $1 AND o.model_name = $2 AND o.app_key = c.k)"
-				   "  ORDER BY c.k, c.id"
-				   ") UPDATE morango.store s SET app_key = pick.k FROM pick WHERE s.id = pick.id",
-				   key);
-	ret = SPI_execute_with_args(sql, 3, argtypes, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE)
+	/* the records that need a key: new ones, and live ones (their key may have changed) */
+	ret = SPI_execute_with_args("SELECT s.id FROM morango.store s"
+								" WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+								"   AND NOT s.hard_deleted AND (s.app_key IS NULL OR NOT s.deleted)"
+								"   AND " FILTER_PRED(3),
+								3, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	ids = spi_uuid_array(&n);
+
+	if (n > 0)
+	{
+		StringInfoData k;
+		ListCell   *lc;
+		bool		first = true;
+
+		initStringInfo(&k);
+		appendStringInfoString(&k, "pg_catalog.jsonb_build_array(");
+		foreach(lc, dm->m->pk_columns)
+		{
+			appendStringInfo(&k, "%spg_catalog.to_jsonb(r.%s)", first ? "" : ", ",
+							 quote_identifier((char *) lfirst(lc)));
+			first = false;
+		}
+		appendStringInfoString(&k, ")::text");
+		typed_key = k.data;
+		/* typed key values: only the key columns are read, other columns may be bad */
+		{
+			StringInfoData obj;
+			bool		f2 = true;
+
+			initStringInfo(&obj);
+			foreach(lc, dm->m->pk_columns)
+			{
+				char	   *lit = quote_literal_cstr((char *) lfirst(lc));
+
+				appendStringInfo(&obj, "%s%s, s.serialized -> %s", f2 ? "" : ", ", lit, lit);
+				f2 = false;
+			}
+			keys_sql = psprintf("SELECT s.id, s.app_key, %s FROM morango.store s,"
+								" pg_catalog.jsonb_populate_record(NULL::%s,"
+								"     pg_catalog.jsonb_build_object(%s)) AS r"
+								" WHERE s.id = ANY($1)",
+								typed_key, dm->qualname, obj.data);
+		}
+
+		/* all at once; one by one if some record's key cannot be read */
+		nestlevel = morango_pin_settings(true);
+		ka.sql = keys_sql;
+		ka.ids = ids;
+		edata = morango_try(keys_run, &ka);
+		if (edata != NULL)
+		{
+			Datum	   *elems;
+			int			nelems;
+			int			ngood = 0;
+			Datum	   *good_ids = palloc(sizeof(Datum) * n);
+			char	  **good_old = palloc(sizeof(char *) * n);
+			char	  **good_new = palloc(sizeof(char *) * n);
+
+			FreeErrorData(edata);
+			deconstruct_array(DatumGetArrayTypeP(ids), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
+							  &elems, NULL, &nelems);
+			for (int i = 0; i < nelems; i++)
+			{
+				KeysArgs	one;
+
+				one.sql = keys_sql;
+				one.ids = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
+														  false, TYPALIGN_CHAR));
+				edata = morango_try(keys_run, &one);
+				if (edata != NULL)
+				{
+					err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
+					err_msgs = lappend(err_msgs, psprintf("its primary key cannot be read: %s",
+														  edata->message));
+					FreeErrorData(edata);
+				}
+				else if (one.n == 1)
+				{
+					good_ids[ngood] = one.out_ids[0];
+					good_old[ngood] = one.out_old[0];
+					good_new[ngood] = one.out_new[0];
+					ngood++;
+				}
+			}
+			ka.n = ngood;
+			ka.out_ids = good_ids;
+			ka.out_old = good_old;
+			ka.out_new = good_new;
+		}
+		morango_unpin_settings(nestlevel);
+
+		/* assign new keys, re-key changed ones, refuse null and taken keys */
+		if (ka.n > 0)
+		{
+			Oid			t5[5] = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID};
+			Datum		v5[5];
+			char	   *sql;
+
+			v5[0] = PointerGetDatum(construct_array(ka.out_ids, ka.n, UUIDOID, UUID_LEN,
+													false, TYPALIGN_CHAR));
+			v5[1] = text_array(ka.out_old, ka.n);
+			v5[2] = text_array(ka.out_new, ka.n);
+			v5[3] = values[0];
+			v5[4] = values[1];
+			sql = psprintf("WITH v AS ("
+						   "  SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]),"
+						   "      pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS v(id, old, k)"
+						   "  WHERE v.old IS DISTINCT FROM v.k"
+						   "), ok AS ("
+						   "  SELECT DISTINCT ON (v.k) v.* FROM v"
+						   "  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v.k::jsonb) AS e"
+						   "                    WHERE e.value = 'null'::jsonb)"
+						   "  ORDER BY v.k, v.id"
+						   "), free AS ("
+						   "  SELECT ok.* FROM ok WHERE NOT EXISTS (SELECT 1 FROM morango.store o"
+						   "    WHERE o.profile = $4 AND o.model_name = $5 AND o.app_key = ok.k AND o.id <> ok.id)"
+						   "), del AS ("
+						   "  DELETE FROM ONLY %s AS t USING free, LATERAL %s AS kr"
+						   "  WHERE free.old IS NOT NULL AND %s"
+						   "), upd AS ("
+						   "  UPDATE morango.store s SET app_key = free.k FROM free WHERE s.id = free.id"
+						   "  RETURNING s.id"
+						   ") UPDATE morango.store s SET deserialization_error ="
+						   "    CASE WHEN v.id IN (SELECT id FROM ok)"
+						   "         THEN 'its primary key ' || v.k || ' is already used by another record of model ' || $5"
+						   "         ELSE 'its primary key ' || v.k || ' is null or repeats another record''s' END"
+						   "  FROM v WHERE s.id = v.id AND v.id NOT IN (SELECT id FROM upd)",
+						   dm->qualname,
+						   morango_key_record_sql(dm->m, dm->qualname, "free.old::jsonb"),
+						   morango_pk_equal_sql(dm->m, "t", "kr"));
+			ret = SPI_execute_with_args(sql, 5, t5, v5, NULL, false, 0);
+			if (ret != SPI_OK_UPDATE)
+				elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+			refused += (int64) SPI_processed;
+		}
+	}
+
+	if (err_ids != NIL)
+	{
+		int			ne = list_length(err_ids);
+		Datum	   *ue = palloc(sizeof(Datum) * ne);
+		Datum	   *me = palloc(sizeof(Datum) * ne);
+
+		for (int i = 0; i < ne; i++)
+		{
+			ue[i] = PointerGetDatum(list_nth(err_ids, i));
+			me[i] = CStringGetTextDatum((char *) list_nth(err_msgs, i));
+		}
+		ret = SPI_execute_with_args(set_errors_sql, 2, (Oid[]) {UUIDARRAYOID, TEXTARRAYOID},
+									(Datum[]) {PointerGetDatum(construct_array(ue, ne, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
+									PointerGetDatum(construct_array(me, ne, TEXTOID, -1, false, TYPALIGN_INT))},
+									NULL, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		refused += ne;
+	}
 
 	ret = SPI_execute_with_args("UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
 								" WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
@@ -446,35 +702,19 @@ assign_app_keys(DeserModel *dm, Datum filter, bool filter_null)
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 
-	sql = psprintf("UPDATE morango.store s SET deserialization_error ="
-				   "  'primary key ' || %s || ' is already used by another record of model ' || $2"
-				   " WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
-				   "   AND s.app_key IS NULL AND NOT s.hard_deleted AND " FILTER_PRED(3),
-				   key);
-	ret = SPI_execute_with_args(sql, 3, argtypes, values, nulls, false, 0);
+	/* live records with columns the table lacks are refused, not truncated */
+	ret = SPI_execute_with_args("UPDATE morango.store s SET deserialization_error ="
+								"  'table has no column ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ' ORDER BY k)"
+								"    FROM pg_catalog.jsonb_object_keys(s.serialized) AS k WHERE k <> ALL ($4::text[]))"
+								"  || ' of the record'"
+								" WHERE s.dirty_bit AND NOT s.deleted AND s.profile = $1 AND s.model_name = $2"
+								"   AND " FILTER_PRED(3)
+								"   AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
+								"               WHERE k <> ALL ($4::text[]))",
+								4, argtypes, values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	refused = (int64) SPI_processed;
-
-	/* live records with columns the table lacks are refused, not truncated */
-	{
-		Oid			t4[4] = {TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID};
-		Datum		v4[4] = {values[0], values[1], filter, dm->columns};
-		char		n4[4] = {' ', ' ', filter_null ? 'n' : ' ', ' '};
-
-		ret = SPI_execute_with_args("UPDATE morango.store s SET deserialization_error ="
-									"  'table has no column ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ' ORDER BY k)"
-									"    FROM pg_catalog.jsonb_object_keys(s.serialized) AS k WHERE k <> ALL ($4::text[]))"
-									"  || ' of the record'"
-									" WHERE s.dirty_bit AND NOT s.deleted AND s.profile = $1 AND s.model_name = $2"
-									"   AND " FILTER_PRED(3)
-									"   AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
-									"               WHERE k <> ALL ($4::text[]))",
-									4, t4, v4, n4, false, 0);
-		if (ret != SPI_OK_UPDATE)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		refused += (int64) SPI_processed;
-	}
+	refused += (int64) SPI_processed;
 	return refused;
 }
 
@@ -501,7 +741,9 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 		int			n;
 		int			ret;
 		Datum	   *elems;
-		int			nok = 0;
+		char	  **keys;
+		int64		written;
+		int64		nok = 0;
 		List	   *err_ids = NIL;
 		List	   *err_msgs = NIL;
 
@@ -530,20 +772,29 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 		ret = SPI_execute_with_args(dm->unchanged_sql, 1, idtype, &ids, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		for (uint64 i = 0; i < SPI_processed; i++)
-			morango_capture_deserializing_add(dm->m->relid,
-											  SPI_getvalue(SPI_tuptable->vals[i],
-														   SPI_tuptable->tupdesc, 2));
-		ids = spi_uuid_array(&n);
+		n = (int) SPI_processed;
 		if (n == 0)
 			continue;
+		elems = palloc(sizeof(Datum) * n);
+		keys = palloc(sizeof(char *) * n);
+		for (int i = 0; i < n; i++)
+		{
+			bool		isnull;
+			pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
 
-		if (fresh && try_write_batch(write_sql, ids) == NULL)
+			memcpy(u, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
+				   sizeof(pg_uuid_t));
+			elems[i] = UUIDPGetDatum(u);
+			keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		}
+		ids = PointerGetDatum(construct_array(elems, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+
+		if (fresh && try_write_batch(dm, write_sql, ids, keys, n, &written) == NULL)
 		{
 			if (deleted)
-				counts->deleted += n;
+				counts->deleted += written;
 			else
-				counts->applied += n;
+				counts->applied += written;
 			continue;
 		}
 
@@ -552,8 +803,6 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 		 * failures while some succeed: a row whose parent is in the same
 		 * batch (a self-referencing table) goes in once its parent has.
 		 */
-		deconstruct_array(DatumGetArrayTypeP(ids), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
-						  &elems, NULL, &n);
 		for (;;)
 		{
 			int			progress = 0;
@@ -570,16 +819,17 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 				char	   *err;
 
 				CHECK_FOR_INTERRUPTS();
-				err = try_write_batch(write_sql, one);
+				err = try_write_batch(dm, write_sql, one, &keys[i], 1, &written);
 				if (err == NULL)
 				{
-					nok++;
+					nok += written;
 					progress++;
 				}
 				else
 				{
 					err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
 					err_msgs = lappend(err_msgs, err);
+					keys[nfail] = keys[i];
 					elems[nfail++] = elems[i];
 				}
 			}
@@ -633,17 +883,22 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 
 	models = morango_registry_models(profile, CurrentMemoryContext);
 
-	nestlevel = morango_pin_search_path();
+	nestlevel = morango_pin_settings(true);
 	foreach(lc, models)
 		dms = lappend(dms, build_model((MorangoModel *) lfirst(lc)));
 	ordered = order_models(dms);
-	morango_unpin_search_path(nestlevel);
+	morango_unpin_settings(nestlevel);
 
 	foreach(lc, ordered)
-		counts.failed += assign_app_keys((DeserModel *) lfirst(lc), filter, filter_null);
+		counts.failed += prepare_keys((DeserModel *) lfirst(lc), filter, filter_null);
 
-	/* the capture trigger skips the keys we announce */
-	morango_capture_deserializing_begin();
+	/*
+	 * Never wait long on an application transaction (an insert of the same
+	 * new key): give up on that record for this run instead.
+	 */
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("lock_timeout", "100ms", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	PG_TRY();
 	{
 		/* upserts parents first, deletes children first */
@@ -654,7 +909,7 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	}
 	PG_FINALLY();
 	{
-		morango_capture_deserializing_end();
+		AtEOXact_GUC(true, nestlevel);
 	}
 	PG_END_TRY();
 

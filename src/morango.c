@@ -11,6 +11,8 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "fmgr.h"
 #include "utils/guc.h"
 
@@ -20,6 +22,15 @@ PG_MODULE_MAGIC;
 
 /* morango.hard_delete: DELETE statements on registered tables purge data */
 bool		morango_hard_delete_guc = false;
+
+/* morango.chunk_size: records per chunk of a transfer */
+int			morango_chunk_size = 5000;
+
+/* morango.connect_timeout: seconds to wait for a peer connection */
+int			morango_connect_timeout = 30;
+
+/* morango.peer_timeout: milliseconds one remote call may take (0: no limit) */
+int			morango_peer_timeout = 600000;
 
 void		_PG_init(void);
 
@@ -39,6 +50,33 @@ _PG_init(void)
 							 PGC_USERSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.chunk_size",
+							"Records per chunk of a sync transfer.",
+							"Each chunk is one round trip and one statement on each side.",
+							&morango_chunk_size,
+							5000, 1, 100000,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.connect_timeout",
+							"Seconds to wait for a connection to a peer.",
+							"0 waits for ever.",
+							&morango_connect_timeout,
+							30, 0, 3600,
+							PGC_USERSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.peer_timeout",
+							"Longest time one call to a peer may take.",
+							"The call is cancelled on the peer after that.  0 means no limit.",
+							&morango_peer_timeout,
+							600000, 0, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("morango");
 

@@ -4,10 +4,12 @@
  *		Declarations shared by the morango extension's source files.
  *
  * Each step of a record's path has its own file: capture.c (trigger ->
- * store, pending), serialize.c (stamp counters), deserialize.c (store ->
- * application table).  registry.c knows which tables are registered;
- * idrule.c holds the pure record id rule.  Dependencies point one way:
- * capture/serialize/deserialize -> registry -> idrule.
+ * morango.changes), serialize.c (changes -> store, stamped), queue.c
+ * (store -> outgoing buffer), sync.c + transport.c (the wire), buffer.c
+ * (incoming buffer), dequeue.c (merge into the store), deserialize.c
+ * (store -> application table).  registry.c knows which tables are
+ * registered; idrule.c, filter.c and fsic.c are pure.  Dependencies point
+ * one way: sync -> steps -> registry -> pure parts.
  *
  * IDENTIFICATION
  *		src/morango.h
@@ -24,8 +26,14 @@
 #include "utils/array.h"
 #include "utils/uuid.h"
 
+/* the version of the sync protocol (doc/protocol.md); both sides check it */
+#define MORANGO_PROTOCOL_VERSION 1
+
 /* GUC variables (morango.c) */
 extern bool morango_hard_delete_guc;
+extern int	morango_chunk_size;
+extern int	morango_connect_timeout;
+extern int	morango_peer_timeout;
 
 /* idrule.c: the record id rule (pure, no SPI) */
 extern void morango_compute_record_id(const char *partition, const char *source_id,
@@ -48,14 +56,13 @@ typedef struct MorangoModel
 
 extern MorangoModel *morango_registry_lookup(Oid relid, MemoryContext mcxt);
 extern List *morango_registry_models(const char *profile, MemoryContext mcxt);
-extern Oid	morango_extension_owner(void);
 extern char *morango_app_key_sql(List *pk_columns, const char *jsonb_expr);
 extern char *morango_key_record_sql(MorangoModel *m, const char *qualname,
 									const char *keyjson_expr);
 extern char *morango_pk_equal_sql(MorangoModel *m, const char *a, const char *b);
 extern char *morango_qualified_name(Oid relid);
-extern int	morango_pin_search_path(void);
-extern void morango_unpin_search_path(int nestlevel);
+extern int	morango_pin_settings(bool search_path);
+extern void morango_unpin_settings(int nestlevel);
 
 /* filter.c: partition filters (pure) */
 extern void morango_check_filter(ArrayType *filter);
@@ -73,11 +80,16 @@ extern int64 morango_serialize_internal(Datum profile, bool profile_null,
 extern void morango_deserialize_internal(const char *profile, Datum filter, bool filter_null,
 										 int64 *applied, int64 *deleted, int64 *failed);
 
+/* queue.c, buffer.c, dequeue.c */
+extern int64 morango_queue_internal(Datum ts);
+extern int64 morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes);
+extern void morango_dequeue_internal(Datum ts, int64 *counts);
+
 /* capture.c */
 extern void morango_capture_init(void);
 extern Oid	morango_changes_relid(void);
-extern void morango_capture_deserializing_begin(void);
+extern void *morango_capture_deserializing_push(void);
 extern void morango_capture_deserializing_add(Oid relid, const char *key);
-extern void morango_capture_deserializing_end(void);
+extern void morango_capture_deserializing_pop(void *previous);
 
 #endif							/* MORANGO_H */

@@ -158,7 +158,7 @@ spi_exec_checked(const char *sql, int expected)
  *
  * partition and source_id are SQL expressions over the table's columns
  * (partition '' means the empty partition; source_id NULL means the primary
- * key as text).  Installs the capture triggers and notes every existing
+ * key as text, or for a multi-column key the jsonb array of its values).  Installs the capture triggers and notes every existing
  * row as changed, so the next serialize puts it in the store.  The table is locked against writes for the
  * duration, so no change slips between the initial load and the triggers.
  */
@@ -229,10 +229,16 @@ morango_register_model(PG_FUNCTION_ARGS)
 			appendStringInfo(&buf, "%s::text", quote_identifier(linitial(pk)));
 		else
 		{
-			appendStringInfoString(&buf, "pg_catalog.concat_ws(':'");
+			/* the key as a jsonb array: unambiguous, unlike a joined string */
+			bool		first = true;
+
+			appendStringInfoString(&buf, "pg_catalog.jsonb_build_array(");
 			foreach(lc, pk)
-				appendStringInfo(&buf, ", %s", quote_identifier(lfirst(lc)));
-			appendStringInfoChar(&buf, ')');
+			{
+				appendStringInfo(&buf, "%s%s", first ? "" : ", ", quote_identifier(lfirst(lc)));
+				first = false;
+			}
+			appendStringInfoString(&buf, ")::text");
 		}
 		source_id_expr = buf.data;
 	}
@@ -298,7 +304,7 @@ morango_register_model(PG_FUNCTION_ARGS)
 	 * one, then the whole capture statement.  All under the pinned
 	 * search_path the trigger will use.
 	 */
-	nestlevel = morango_pin_search_path();
+	nestlevel = morango_pin_settings(true);
 	errcallback.callback = expr_error_callback;
 	errcallback.arg = &info;
 	errcallback.previous = error_context_stack;
@@ -377,7 +383,7 @@ morango_register_model(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 
 	error_context_stack = errcallback.previous;
-	morango_unpin_search_path(nestlevel);
+	morango_unpin_settings(nestlevel);
 
 	SPI_finish();
 	table_close(rel, NoLock);

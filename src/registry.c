@@ -2,8 +2,8 @@
  *
  * registry.c
  *		Read access to morango.models, the list of registered application
- *		tables, plus small helpers every step needs (extension owner, the
- *		SQL that computes a record's application key).
+ *		tables, plus small helpers every step needs (the SQL that computes
+ *		and matches a record's application key, pinned settings).
  *
  * Nothing here writes; registration itself lives in register.c.
  *
@@ -134,35 +134,6 @@ morango_registry_models(const char *profile, MemoryContext mcxt)
 }
 
 /*
- * morango_extension_owner
- *		The role that owns the morango extension.  The capture trigger writes
- *		the store with this role's rights.
- */
-Oid
-morango_extension_owner(void)
-{
-	Oid			extoid = get_extension_oid("morango", false);
-	HeapTuple	tup;
-	Oid			owner = InvalidOid;
-	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(extoid));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	if (!OidIsValid(owner))
-		elog(ERROR, "could not find the owner of extension morango");
-	return owner;
-}
-
-/*
  * morango_app_key_sql
  *		SQL text computing a record's application key from a jsonb
  *		expression holding the serialized row: the jsonb array of its
@@ -259,25 +230,44 @@ morango_qualified_name(Oid relid)
 }
 
 /*
- * morango_pin_search_path
- *		Set search_path to "pg_catalog, pg_temp" until the matching
- *		morango_unpin_search_path(); returns the GUC nest level to pass it.
- *		Registered expressions are parsed and run under this path, so a
- *		caller's search_path can never change what they call.
+ * The settings that change how values print.  Keys, source ids and
+ * serialized data are computed under these fixed values, so that every
+ * session and every peer computes the same text for the same value.
+ */
+static const char *const canonical_settings[][2] = {
+	{"TimeZone", "UTC"},
+	{"DateStyle", "ISO, MDY"},
+	{"IntervalStyle", "postgres"},
+	{"extra_float_digits", "1"},
+	{"bytea_output", "hex"},
+};
+
+/*
+ * morango_pin_settings
+ *		Until the matching morango_unpin_settings(), set the canonical
+ *		formatting settings above and, if search_path is true, search_path
+ *		to "pg_catalog, pg_temp" (registered expressions are parsed and run
+ *		under it, so a caller's search_path can never change what they
+ *		call).  Returns the GUC nest level to pass to unpin.
  */
 int
-morango_pin_search_path(void)
+morango_pin_settings(bool search_path)
 {
 	int			nestlevel = NewGUCNestLevel();
 
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	for (size_t i = 0; i < lengthof(canonical_settings); i++)
+		(void) set_config_option(canonical_settings[i][0], canonical_settings[i][1],
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (search_path)
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;
 }
 
 void
-morango_unpin_search_path(int nestlevel)
+morango_unpin_settings(int nestlevel)
 {
 	AtEOXact_GUC(true, nestlevel);
 }

@@ -130,9 +130,14 @@ stamp_sql(MorangoModel *m)
 					 "            WHERE pg_catalog.starts_with(c2.part, f.prefix))) AS in_scope"
 					 "  FROM c2"
 					 "), todo AS ("
+	/*
+	 * One row per record.  Two keys can name one record when a primary key
+	 * changed and the source id does not depend on it: the live row wins
+	 * and takes the record over.
+	 */
 					 "  SELECT DISTINCT ON (rid) * FROM c3"
 					 "  WHERE in_scope AND NOT nothing AND NOT bad AND NOT unchanged"
-					 "  ORDER BY rid, key"
+					 "  ORDER BY rid, (j IS NULL), key"
 	/* write the store; a new row never takes over another live row's record */
 					 "), w AS ("
 					 "  INSERT INTO morango.store AS s (id, profile, model_name, partition, source_id,"
@@ -159,6 +164,7 @@ stamp_sql(MorangoModel *m)
 					 "    last_saved_counter = EXCLUDED.last_saved_counter,"
 					 "    last_transfer_session_id = NULL"
 					 "  WHERE s.app_key IS NULL OR s.app_key = EXCLUDED.app_key OR s.deleted"
+					 "     OR NOT EXISTS (SELECT 1 FROM ONLY %s AS t2, %s AS kr2 WHERE %s)"
 					 "  RETURNING s.id, s.app_key"
 					 "), rmc AS ("
 					 "  INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)"
@@ -170,14 +176,17 @@ stamp_sql(MorangoModel *m)
 					 "  DELETE FROM morango.changes c"
 					 "  WHERE c.ctid IN (SELECT pg_catalog.unnest(c3.cids) FROM c3"
 					 "                   WHERE c3.nothing OR (c3.in_scope AND c3.unchanged)"
-					 "                      OR c3.key IN (SELECT app_key FROM w))"
+					 "                      OR c3.key IN (SELECT app_key FROM w)"
+					 "                      OR c3.rid IN (SELECT id FROM w))"
 					 ")"
 					 " SELECT (SELECT count(*) FROM w),"
 					 "        (SELECT count(*) FROM c3 WHERE bad),"
 					 "        (SELECT count(*) FROM todo WHERE key NOT IN (SELECT app_key FROM w))",
 					 key_columns.data,
 					 morango_key_record_sql(m, qualname, "k._morango_key::jsonb"),
-					 m->partition_expr, m->source_id_expr, qualname, key_match.data);
+					 m->partition_expr, m->source_id_expr, qualname, key_match.data,
+					 qualname, morango_key_record_sql(m, qualname, "s.app_key::jsonb"),
+					 morango_pk_equal_sql(m, "t2", "kr2"));
 	return sql.data;
 }
 
@@ -315,7 +324,7 @@ morango_serialize_internal(Datum profile, bool profile_null,
 	}
 
 	/* registered expressions are parsed and run under a pinned search_path */
-	nestlevel = morango_pin_search_path();
+	nestlevel = morango_pin_settings(true);
 	foreach(lc, models)
 	{
 		MorangoModel *m = morango_registry_lookup(lfirst_oid(lc), CurrentMemoryContext);
@@ -324,7 +333,7 @@ morango_serialize_internal(Datum profile, bool profile_null,
 		if (m != NULL)
 			stamped += stamp_model(m, filter, filter_null, UUIDPGetDatum(instance), counter + 1);
 	}
-	morango_unpin_search_path(nestlevel);
+	morango_unpin_settings(nestlevel);
 
 	if (stamped > 0)
 	{

@@ -1,0 +1,306 @@
+--
+-- sync: two and three databases of one cluster syncing over loopback libpq
+--
+-- three databases a, b, c; a initiates unless said otherwise
+\set VERBOSITY default
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS regress_morango_a;
+DROP DATABASE IF EXISTS regress_morango_b;
+DROP DATABASE IF EXISTS regress_morango_c;
+CREATE DATABASE regress_morango_a;
+CREATE DATABASE regress_morango_b;
+CREATE DATABASE regress_morango_c;
+RESET client_min_messages;
+SELECT format('host=127.0.0.1 port=%s dbname=regress_morango_b user=%s', current_setting('port'), current_user) AS peer_b,
+       format('host=127.0.0.1 port=%s dbname=regress_morango_c user=%s', current_setting('port'), current_user) AS peer_c,
+       format('host=127.0.0.1 port=%s dbname=regress_morango_a user=%s', current_setting('port'), current_user) AS peer_a
+\gset
+
+-- the same schema everywhere
+\c regress_morango_b
+\i sql/sync_schema.psql
+\c regress_morango_c
+\i sql/sync_schema.psql
+\c regress_morango_a
+\i sql/sync_schema.psql
+
+-- a view of a database's data that does not depend on ids or counters
+CREATE VIEW sync_state AS
+SELECT 'facility' AS t, id, name AS v FROM facility
+UNION ALL SELECT 'member', id, username || '/' || score FROM member
+UNION ALL SELECT 'attempt', id, item || '/' || correct FROM attempt;
+
+-- data on a, and different data on b
+INSERT INTO facility VALUES ('f1', 'North School');
+INSERT INTO member VALUES ('m1', 'f1', 'ann', 1), ('m2', 'f1', 'bob', 2);
+INSERT INTO attempt VALUES ('a1', 'm1', 'f1', 'q1', true), ('a2', 'm2', 'f1', 'q1', false);
+\c regress_morango_b
+INSERT INTO facility VALUES ('f2', 'South School');
+INSERT INTO member VALUES ('m3', 'f2', 'cid', 3);
+\c regress_morango_a
+
+-- a full sync, both ways: a pulls b's data and pushes its own
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+SELECT * FROM sync_state ORDER BY 1, 2;
+SELECT push, stage, status, active, records_total, records_transferred
+FROM morango.transfer_sessions ORDER BY push;
+SELECT status, active, is_server FROM morango.sync_sessions;
+SELECT count(*) AS buffered FROM morango.buffer;
+\c regress_morango_b
+CREATE VIEW sync_state AS
+SELECT 'facility' AS t, id, name AS v FROM facility
+UNION ALL SELECT 'member', id, username || '/' || score FROM member
+UNION ALL SELECT 'attempt', id, item || '/' || correct FROM attempt;
+SELECT * FROM sync_state ORDER BY 1, 2;
+SELECT push, stage, status, active, records_total, records_transferred
+FROM morango.transfer_sessions ORDER BY push;
+SELECT status, active, is_server FROM morango.sync_sessions;
+\c regress_morango_a
+
+-- nothing changed: nothing moves
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+SELECT push, records_total FROM morango.transfer_sessions t
+JOIN morango.sync_sessions s ON s.id = t.sync_session_id
+ORDER BY s.started_at DESC, push LIMIT 2;
+
+-- multi-hop: c gets a's data through b
+\c regress_morango_c
+CREATE VIEW sync_state AS
+SELECT 'facility' AS t, id, name AS v FROM facility
+UNION ALL SELECT 'member', id, username || '/' || score FROM member
+UNION ALL SELECT 'attempt', id, item || '/' || correct FROM attempt;
+SELECT morango.sync(:'peer_b', 'facilitydata', direction => 'pull') IS NOT NULL AS synced;
+SELECT * FROM sync_state ORDER BY 1, 2;
+-- the versions came along: a's records carry a's instance
+SELECT count(DISTINCT last_saved_instance) AS writers FROM morango.store;
+\c regress_morango_a
+
+-- the merge matrix (semantics section 6); a syncs with b both ways each time
+-- fast-forward: an edit on one side only
+UPDATE member SET score = 10 WHERE id = 'm1';
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+\c regress_morango_b
+SELECT * FROM sync_state WHERE id = 'm1';
+-- conflict: both sides change the same record (and serialize) before syncing;
+-- the initiator's data wins and the other version stays in the history
+UPDATE member SET username = 'ann (b)' WHERE id = 'm1';
+SELECT morango.serialize() > 0 AS stamped;
+\c regress_morango_a
+UPDATE member SET username = 'ann (a)' WHERE id = 'm1';
+SELECT morango.serialize() > 0 AS stamped;
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+SELECT conflicts FROM morango.transfer_sessions t JOIN morango.sync_sessions s ON s.id = t.sync_session_id
+WHERE NOT t.push ORDER BY s.started_at DESC LIMIT 1;
+SELECT * FROM sync_state WHERE id = 'm1';
+SELECT conflicting_serialized_data->0->>'username' AS history FROM morango.store WHERE source_id = 'm1';
+\c regress_morango_b
+SELECT * FROM sync_state WHERE id = 'm1';
+SELECT conflicting_serialized_data->0->>'username' AS history FROM morango.store WHERE source_id = 'm1';
+-- a local edit not serialized yet while a version arrives: the local edit wins
+UPDATE member SET score = 20 WHERE id = 'm3';
+SELECT morango.serialize() > 0 AS stamped;
+\c regress_morango_a
+UPDATE member SET score = 30 WHERE id = 'm3';
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+SELECT * FROM sync_state WHERE id = 'm3';
+\c regress_morango_b
+SELECT * FROM sync_state WHERE id = 'm3';
+-- delete against update: the delete wins (deletes are sticky)
+DELETE FROM attempt WHERE member_id = 'm2';
+UPDATE member SET score = 99 WHERE id = 'm2';
+SELECT morango.serialize() > 0 AS stamped;
+\c regress_morango_a
+DELETE FROM member WHERE id = 'm2';
+SELECT morango.serialize() > 0 AS stamped;
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+SELECT * FROM sync_state WHERE id IN ('m2', 'a2');
+SELECT deleted FROM morango.store WHERE source_id = 'm2';
+\c regress_morango_b
+SELECT * FROM sync_state WHERE id IN ('m2', 'a2');
+SELECT deleted FROM morango.store WHERE source_id = 'm2';
+-- hard delete against update: the hard delete wins and the data is erased everywhere
+\c regress_morango_a
+INSERT INTO member VALUES ('m4', 'f1', 'dee', 4);
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+\c regress_morango_b
+UPDATE member SET username = 'dee (b)' WHERE id = 'm4';
+SELECT morango.serialize() > 0 AS stamped;
+\c regress_morango_a
+SELECT morango.hard_delete('member', 'm4');
+SELECT morango.serialize() > 0 AS stamped;
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+SELECT serialized, deleted, hard_deleted, conflicting_serialized_data FROM morango.store WHERE source_id = 'm4';
+\c regress_morango_b
+SELECT count(*) AS m4_rows FROM member WHERE id = 'm4';
+SELECT serialized, deleted, hard_deleted, conflicting_serialized_data FROM morango.store WHERE source_id = 'm4';
+-- re-create after delete: the record comes back on the other side
+\c regress_morango_a
+INSERT INTO member VALUES ('m5', 'f1', 'eve', 5);
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+DELETE FROM member WHERE id = 'm5';
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+\c regress_morango_b
+SELECT count(*) AS m5_rows FROM member WHERE id = 'm5';
+\c regress_morango_a
+INSERT INTO member VALUES ('m5', 'f1', 'eve again', 6);
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+\c regress_morango_b
+SELECT * FROM sync_state WHERE id = 'm5';
+-- in the end both sides hold the same data
+SELECT * FROM sync_state ORDER BY 1, 2;
+\c regress_morango_a
+SELECT * FROM sync_state ORDER BY 1, 2;
+-- and c catches up through b, deletes and hard deletes included
+\c regress_morango_c
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+SELECT * FROM sync_state ORDER BY 1, 2;
+SELECT source_id, deleted, hard_deleted FROM morango.store WHERE deleted ORDER BY 1;
+\c regress_morango_a
+
+-- partial sync: a filter syncs only the partitions under it
+\c regress_morango_c
+INSERT INTO facility VALUES ('f3', 'East School');
+INSERT INTO member VALUES ('m6', 'f3', 'fay', 0);
+INSERT INTO member VALUES ('m7', 'f1', 'gus', 0);
+\c regress_morango_a
+SELECT morango.sync(:'peer_c', 'facilitydata', filter => ARRAY['f3']) IS NOT NULL AS synced;
+SELECT * FROM sync_state WHERE id IN ('f3', 'm6', 'm7') ORDER BY 1, 2;
+SELECT morango.sync(:'peer_c', 'facilitydata', filter => ARRAY['f1:user:m7']) IS NOT NULL AS synced;
+SELECT * FROM sync_state WHERE id IN ('f3', 'm6', 'm7') ORDER BY 1, 2;
+
+-- chunk boundaries: 0, 1, the chunk size and one more record (chunk_size 3)
+CREATE TABLE bulk (id integer PRIMARY KEY, v text);
+SELECT FROM morango.register_model('bulk', 'bulkdata', partition => $$'bulk'$$);
+\c regress_morango_b
+CREATE TABLE bulk (id integer PRIMARY KEY, v text);
+SELECT FROM morango.register_model('bulk', 'bulkdata', partition => $$'bulk'$$);
+\c regress_morango_a
+CREATE FUNCTION push_bulk(n integer) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO bulk SELECT g, 'v' || g
+    FROM generate_series((SELECT COALESCE(max(id), 0) + 1 FROM bulk),
+                         (SELECT COALESCE(max(id), 0) + n FROM bulk)) g;
+$$;
+SELECT push_bulk(0);
+SELECT morango.sync(:'peer_b', 'bulkdata', direction => 'push', chunk_size => 3) AS sid \gset
+SELECT records_total, records_transferred FROM morango.transfer_sessions WHERE sync_session_id = :'sid';
+SELECT push_bulk(1);
+SELECT morango.sync(:'peer_b', 'bulkdata', direction => 'push', chunk_size => 3) AS sid \gset
+SELECT records_total, records_transferred FROM morango.transfer_sessions WHERE sync_session_id = :'sid';
+SELECT push_bulk(3);
+SELECT morango.sync(:'peer_b', 'bulkdata', direction => 'push', chunk_size => 3) AS sid \gset
+SELECT records_total, records_transferred FROM morango.transfer_sessions WHERE sync_session_id = :'sid';
+SELECT push_bulk(4);
+SELECT morango.sync(:'peer_b', 'bulkdata', direction => 'push', chunk_size => 3) AS sid \gset
+SELECT records_total, records_transferred FROM morango.transfer_sessions WHERE sync_session_id = :'sid';
+\c regress_morango_b
+SELECT count(*), min(id), max(id) FROM bulk;
+-- and the same sizes pulled
+INSERT INTO bulk SELECT g, 'b' || g FROM generate_series(101, 104) g;
+\c regress_morango_a
+SELECT morango.sync(:'peer_b', 'bulkdata', direction => 'pull', chunk_size => 3) AS sid \gset
+SELECT records_total, records_transferred FROM morango.transfer_sessions WHERE sync_session_id = :'sid';
+SELECT count(*) FROM bulk WHERE id > 100;
+
+-- what a peer receives is validated record by record; a bad record rejects
+-- its whole chunk and nothing changes
+\c regress_morango_b
+SELECT count(*) AS store_before FROM morango.store \gset
+SELECT morango.peer_begin(1, '11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222',
+                          'facilitydata', true, ARRAY['f1'], 'aaaaaaaa-0000-0000-0000-000000000000',
+                          '{"super": {}, "sub": {}}')->>'stage' AS stage;
+CREATE FUNCTION good_record(seq integer, part text, src text) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT jsonb_build_object(
+        'id', morango.record_id(part, src, 'member'), 'seq', seq, 'profile', 'facilitydata',
+        'model_name', 'member', 'partition', part, 'source_id', src,
+        'serialized', jsonb_build_object('id', src, 'facility_id', 'f1', 'username', 'x', 'score', 0),
+        'deleted', false, 'hard_deleted', false,
+        'last_saved_instance', 'aaaaaaaa-0000-0000-0000-000000000000', 'last_saved_counter', 5,
+        'conflicting_serialized_data', '[]'::jsonb,
+        'rmcs', jsonb_build_object('aaaaaaaa-0000-0000-0000-000000000000', 5))
+$$;
+CREATE FUNCTION try_chunk(chunk jsonb) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM morango.peer_push_chunk('22222222-2222-2222-2222-222222222222', chunk);
+    RETURN 'accepted';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'),
+                                   good_record(2, 'f1:user:v2', 'v2') || '{"id": "00000000-0000-0000-0000-000000000001"}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f2:user:v1', 'v1')));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"profile": "other"}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"last_saved_counter": 0}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"last_saved_counter": -3}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"serialized": [1, 2]}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"serialized": null}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"hard_deleted": true, "deleted": true}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"rmcs": {"aaaaaaaa-0000-0000-0000-000000000000": 4}}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"rmcs": {"not-a-uuid": 5}}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"rmcs": {"aaaaaaaa-0000-0000-0000-000000000000": 5.5}}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'), good_record(2, 'f1:user:v1', 'v1')));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'), good_record(1, 'f1:user:v2', 'v2')));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"source_id": ""}'));
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"id": "not a uuid"}'));
+SELECT try_chunk('{"not": "an array"}');
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"hard_deleted": true}'));
+-- nothing landed
+SELECT count(*) = :store_before AS store_unchanged FROM morango.store;
+SELECT count(*) AS buffered FROM morango.buffer WHERE transfer_session_id = '22222222-2222-2222-2222-222222222222';
+-- a good chunk is accepted; sent again it adds nothing; SQL and LIKE
+-- metacharacters are data
+SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'), good_record(2, 'f1:user:v2', 'v2')));
+SELECT morango.peer_push_chunk('22222222-2222-2222-2222-222222222222',
+                               jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))) AS added_again;
+SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v''); DROP TABLE member; --', 'x'')--')));
+SELECT try_chunk(jsonb_build_array(good_record(2, 'f1:user:v9', 'v9')));
+-- a filter with LIKE wildcards matches them literally
+SELECT morango.peer_begin(1, '11111111-1111-1111-1111-111111111111', '44444444-4444-4444-4444-444444444444',
+                          'facilitydata', true, ARRAY['f_'], 'aaaaaaaa-0000-0000-0000-000000000000',
+                          '{"super": {}, "sub": {}}')->>'stage' AS stage;
+SELECT morango.peer_push_chunk('44444444-4444-4444-4444-444444444444',
+                               jsonb_build_array(good_record(1, 'f1:user:v1', 'v1')));
+-- finishing with a wrong total is refused; the right one merges
+SELECT morango.peer_finish('22222222-2222-2222-2222-222222222222', 4);
+SELECT morango.peer_finish('22222222-2222-2222-2222-222222222222', 3)->>'new' AS new_records;
+SELECT id, username FROM member WHERE id LIKE 'v%' OR id LIKE 'x%' ORDER BY id;
+-- the wrong direction, a finished session, an unknown session, a bad protocol version
+SELECT morango.peer_pull_chunk('22222222-2222-2222-2222-222222222222', 0, 10);
+SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v3', 'v3')));
+SELECT morango.peer_push_chunk('33333333-3333-3333-3333-333333333333', '[]');
+SELECT morango.peer_begin(99, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
+                          'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}');
+SELECT morango.peer_begin(1, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, '{}',
+                          'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}');
+SELECT morango.peer_begin(1, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
+                          'aaaaaaaa-0000-0000-0000-000000000000', '{"sub": {}}');
+DROP FUNCTION try_chunk(jsonb);
+DROP FUNCTION good_record(integer, text, text);
+\c regress_morango_a
+
+-- errors of the caller: clear, and nothing changes
+SELECT count(*) AS sessions_before FROM morango.sync_sessions \gset
+SELECT morango.sync('host=127.0.0.1 port=1 dbname=nowhere connect_timeout=5', 'facilitydata');
+SELECT morango.sync('no_such_peer', 'facilitydata');
+SELECT morango.sync(:'peer_b', 'facilitydata', direction => 'sideways');
+SELECT morango.sync(:'peer_b', 'facilitydata', chunk_size => 0);
+SELECT morango.sync(:'peer_b', 'facilitydata', filter => '{}');
+SELECT morango.sync(:'peer_b', NULL);
+BEGIN;
+SELECT morango.sync(:'peer_b', 'facilitydata');
+ROLLBACK;
+-- a peer that cannot be reached leaves no session behind
+SELECT count(*) - :sessions_before AS new_sessions FROM morango.sync_sessions;
+
+-- stale sessions are cleaned up: b still has the transfer left open above
+\c regress_morango_b
+SELECT count(*) AS open_transfers FROM morango.transfer_sessions WHERE active;
+SELECT morango.cleanup('1 hour') AS cleaned;
+SELECT morango.cleanup('0 seconds') AS cleaned;
+SELECT count(*) AS open_transfers FROM morango.transfer_sessions WHERE active;
+SELECT count(*) AS buffered FROM morango.buffer;
+\c contrib_regression
+SET client_min_messages = warning;
+DROP DATABASE regress_morango_a WITH (FORCE);
+DROP DATABASE regress_morango_b WITH (FORCE);
+DROP DATABASE regress_morango_c WITH (FORCE);
+RESET client_min_messages;

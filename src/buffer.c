@@ -1,0 +1,239 @@
+/*-------------------------------------------------------------------------
+ *
+ * buffer.c
+ *		Step 5 of a record's path: a chunk of records arriving from the
+ *		producer goes into the receiver's incoming buffer, after every
+ *		record in it has been validated.
+ *
+ * A chunk is a jsonb array of records as morango.read_chunk() makes them
+ * (see doc/protocol.md).  Nothing from a chunk lands unless all of it is
+ * valid: each record's id must follow the id rule over (partition, source
+ * id, model name), its partition must lie under the transfer session's
+ * filter, its profile must be the session's, its counters positive, its
+ * version vector must contain its last saved version, its serialized data
+ * a jsonb object ('{}' for a hard delete), and no record may appear twice.
+ * The first bad record is named in the error.  Receiving the same chunk
+ * twice (a resumed transfer) adds nothing the second time.
+ *
+ * IDENTIFICATION
+ *		src/buffer.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "morango.h"
+
+PG_FUNCTION_INFO_V1(morango_receive_chunk);
+
+/* the chunk as rows; $2 is the chunk */
+#define CHUNK_ROWS \
+	"SELECT * FROM pg_catalog.jsonb_to_recordset($2) AS x(" \
+	"  id uuid, seq bigint, profile text, model_name text, partition text, source_id text," \
+	"  serialized jsonb, deleted boolean, hard_deleted boolean," \
+	"  last_saved_instance uuid, last_saved_counter bigint," \
+	"  conflicting_serialized_data jsonb, rmcs jsonb)"
+
+#define UUID_RE "'^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'"
+
+/* $1 ts, $2 chunk, $3 profile, $4 filter: the first bad record, if any */
+static const char *validate_sql =
+"WITH c AS (" CHUNK_ROWS "), v AS ("
+"  SELECT c.id, c.seq, CASE"
+"    WHEN c.id IS NULL THEN 'the record has no id'"
+"    WHEN c.seq IS NULL OR c.seq <= 0 THEN 'its sequence number is missing or not positive'"
+"    WHEN c.profile IS DISTINCT FROM $3 THEN 'its profile is not the session''s profile ' || pg_catalog.quote_literal($3)"
+"    WHEN c.model_name IS NULL OR c.model_name = '' THEN 'it has no model name'"
+"    WHEN c.partition IS NULL THEN 'it has no partition'"
+"    WHEN c.source_id IS NULL OR c.source_id = '' THEN 'it has no source id'"
+"    WHEN morango.record_id(c.partition, c.source_id, c.model_name) <> c.id"
+"      THEN 'its id does not follow the id rule for its partition, source id and model name'"
+"    WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.unnest($4::text[]) AS f(prefix)"
+"                     WHERE pg_catalog.starts_with(c.partition, f.prefix))"
+"      THEN 'its partition ' || pg_catalog.quote_literal(c.partition) || ' is outside the transfer session''s filter'"
+"    WHEN c.last_saved_instance IS NULL OR c.last_saved_counter IS NULL"
+"      THEN 'it has no last saved version'"
+"    WHEN c.last_saved_counter <= 0 THEN 'its last saved counter is not positive'"
+"    WHEN c.deleted IS NULL OR c.hard_deleted IS NULL THEN 'its deleted flags are missing'"
+"    WHEN c.hard_deleted AND NOT c.deleted THEN 'it is hard-deleted but not deleted'"
+"    WHEN pg_catalog.jsonb_typeof(c.serialized) IS DISTINCT FROM 'object'"
+"      THEN 'its serialized data is not a json object'"
+"    WHEN c.hard_deleted AND c.serialized <> '{}' THEN 'it is hard-deleted but carries data'"
+"    WHEN c.conflicting_serialized_data IS NOT NULL"
+"         AND pg_catalog.jsonb_typeof(c.conflicting_serialized_data) <> 'array'"
+"      THEN 'its conflict history is not a json array'"
+"    WHEN pg_catalog.jsonb_typeof(c.rmcs) IS DISTINCT FROM 'object'"
+"      THEN 'its version vector is missing or not a json object'"
+"    WHEN EXISTS (SELECT 1 FROM pg_catalog.jsonb_each(c.rmcs) AS e"
+"                 WHERE e.key !~ " UUID_RE
+"                    OR pg_catalog.jsonb_typeof(e.value) <> 'number'"
+"                    OR (e.value)::numeric <= 0"
+"                    OR (e.value)::numeric <> pg_catalog.trunc((e.value)::numeric)"
+"                    OR (e.value)::numeric > 9223372036854775807)"
+"      THEN 'its version vector has an entry that is not (instance uuid: positive integer)'"
+"    WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_each_text(c.rmcs) AS e"
+"                     WHERE e.key::uuid = c.last_saved_instance"
+"                       AND (e.value)::bigint >= c.last_saved_counter)"
+"      THEN 'its version vector does not contain its last saved version'"
+"    END AS reason"
+"  FROM c"
+"), dup AS ("
+"  SELECT id, NULL::bigint AS seq, 'it appears more than once in the chunk' AS reason"
+"  FROM c GROUP BY id HAVING count(*) > 1"
+"  UNION ALL"
+"  SELECT NULL, seq, 'its sequence number appears more than once in the chunk'"
+"  FROM c GROUP BY seq HAVING count(*) > 1"
+"  UNION ALL"
+"  SELECT c.id, c.seq, 'its sequence number is taken by another record of this transfer'"
+"  FROM c JOIN morango.buffer b ON b.transfer_session_id = $1 AND b.seq = c.seq"
+"   AND b.record_id <> c.id"
+")"
+" SELECT id::text, seq, reason FROM v WHERE reason IS NOT NULL"
+" UNION ALL SELECT id::text, seq, reason FROM dup"
+" LIMIT 1";
+
+/* $1 ts, $2 chunk: insert what is new; returns the number of records added */
+static const char *insert_sql =
+"WITH c AS (" CHUNK_ROWS "), ins AS ("
+"  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
+"      partition, source_id, serialized, deleted, hard_deleted,"
+"      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
+"  SELECT $1, c.seq, c.id, c.profile, c.model_name, c.partition, c.source_id, c.serialized,"
+"         c.deleted, c.hard_deleted, c.last_saved_instance, c.last_saved_counter,"
+"         COALESCE(c.conflicting_serialized_data, '[]'::jsonb)"
+"  FROM c"
+"  ON CONFLICT (transfer_session_id, record_id) DO NOTHING"
+"  RETURNING record_id"
+"), rm AS ("
+"  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
+"  SELECT $1, c.id, e.key::uuid, (e.value)::bigint"
+"  FROM c JOIN ins ON ins.record_id = c.id, pg_catalog.jsonb_each_text(c.rmcs) AS e"
+")"
+" SELECT count(*) FROM ins";
+
+/* the largest chunk we accept, in records */
+#define MAX_CHUNK_RECORDS 100000
+
+/*
+ * morango_receive_chunk_internal
+ *		Validate chunk (a jsonb array) for transfer session ts, where this
+ *		side must be the receiver, and add its records to the incoming
+ *		buffer.  All or nothing.  Returns the number of records added.
+ *		nbytes is the chunk's size on the wire, for the session's byte
+ *		count.  Runs inside SPI.
+ */
+int64
+morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
+{
+	Oid			argtypes[4] = {UUIDOID, JSONBOID, TEXTOID, TEXTARRAYOID};
+	Datum		values[4];
+	bool		isnull;
+	int			ret;
+	Jsonb	   *jb = DatumGetJsonbP(chunk);
+	char	   *tsname = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
+	int64		added;
+
+	if (!JB_ROOT_IS_ARRAY(jb) || JB_ROOT_IS_SCALAR(jb))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("chunk for transfer session %s is not a json array of records", tsname)));
+	if (JB_ROOT_COUNT(jb) > MAX_CHUNK_RECORDS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("chunk for transfer session %s has %u records, more than %d",
+						tsname, JB_ROOT_COUNT(jb), MAX_CHUNK_RECORDS)));
+
+	/* the session: active, this side receives, still transferring */
+	ret = SPI_execute_with_args("SELECT s.profile, t.filter, t.active, (t.push = s.is_server) AS receiver,"
+								"       t.stage"
+								" FROM morango.transfer_sessions t"
+								" JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
+								" WHERE t.id = $1 FOR UPDATE OF t",
+								1, argtypes, &ts, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transfer session %s does not exist", tsname)));
+	values[2] = PointerGetDatum(DatumGetTextPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc, 1, &isnull)));
+	values[3] = PointerGetDatum(DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
+																	 SPI_tuptable->tupdesc, 2, &isnull)));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s is finished", tsname)));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this side sends in transfer session %s; it cannot receive a chunk", tsname)));
+	{
+		char	   *stage = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+
+		if (strcmp(stage, "dequeuing") == 0 || strcmp(stage, "deserializing") == 0 ||
+			strcmp(stage, "cleanup") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("transfer session %s is past transferring (stage %s)", tsname, stage)));
+	}
+
+	values[0] = ts;
+	values[1] = chunk;
+	ret = SPI_execute_with_args(validate_sql, 4, argtypes, values, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed > 0)
+	{
+		char	   *id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		char	   *seq = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		char	   *reason = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("rejected a chunk for transfer session %s: record %s %s",
+						tsname, id ? id : (seq ? psprintf("number %s", seq) : "?"), reason),
+				 errdetail("Nothing from this chunk was stored.")));
+	}
+
+	ret = SPI_execute_with_args(insert_sql, 2, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	added = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
+								" SET records_transferred = records_transferred + $2,"
+								"     bytes_received = bytes_received + $3,"
+								"     stage = 'transferring', status = 'started', last_activity_at = now()"
+								" WHERE id = $1",
+								3, (Oid[]) {UUIDOID, INT8OID, INT8OID},
+								(Datum[]) {ts, Int64GetDatum(added), Int64GetDatum(nbytes)},
+								NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	return added;
+}
+
+/*
+ * morango.receive_chunk(transfer_session uuid, chunk jsonb) -> bigint
+ *		Validate a chunk and add it to the incoming buffer; returns the
+ *		number of records added.
+ */
+Datum
+morango_receive_chunk(PG_FUNCTION_ARGS)
+{
+	int64		added;
+	Datum		chunk = PG_GETARG_DATUM(1);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	added = morango_receive_chunk_internal(PG_GETARG_DATUM(0), chunk,
+										   VARSIZE_ANY(DatumGetPointer(chunk)));
+	SPI_finish();
+	PG_RETURN_INT64(added);
+}

@@ -1,0 +1,325 @@
+/*-------------------------------------------------------------------------
+ *
+ * dequeue.c
+ *		Step 6 of a record's path: the receiver merges the incoming buffer
+ *		of a transfer session into its store.
+ *
+ * morango.dequeue(transfer_session) decides, for every buffered record,
+ * set-based and in one transaction (Morango's _dequeue_into_store,
+ * semantics section 6), in this order:
+ *
+ *   ignored (reverse fast-forward): the local version vector already holds
+ *     the incoming version (rmc[incoming instance] >= incoming counter);
+ *   new: no local record: inserted with its version vector;
+ *   fast-forward: the incoming version vector holds the local version:
+ *     the incoming record replaces the local one;
+ *   conflict: neither holds the other: the local data is kept, the incoming
+ *     data goes to the front of the conflict history, deletes are sticky
+ *     (either side's delete or hard delete wins), and the record gets a new
+ *     local version (this instance, a new counter) whose version vector is
+ *     the per-instance max of both.
+ *
+ * Every changed record is marked dirty, for deserialize.  Then the
+ * receiver's database max counters are raised to the sender's (expanded)
+ * FSIC for the session's filter, and the buffer is emptied.
+ *
+ * Where we differ from Morango, on purpose (doc/design.md): version
+ * vectors are always merged by max, never overwritten; the reverse
+ * fast-forward touches only this session's buffer; an incoming hard delete
+ * survives a conflict (Morango's PostgreSQL path drops it); database max
+ * counters are only ever raised; the new local counter is taken under the
+ * instance lock, so it follows commit order like serialize's.
+ *
+ * IDENTIFICATION
+ *		src/dequeue.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
+
+#include "fsic.h"
+#include "morango.h"
+
+PG_FUNCTION_INFO_V1(morango_dequeue);
+
+/* $1 ts: drop what we already have */
+static const char *ignore_sql =
+"WITH rff AS ("
+"  DELETE FROM morango.buffer b USING morango.record_max_counters r"
+"  WHERE b.transfer_session_id = $1 AND r.record_id = b.record_id"
+"    AND r.instance_id = b.last_saved_instance AND r.counter >= b.last_saved_counter"
+"  RETURNING b.record_id"
+"), rmcb AS ("
+"  DELETE FROM morango.record_max_counter_buffer x USING rff"
+"  WHERE x.transfer_session_id = $1 AND x.record_id = rff.record_id"
+")"
+" SELECT count(*) FROM rff";
+
+/* $1 ts, $2 local instance, $3 new counter: conflicts */
+static const char *conflict_sql =
+"WITH cf AS ("
+"  SELECT b.* FROM morango.buffer b JOIN morango.store s ON s.id = b.record_id"
+"  WHERE b.transfer_session_id = $1"
+"    AND NOT EXISTS (SELECT 1 FROM morango.record_max_counter_buffer x"
+"                    WHERE x.transfer_session_id = $1 AND x.record_id = b.record_id"
+"                      AND x.instance_id = s.last_saved_instance"
+"                      AND x.counter >= s.last_saved_counter)"
+"), up AS ("
+"  UPDATE morango.store s SET"
+"    serialized = CASE WHEN s.hard_deleted OR cf.hard_deleted THEN '{}'::jsonb ELSE s.serialized END,"
+"    conflicting_serialized_data ="
+"      CASE WHEN s.hard_deleted OR cf.hard_deleted THEN '[]'::jsonb"
+"           ELSE pg_catalog.jsonb_build_array(cf.serialized) || s.conflicting_serialized_data END,"
+"    deleted = s.deleted OR cf.deleted,"
+"    hard_deleted = s.hard_deleted OR cf.hard_deleted,"
+"    last_saved_instance = $2, last_saved_counter = $3,"
+"    dirty_bit = true, deserialization_error = NULL, last_transfer_session_id = $1"
+"  FROM cf WHERE s.id = cf.record_id"
+"  RETURNING s.id"
+"), rmc AS ("
+"  INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)"
+"  SELECT v.record_id, v.instance_id, max(v.counter) FROM ("
+"    SELECT x.record_id, x.instance_id, x.counter"
+"    FROM morango.record_max_counter_buffer x JOIN up ON up.id = x.record_id"
+"    WHERE x.transfer_session_id = $1"
+"    UNION ALL SELECT up.id, $2, $3 FROM up"
+"  ) AS v GROUP BY v.record_id, v.instance_id"
+"  ON CONFLICT (record_id, instance_id)"
+"  DO UPDATE SET counter = GREATEST(r.counter, EXCLUDED.counter)"
+"), db AS ("
+"  DELETE FROM morango.buffer b USING up"
+"  WHERE b.transfer_session_id = $1 AND b.record_id = up.id"
+"), dr AS ("
+"  DELETE FROM morango.record_max_counter_buffer x USING up"
+"  WHERE x.transfer_session_id = $1 AND x.record_id = up.id"
+")"
+" SELECT count(*) FROM up";
+
+/* $1 ts: what is left is new records and fast-forwards */
+static const char *forward_sql =
+"WITH up AS ("
+"  INSERT INTO morango.store AS s (id, profile, model_name, partition, source_id, serialized,"
+"      deleted, hard_deleted, last_saved_instance, last_saved_counter,"
+"      conflicting_serialized_data, dirty_bit, last_transfer_session_id)"
+"  SELECT b.record_id, b.profile, b.model_name, b.partition, b.source_id, b.serialized,"
+"         b.deleted, b.hard_deleted, b.last_saved_instance, b.last_saved_counter,"
+"         b.conflicting_serialized_data, true, $1"
+"  FROM morango.buffer b WHERE b.transfer_session_id = $1"
+"  ON CONFLICT (id) DO UPDATE SET"
+"    serialized = EXCLUDED.serialized,"
+"    deleted = EXCLUDED.deleted,"
+"    hard_deleted = EXCLUDED.hard_deleted,"
+"    last_saved_instance = EXCLUDED.last_saved_instance,"
+"    last_saved_counter = EXCLUDED.last_saved_counter,"
+"    conflicting_serialized_data = EXCLUDED.conflicting_serialized_data,"
+"    dirty_bit = true, deserialization_error = NULL,"
+"    last_transfer_session_id = EXCLUDED.last_transfer_session_id"
+"  RETURNING s.id, (xmax = 0) AS inserted"
+"), rmc AS ("
+"  INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)"
+"  SELECT x.record_id, x.instance_id, x.counter"
+"  FROM morango.record_max_counter_buffer x JOIN up ON up.id = x.record_id"
+"  WHERE x.transfer_session_id = $1"
+"  ON CONFLICT (record_id, instance_id)"
+"  DO UPDATE SET counter = GREATEST(r.counter, EXCLUDED.counter)"
+")"
+" SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up";
+
+/* $1 ts */
+static const char *empty_sql =
+"WITH b AS (DELETE FROM morango.buffer WHERE transfer_session_id = $1)"
+" DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1";
+
+/* $1 map {partition: {instance: counter}}: raise the database max counters */
+static const char *dmc_sql =
+"INSERT INTO morango.database_max_counters AS d (instance_id, partition, counter)"
+" SELECT i.key::uuid, p.key, (i.value)::bigint"
+" FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
+" ON CONFLICT (instance_id, partition)"
+" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
+
+static int64
+spi_count(int col)
+{
+	bool		isnull;
+
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull));
+}
+
+/*
+ * morango_dequeue_internal
+ *		Merge the incoming buffer of transfer session ts into the store.
+ *		This side must be the receiver, every record must have arrived
+ *		(records_transferred = records_total), and the session must not
+ *		have been dequeued before.  Fills counts[4] with (new,
+ *		fast-forwards, conflicts, ignored).  Runs inside SPI, in the
+ *		caller's transaction (all or nothing).
+ */
+void
+morango_dequeue_internal(Datum ts, int64 *counts)
+{
+	Oid			t1[1] = {UUIDOID};
+	int			ret;
+	bool		isnull;
+	char	   *tsname = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
+	char	   *remote_fsic;
+	Datum		filter;
+	char	   *stage;
+	int64		total,
+				transferred;
+	pg_uuid_t  *instance;
+	int64		counter;
+
+	memset(counts, 0, sizeof(int64) * 4);
+
+	ret = SPI_execute_with_args("SELECT t.remote_fsic::text, t.filter, t.stage, t.records_total,"
+								"       t.records_transferred, (t.push = s.is_server) AS receiver, t.active"
+								" FROM morango.transfer_sessions t"
+								" JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
+								" WHERE t.id = $1 FOR UPDATE OF t",
+								1, t1, &ts, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transfer session %s does not exist", tsname)));
+	remote_fsic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	filter = PointerGetDatum(DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
+																  SPI_tuptable->tupdesc, 2, &isnull)));
+	stage = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	if (isnull)
+		total = -1;
+	transferred = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this side sends in transfer session %s; only the receiver dequeues", tsname)));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull)) ||
+		strcmp(stage, "deserializing") == 0 || strcmp(stage, "cleanup") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s was dequeued already", tsname)));
+	if (total < 0 || transferred != total)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s is incomplete: " INT64_FORMAT " of %s records arrived",
+						tsname, transferred, total < 0 ? "?" : psprintf(INT64_FORMAT, total)),
+				 errhint("Finish the transfer before dequeuing.")));
+	if (remote_fsic == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s has no FSIC from the sender", tsname)));
+
+	/* 1. what we already have */
+	ret = SPI_execute_with_args(ignore_sql, 1, t1, &ts, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	counts[3] = spi_count(1);
+
+	/* 2. conflicts, under a new local counter taken under the instance lock */
+	ret = SPI_execute("SELECT instance_id, counter FROM morango.lock_instance()", false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not lock the morango instance row");
+	instance = palloc(sizeof(pg_uuid_t));
+	memcpy(instance, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+		   sizeof(pg_uuid_t));
+	counter = spi_count(2) + 1;
+	ret = SPI_execute_with_args(conflict_sql, 3, (Oid[]) {UUIDOID, UUIDOID, INT8OID},
+								(Datum[]) {ts, UUIDPGetDatum(instance), Int64GetDatum(counter)},
+								NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	counts[2] = spi_count(1);
+	if (counts[2] > 0)
+	{
+		/* the new version exists now: advance the counter, and own it */
+		ret = SPI_execute_with_args("UPDATE morango.instances SET counter = $2 WHERE id = $1",
+									2, (Oid[]) {UUIDOID, INT8OID},
+									(Datum[]) {UUIDPGetDatum(instance), Int64GetDatum(counter)},
+									NULL, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		ret = SPI_execute_with_args("INSERT INTO morango.database_max_counters AS d (instance_id, partition, counter)"
+									" VALUES ($1, '', $2) ON CONFLICT (instance_id, partition)"
+									" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)",
+									2, (Oid[]) {UUIDOID, INT8OID},
+									(Datum[]) {UUIDPGetDatum(instance), Int64GetDatum(counter)},
+									NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	}
+
+	/* 3. new records and fast-forwards */
+	ret = SPI_execute_with_args(forward_sql, 1, t1, &ts, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	counts[0] = spi_count(1);
+	counts[1] = spi_count(2);
+
+	ret = SPI_execute_with_args(empty_sql, 1, t1, &ts, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+
+	/* 4. we now hold what the sender held, for this filter */
+	{
+		ArrayType  *farr = DatumGetArrayTypeP(filter);
+		Datum	   *elems;
+		int			nfilter;
+		const char **prefixes;
+		char	   *expanded;
+
+		deconstruct_array(farr, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &nfilter);
+		prefixes = palloc(sizeof(char *) * Max(nfilter, 1));
+		for (int i = 0; i < nfilter; i++)
+			prefixes[i] = TextDatumGetCString(elems[i]);
+		expanded = morango_fsic_expand(remote_fsic, prefixes, nfilter);
+		ret = SPI_execute_with_args(dmc_sql, 1, (Oid[]) {JSONBOID},
+									(Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded))},
+									NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	}
+
+	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
+								" SET stage = 'deserializing', status = 'pending', conflicts = $2,"
+								"     last_activity_at = now()"
+								" WHERE id = $1",
+								2, (Oid[]) {UUIDOID, INT8OID},
+								(Datum[]) {ts, Int64GetDatum(counts[2])}, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * morango.dequeue(transfer_session uuid, OUT new bigint, OUT fast_forwards
+ *                 bigint, OUT conflicts bigint, OUT ignored bigint)
+ */
+Datum
+morango_dequeue(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	int64		counts[4];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	morango_dequeue_internal(PG_GETARG_DATUM(0), counts);
+	SPI_finish();
+	for (int i = 0; i < 4; i++)
+		values[i] = Int64GetDatum(counts[i]);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}

@@ -1,0 +1,123 @@
+/*-------------------------------------------------------------------------
+ *
+ * fsic_sql.c
+ *		SQL-callable wrappers of the FSIC functions of fsic.c:
+ *		morango.fsic_expand(jsonb, text[]) and morango.fsic_diff(jsonb, jsonb).
+ *
+ * They convert jsonb to JSON text and back; the work, and every check of
+ * the FSICs, is in fsic.c.  The C functions also accept text or json
+ * arguments when bound with those types (the regression test does, to
+ * reach the JSON syntax checks that jsonb input never fails).  This file uses PostgreSQL's jsonb headers and
+ * must therefore not include json-c (fsic.c is the other way round).
+ *
+ * IDENTIFICATION
+ *		src/fsic_sql.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "fsic.h"
+#include "morango.h"
+
+PG_FUNCTION_INFO_V1(morango_fsic_expand_sql);
+PG_FUNCTION_INFO_V1(morango_fsic_diff_sql);
+
+/*
+ * fsic_arg_text
+ *		Argument argno as palloc'd JSON text.  The functions are declared
+ *		with jsonb arguments (or, when the call has no expression, taken
+ *		as jsonb); an argument declared text or json (the regression test's
+ *		bindings) is passed through as it is, so that fsic.c's JSON syntax
+ *		checks apply to it.
+ */
+static char *
+fsic_arg_text(FunctionCallInfo fcinfo, int argno)
+{
+	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, argno);
+
+	if (type == JSONBOID || type == InvalidOid)
+	{
+		Jsonb	   *jb = PG_GETARG_JSONB_P(argno);
+
+		return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+	}
+	if (type == TEXTOID || type == JSONOID)
+		return TextDatumGetCString(PG_GETARG_DATUM(argno));
+	elog(ERROR, "unexpected argument type %u for an fsic", type);
+	return NULL;				/* keep the compiler quiet */
+}
+
+/*
+ * fsic_text_to_jsonb
+ *		JSON text (from fsic.c) as a jsonb Datum.
+ */
+static Datum
+fsic_text_to_jsonb(char *json)
+{
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+}
+
+/*
+ * morango.fsic_expand(fsic jsonb, filter text[]) -> jsonb
+ *		Morango's expand_fsic_for_use: the map {partition: {instance:
+ *		counter}} used for queuing, from a raw v2 FSIC and the transfer's
+ *		filter.  NULL fsic gives NULL; NULL filter means every partition,
+ *		as ARRAY[''] does.  Throws on an invalid FSIC or filter.
+ */
+Datum
+morango_fsic_expand_sql(PG_FUNCTION_ARGS)
+{
+	char	   *raw;
+	const char **prefixes;
+	int			nprefixes;
+	char	   *result;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	raw = fsic_arg_text(fcinfo, 0);
+
+	if (PG_ARGISNULL(1))
+	{
+		prefixes = palloc(sizeof(char *));
+		prefixes[0] = "";
+		nprefixes = 1;
+	}
+	else
+	{
+		ArrayType  *filter = PG_GETARG_ARRAYTYPE_P(1);
+		Datum	   *elems;
+		bool	   *nulls;
+
+		morango_check_filter(filter);
+		deconstruct_array(filter, TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &nulls, &nprefixes);
+		prefixes = palloc(sizeof(char *) * nprefixes);
+		for (int i = 0; i < nprefixes; i++)
+			prefixes[i] = TextDatumGetCString(elems[i]);
+	}
+
+	result = morango_fsic_expand(raw, prefixes, nprefixes);
+	PG_RETURN_DATUM(fsic_text_to_jsonb(result));
+}
+
+/*
+ * morango.fsic_diff(sender jsonb, receiver jsonb) -> jsonb
+ *		Morango's calculate_directional_fsic_diff_v2 on two expanded maps:
+ *		per sender partition and instance, the receiver's counter where it
+ *		is lower than the sender's.  Strict.  Throws on an invalid map.
+ */
+Datum
+morango_fsic_diff_sql(PG_FUNCTION_ARGS)
+{
+	char	   *sender = fsic_arg_text(fcinfo, 0);
+	char	   *receiver = fsic_arg_text(fcinfo, 1);
+
+	PG_RETURN_DATUM(fsic_text_to_jsonb(morango_fsic_diff(sender, receiver)));
+}

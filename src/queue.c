@@ -1,0 +1,171 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.c
+ *		Step 3 of a record's path: the producer fills the outgoing buffer of
+ *		a transfer session with what the receiver lacks.
+ *
+ * morango.queue(transfer_session) reads the two FSICs the transfer
+ * session holds (this side's, as producer, and the receiver's), expands
+ * both for the session's filter and diffs them (fsic.c, pure), and then
+ * copies, in one statement, every store record under the filter whose last
+ * saved version is newer than what the receiver has for its partition and
+ * instance into morango.buffer, numbered in a stable order (seq), together
+ * with every entry of its version vector (record_max_counter_buffer).
+ * Morango's _queue_into_buffer_v2, without its string-built SQL and its
+ * 100,000-entry limit: the diff goes in as one jsonb parameter.
+ *
+ * IDENTIFICATION
+ *		src/queue.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "fsic.h"
+#include "morango.h"
+
+PG_FUNCTION_INFO_V1(morango_queue);
+
+static const char *queue_sql =
+"WITH d AS ("
+"  SELECT p.key AS part, i.key::uuid AS inst, (i.value)::bigint AS ctr"
+"  FROM pg_catalog.jsonb_each($2) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
+"), sel AS ("
+"  SELECT DISTINCT s.id FROM d JOIN morango.store s"
+"    ON s.last_saved_instance = d.inst AND s.last_saved_counter > d.ctr"
+"   AND pg_catalog.starts_with(s.partition, d.part)"
+"  WHERE s.profile = $3"
+"    AND EXISTS (SELECT 1 FROM pg_catalog.unnest($4::text[]) AS f(prefix)"
+"                WHERE pg_catalog.starts_with(s.partition, f.prefix))"
+"), ins AS ("
+"  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
+"      partition, source_id, serialized, deleted, hard_deleted,"
+"      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
+"  SELECT $1, row_number() OVER (ORDER BY s.id), s.id, s.profile, s.model_name,"
+"         s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,"
+"         s.last_saved_instance, s.last_saved_counter, s.conflicting_serialized_data"
+"  FROM sel JOIN morango.store s ON s.id = sel.id"
+"  RETURNING record_id"
+"), rm AS ("
+"  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
+"  SELECT $1, r.record_id, r.instance_id, r.counter"
+"  FROM morango.record_max_counters r JOIN ins ON ins.record_id = r.record_id"
+")"
+" SELECT count(*) FROM ins";
+
+/*
+ * morango_queue_internal
+ *		Queue transfer session ts (this side must be its producer and it
+ *		must hold both FSICs).  Idempotent: a session queued before is
+ *		queued again from scratch.  Returns records_total.  Runs inside SPI.
+ */
+int64
+morango_queue_internal(Datum ts)
+{
+	Oid			argtypes[4] = {UUIDOID, JSONBOID, TEXTOID, TEXTARRAYOID};
+	Datum		values[4];
+	int			ret;
+	bool		isnull;
+	char	   *local_fsic;
+	char	   *remote_fsic;
+	Datum		filter;
+	Datum		profile;
+	ArrayType  *farr;
+	Datum	   *elems;
+	int			nfilter;
+	const char **prefixes;
+	char	   *diff;
+	int64		total;
+
+	ret = SPI_execute_with_args("SELECT t.local_fsic::text, t.remote_fsic::text, t.filter, s.profile,"
+								"       (t.push = s.is_server) AS receiver"
+								" FROM morango.transfer_sessions t"
+								" JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
+								" WHERE t.id = $1 FOR UPDATE OF t",
+								1, argtypes, &ts, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transfer session %s does not exist",
+						DatumGetCString(DirectFunctionCall1(uuid_out, ts)))));
+	local_fsic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	remote_fsic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	filter = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	filter = PointerGetDatum(DatumGetArrayTypePCopy(filter));
+	profile = PointerGetDatum(DatumGetTextPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+															  SPI_tuptable->tupdesc, 4, &isnull)));
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this side receives in transfer session %s; only the producer queues",
+						DatumGetCString(DirectFunctionCall1(uuid_out, ts)))));
+	if (local_fsic == NULL || remote_fsic == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s has no FSICs yet",
+						DatumGetCString(DirectFunctionCall1(uuid_out, ts))),
+				 errhint("Both sides' FSICs are exchanged before queuing.")));
+
+	farr = DatumGetArrayTypeP(filter);
+	deconstruct_array(farr, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &nfilter);
+	prefixes = palloc(sizeof(char *) * Max(nfilter, 1));
+	for (int i = 0; i < nfilter; i++)
+		prefixes[i] = TextDatumGetCString(elems[i]);
+
+	diff = morango_fsic_diff(morango_fsic_expand(local_fsic, prefixes, nfilter),
+							 morango_fsic_expand(remote_fsic, prefixes, nfilter));
+
+	/* start from scratch: a resumed session may have queued before */
+	ret = SPI_execute_with_args("DELETE FROM morango.buffer WHERE transfer_session_id = $1",
+								1, argtypes, &ts, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	ret = SPI_execute_with_args("DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1",
+								1, argtypes, &ts, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+
+	values[0] = ts;
+	values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(diff));
+	values[2] = profile;
+	values[3] = filter;
+	ret = SPI_execute_with_args(queue_sql, 4, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
+								" SET records_total = $2, stage = 'queuing', status = 'completed',"
+								"     last_activity_at = now()"
+								" WHERE id = $1",
+								2, (Oid[]) {UUIDOID, INT8OID},
+								(Datum[]) {ts, Int64GetDatum(total)}, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	return total;
+}
+
+/*
+ * morango.queue(transfer_session uuid) -> bigint
+ *		Fill the outgoing buffer of a transfer session this side produces
+ *		for; returns the number of records queued.
+ */
+Datum
+morango_queue(PG_FUNCTION_ARGS)
+{
+	int64		total;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	total = morango_queue_internal(PG_GETARG_DATUM(0));
+	SPI_finish();
+	PG_RETURN_INT64(total);
+}

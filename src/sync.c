@@ -1,0 +1,734 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync.c
+ *		morango.sync(): one whole sync session with a peer, driven by a
+ *		background worker that commits as it goes.
+ *
+ * The caller's backend starts a dynamic background worker (no
+ * shared_preload_libraries needed), hands it the arguments through a
+ * dynamic shared memory segment and waits for it.  The worker connects to
+ * the peer over libpq (transport.c) and runs, for each direction (a pull,
+ * then a push, for 'both'), Morango's transfer stages:
+ *
+ *   pull: our FSIC -> peer_begin (the peer serializes, answers its FSIC,
+ *         queues) -> peer_pull_chunk ... -> receive_chunk (validated) ->
+ *         dequeue -> deserialize -> peer_finish -> close
+ *   push: serialize, our FSIC -> peer_begin (the peer answers its FSIC) ->
+ *         queue -> read_chunk -> peer_push_chunk (validated there) ... ->
+ *         peer_finish (the peer dequeues and deserializes) -> close
+ *
+ * Every local step is its own transaction, and every remote call commits
+ * on the peer, so the state of both sides is always on disk.  A sync that
+ * stops (connection lost, worker killed, peer restarted) resumes where it
+ * stopped when morango.sync() is called again with the same peer, profile,
+ * filter and direction: the same sync and transfer sessions are picked
+ * up, the stage they reached is skipped, and a transfer goes on after the
+ * last chunk the receiver holds.  Receiving a chunk twice adds nothing;
+ * dequeue runs once per transfer session.
+ *
+ * The same SQL functions serve the worker (locally, through SPI), the peer
+ * (as the peer_* API) and users (doc/protocol.md).
+ *
+ * IDENTIFICATION
+ *		src/sync.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/uuid.h"
+#include "utils/wait_event.h"
+
+#include "libpq-fe.h"
+#include "morango.h"
+#include "transport.h"
+
+PG_FUNCTION_INFO_V1(morango_sync);
+
+PGDLLEXPORT void morango_sync_worker_main(Datum main_arg);
+
+/* What the caller hands the worker, and what the worker hands back. */
+typedef struct SyncArgs
+{
+	Oid			dboid;
+	Oid			useroid;
+	int			chunk_size;
+	char		direction[8];
+	/* result */
+	bool		done;
+	bool		ok;
+	int			sqlerrcode;
+	pg_uuid_t	session;
+	bool		have_session;
+	char		error[2048];
+	/* peer, profile, filter (a text[] literal), NUL-terminated, in data */
+	int			peer_off;
+	int			profile_off;
+	int			filter_off;
+	char		data[FLEXIBLE_ARRAY_MEMBER];
+} SyncArgs;
+
+/* the worker's state across its transactions */
+typedef struct Driver
+{
+	MemoryContext cxt;			/* lives for the whole sync */
+	SyncArgs   *args;
+	PGconn	   *conn;
+	const char *peer;			/* as given */
+	const char *peer_display;	/* without password */
+	const char *profile;
+	const char *filter;			/* text[] literal */
+	const char *session;		/* sync session id, text */
+	const char *instance;		/* our instance id, text */
+} Driver;
+
+/* ---- local steps: one transaction each, through SPI ---- */
+
+static void
+local_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+local_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Run sql locally with text parameters (NULL values are SQL NULLs); copy
+ * the first row's columns (as text; NULL stays NULL) into out[] in the
+ * driver's context.  Returns the number of rows.  Must be inside
+ * local_begin/local_commit.
+ */
+static uint64
+local_exec(Driver *d, const char *sql, int nargs, const char **args, int nout, char **out)
+{
+	Oid		   *types = palloc(sizeof(Oid) * Max(nargs, 1));
+	Datum	   *values = palloc(sizeof(Datum) * Max(nargs, 1));
+	char	   *nulls = palloc(Max(nargs, 1) + 1);
+	int			ret;
+	uint64		n;
+
+	for (int i = 0; i < nargs; i++)
+	{
+		types[i] = TEXTOID;
+		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
+		nulls[i] = args[i] ? ' ' : 'n';
+	}
+	ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	if (ret < 0)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	n = SPI_processed;
+	for (int i = 0; i < nout; i++)
+	{
+		char	   *v = NULL;
+
+		if (n > 0 && SPI_tuptable != NULL && i < SPI_tuptable->tupdesc->natts)
+			v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1);
+		out[i] = v ? MemoryContextStrdup(d->cxt, v) : NULL;
+	}
+	return n;
+}
+
+/* One local step: begin, exec, commit. */
+static uint64
+local_step(Driver *d, const char *activity, const char *sql, int nargs, const char **args,
+		   int nout, char **out)
+{
+	uint64		n;
+
+	local_begin(activity);
+	n = local_exec(d, sql, nargs, args, nout, out);
+	local_commit();
+	return n;
+}
+
+/* ---- remote calls ---- */
+
+/*
+ * Run sql on the peer with text parameters; copy the first row's columns
+ * into out[] (NULL stays NULL) in the driver's context.
+ */
+static void
+remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, char **out)
+{
+	PGresult   *volatile res = NULL;
+	const char **wire = palloc(sizeof(char *) * Max(nargs, 1));
+
+	/* the wire is UTF8 (transport.c); convert from and to the database encoding */
+	for (int i = 0; i < nargs; i++)
+		wire[i] = args[i] ? pg_server_to_any(args[i], strlen(args[i]), PG_UTF8) : NULL;
+
+	pgstat_report_activity(STATE_RUNNING, sql);
+	PG_TRY();
+	{
+		res = morango_peer_exec(d->conn, sql, nargs, NULL, wire, morango_peer_timeout);
+		for (int i = 0; i < nout; i++)
+		{
+			if (PQntuples(res) > 0 && i < PQnfields(res) && !PQgetisnull(res, 0, i))
+			{
+				char	   *v = PQgetvalue(res, 0, i);
+
+				out[i] = MemoryContextStrdup(d->cxt, pg_any_to_server(v, strlen(v), PG_UTF8));
+			}
+			else
+				out[i] = NULL;
+		}
+	}
+	PG_FINALLY();
+	{
+		if (res)
+			PQclear(res);
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+static int64
+atoi64_or(const char *s, int64 dflt)
+{
+	return s ? strtoi64(s, NULL, 10) : dflt;
+}
+
+static bool
+is_true(const char *s)
+{
+	return s != NULL && (strcmp(s, "t") == 0 || strcmp(s, "true") == 0);
+}
+
+/* ---- the two directions ---- */
+
+static const char *begin_remote_sql =
+"SELECT r->>'active', r->>'resumed', r->>'stage', r->>'records_total', r->>'last_seq',"
+"       (r->'server_fsic')::text, r->>'instance_id'"
+" FROM morango.peer_begin($1::integer, $2::uuid, $3::uuid, $4, $5::boolean, $6::text[],"
+"                         $7::uuid, $8::jsonb) AS r";
+
+/*
+ * Push transfer session ts: we produce, the peer receives.
+ */
+static void
+run_push(Driver *d, const char *ts)
+{
+	char	   *st[4];
+	char	   *r[7];
+	char	   *local_fsic;
+	char		version[16];
+	char		chunk_size[16];
+	int64		total;
+	char	   *last_seq;
+
+	snprintf(version, sizeof(version), "%d", MORANGO_PROTOCOL_VERSION);
+	snprintf(chunk_size, sizeof(chunk_size), "%d", d->args->chunk_size);
+
+	local_step(d, "morango sync: open push",
+			   "SELECT r->>'active', r->>'stage', (r->'local_fsic')::text, r->>'records_total'"
+			   " FROM morango.transfer_open($1::uuid, $2::uuid, $3, false, true, $4::text[],"
+			   "                            $5, NULL, $6) AS r",
+			   6, (const char *[]) {d->session, ts, d->profile, d->filter, d->peer_display,
+				   d->args->direction}, 4, st);
+	if (!is_true(st[0]))
+		return;
+
+	/* serialize and take our FSIC once; a resumed push keeps them */
+	local_fsic = st[2];
+	if (local_fsic == NULL || strcmp(local_fsic, "null") == 0)
+	{
+		char	   *out[1];
+
+		local_begin("morango sync: serialize");
+		local_exec(d, "SELECT morango.serialize($1, $2::text[])", 2,
+				   (const char *[]) {d->profile, d->filter}, 0, NULL);
+		local_exec(d, "UPDATE morango.transfer_sessions"
+				   " SET local_fsic = morango.fsic($2::text[]), stage = 'serializing', status = 'started',"
+				   "     last_activity_at = now()"
+				   " WHERE id = $1::uuid RETURNING local_fsic::text",
+				   2, (const char *[]) {ts, d->filter}, 1, out);
+		local_commit();
+		local_fsic = out[0];
+	}
+
+	remote_call(d, begin_remote_sql, 8,
+				(const char *[]) {version, d->session, ts, d->profile, "true", d->filter,
+					d->instance, local_fsic}, 7, r);
+	if (!is_true(r[0]))
+	{
+		/* the peer finished this transfer before we heard of it */
+		local_step(d, "morango sync: close push", "SELECT morango.transfer_close($1::uuid)",
+				   1, (const char *[]) {ts}, 0, NULL);
+		return;
+	}
+
+	/* queue once; again if the peer started this transfer afresh */
+	if (st[3] == NULL || !is_true(r[1]))
+	{
+		char	   *out[1];
+
+		local_begin("morango sync: queue");
+		local_exec(d, "UPDATE morango.transfer_sessions SET remote_fsic = $2::jsonb"
+				   " WHERE id = $1::uuid",
+				   2, (const char *[]) {ts, r[5]}, 0, NULL);
+		local_exec(d, "SELECT morango.queue($1::uuid)", 1, (const char *[]) {ts}, 1, out);
+		local_commit();
+		total = atoi64_or(out[0], 0);
+	}
+	else
+		total = atoi64_or(st[3], 0);
+
+	/* send the chunks the peer does not hold yet */
+	last_seq = r[4] ? r[4] : "0";
+	for (;;)
+	{
+		char	   *c[3];
+		char	   *n[1];
+
+		CHECK_FOR_INTERRUPTS();
+		local_step(d, "morango sync: read chunk",
+				   "SELECT chunk::text, last_seq, records FROM morango.read_chunk($1::uuid, $2::bigint, $3::integer)",
+				   3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
+		if (atoi64_or(c[2], 0) == 0)
+			break;
+		remote_call(d, "SELECT morango.peer_push_chunk($1::uuid, $2::jsonb)", 2,
+					(const char *[]) {ts, c[0]}, 1, n);
+		local_step(d, "morango sync: chunk sent",
+				   "UPDATE morango.transfer_sessions"
+				   " SET records_transferred = $2::bigint, bytes_sent = bytes_sent + $3::bigint,"
+				   "     stage = 'transferring', status = 'started', last_activity_at = now()"
+				   " WHERE id = $1::uuid",
+				   3, (const char *[]) {ts, c[1], psprintf("%zu", strlen(c[0]))}, 0, NULL);
+		last_seq = c[1];
+		pfree(c[0]);
+	}
+
+	/* the peer dequeues and deserializes */
+	remote_call(d, "SELECT morango.peer_finish($1::uuid, $2::bigint)::text", 2,
+				(const char *[]) {ts, psprintf(INT64_FORMAT, total)}, 0, NULL);
+	local_step(d, "morango sync: close push", "SELECT morango.transfer_close($1::uuid)",
+			   1, (const char *[]) {ts}, 0, NULL);
+}
+
+/*
+ * Pull transfer session ts: the peer produces, we receive.
+ */
+static void
+run_pull(Driver *d, const char *ts)
+{
+	char	   *st[5];
+	char	   *r[7];
+	char	   *local_fsic;
+	char		version[16];
+	char		chunk_size[16];
+	char	   *last_seq;
+
+	snprintf(version, sizeof(version), "%d", MORANGO_PROTOCOL_VERSION);
+	snprintf(chunk_size, sizeof(chunk_size), "%d", d->args->chunk_size);
+
+	local_step(d, "morango sync: open pull",
+			   "SELECT r->>'active', r->>'stage', (r->'local_fsic')::text, r->>'records_total',"
+			   "       r->>'last_seq'"
+			   " FROM morango.transfer_open($1::uuid, $2::uuid, $3, false, false, $4::text[],"
+			   "                            $5, NULL, $6) AS r",
+			   6, (const char *[]) {d->session, ts, d->profile, d->filter, d->peer_display,
+				   d->args->direction}, 5, st);
+	if (!is_true(st[0]))
+		return;
+
+	if (strcmp(st[1], "deserializing") != 0 && strcmp(st[1], "cleanup") != 0)
+	{
+		/* our FSIC, as receiver, once */
+		local_fsic = st[2];
+		if (local_fsic == NULL || strcmp(local_fsic, "null") == 0)
+		{
+			char	   *out[1];
+
+			local_step(d, "morango sync: fsic",
+					   "UPDATE morango.transfer_sessions"
+					   " SET local_fsic = morango.fsic($2::text[]), stage = 'serializing', status = 'started',"
+					   "     last_activity_at = now()"
+					   " WHERE id = $1::uuid RETURNING local_fsic::text",
+					   2, (const char *[]) {ts, d->filter}, 1, out);
+			local_fsic = out[0];
+		}
+
+		/* the peer serializes, answers its FSIC and queues */
+		remote_call(d, begin_remote_sql, 8,
+					(const char *[]) {version, d->session, ts, d->profile, "false", d->filter,
+						d->instance, local_fsic}, 7, r);
+		if (!is_true(r[0]))
+		{
+			local_step(d, "morango sync: close pull", "SELECT morango.transfer_close($1::uuid)",
+					   1, (const char *[]) {ts}, 0, NULL);
+			return;
+		}
+
+		/*
+		 * Record the peer's FSIC and total.  If the peer queued afresh (it
+		 * lost the session), what we hold from an earlier attempt is stale.
+		 */
+		local_begin("morango sync: queued");
+		if (!is_true(r[1]))
+		{
+			local_exec(d, "DELETE FROM morango.buffer WHERE transfer_session_id = $1::uuid",
+					   1, (const char *[]) {ts}, 0, NULL);
+			local_exec(d, "DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1::uuid",
+					   1, (const char *[]) {ts}, 0, NULL);
+			local_exec(d, "UPDATE morango.transfer_sessions SET records_transferred = 0 WHERE id = $1::uuid",
+					   1, (const char *[]) {ts}, 0, NULL);
+		}
+		local_exec(d, "UPDATE morango.transfer_sessions"
+				   " SET remote_fsic = $2::jsonb, records_total = $3::bigint,"
+				   "     stage = 'queuing', status = 'completed', last_activity_at = now()"
+				   " WHERE id = $1::uuid",
+				   3, (const char *[]) {ts, r[5], r[3]}, 0, NULL);
+		local_exec(d, "SELECT COALESCE(max(seq), 0) FROM morango.buffer WHERE transfer_session_id = $1::uuid",
+				   1, (const char *[]) {ts}, 1, &last_seq);
+		local_commit();
+
+		/* fetch the chunks we do not hold yet */
+		for (;;)
+		{
+			char	   *c[3];
+
+			CHECK_FOR_INTERRUPTS();
+			remote_call(d, "SELECT (r->'chunk')::text, r->>'last_seq', r->>'records'"
+						" FROM morango.peer_pull_chunk($1::uuid, $2::bigint, $3::integer) AS r",
+						3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
+			if (atoi64_or(c[2], 0) == 0)
+				break;
+			local_step(d, "morango sync: receive chunk",
+					   "SELECT morango.receive_chunk($1::uuid, $2::jsonb)",
+					   2, (const char *[]) {ts, c[0]}, 0, NULL);
+			last_seq = c[1];
+			pfree(c[0]);
+		}
+
+		/* merge, all or nothing */
+		local_step(d, "morango sync: dequeue", "SELECT * FROM morango.dequeue($1::uuid)",
+				   1, (const char *[]) {ts}, 0, NULL);
+	}
+
+	local_begin("morango sync: deserialize");
+	local_exec(d, "SELECT * FROM morango.deserialize($1, $2::text[])", 2,
+			   (const char *[]) {d->profile, d->filter}, 0, NULL);
+	local_exec(d, "UPDATE morango.transfer_sessions SET stage = 'cleanup', status = 'started',"
+			   " last_activity_at = now() WHERE id = $1::uuid",
+			   1, (const char *[]) {ts}, 0, NULL);
+	local_commit();
+
+	remote_call(d, "SELECT morango.peer_finish($1::uuid, NULL)::text", 1,
+				(const char *[]) {ts}, 0, NULL);
+	local_step(d, "morango sync: close pull", "SELECT morango.transfer_close($1::uuid)",
+			   1, (const char *[]) {ts}, 0, NULL);
+}
+
+/*
+ * The whole sync: find the session to resume or start one, run the
+ * directions, close the session on both sides.
+ */
+static void
+sync_run(Driver *d)
+{
+	char	   *out[3];
+	bool		pull = strcmp(d->args->direction, "push") != 0;
+	bool		push = strcmp(d->args->direction, "pull") != 0;
+
+	/* catalog lookups (a peer given by name) need a transaction */
+	StartTransactionCommand();
+	d->conn = morango_peer_connect(d->peer, "morango sync", morango_connect_timeout);
+	CommitTransactionCommand();
+
+	/* an unfinished sync session for the same peer, profile, filter and direction? */
+	local_step(d, "morango sync: start",
+			   "SELECT COALESCE((SELECT id FROM morango.sync_sessions"
+			   "                 WHERE active AND NOT is_server AND peer = $1 AND profile = $2"
+			   "                   AND filter = $3::text[] AND direction = $4"
+			   "                 ORDER BY started_at DESC LIMIT 1),"
+			   "                pg_catalog.gen_random_uuid()),"
+			   "       morango.instance_id()",
+			   4, (const char *[]) {d->peer_display, d->profile, d->filter, d->args->direction},
+			   2, out);
+	d->session = out[0];
+	d->instance = out[1];
+	d->args->have_session = true;
+	memcpy(d->args->session.data,
+		   DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(d->session)))->data,
+		   UUID_LEN);
+
+	if (pull)
+	{
+		local_step(d, "morango sync: pull",
+				   "SELECT COALESCE((SELECT id FROM morango.transfer_sessions"
+				   "                 WHERE sync_session_id = $1::uuid AND NOT push),"
+				   "                pg_catalog.gen_random_uuid())",
+				   1, (const char *[]) {d->session}, 1, out);
+		run_pull(d, out[0]);
+	}
+	if (push)
+	{
+		local_step(d, "morango sync: push",
+				   "SELECT COALESCE((SELECT id FROM morango.transfer_sessions"
+				   "                 WHERE sync_session_id = $1::uuid AND push),"
+				   "                pg_catalog.gen_random_uuid())",
+				   1, (const char *[]) {d->session}, 1, out);
+		run_push(d, out[0]);
+	}
+
+	local_step(d, "morango sync: done",
+			   "UPDATE morango.sync_sessions SET active = false, status = 'completed',"
+			   " last_error = NULL, ended_at = now(), last_activity_at = now() WHERE id = $1::uuid",
+			   1, (const char *[]) {d->session}, 0, NULL);
+	remote_call(d, "SELECT morango.peer_close($1::uuid)", 1, (const char *[]) {d->session}, 0, NULL);
+}
+
+/*
+ * Record a failed sync in the session rows (they stay active, so the next
+ * morango.sync() resumes them).  Runs in a fresh transaction.
+ */
+static void
+record_failure(Driver *d, const char *message)
+{
+	if (d->session == NULL)
+		return;
+	local_begin("morango sync: failed");
+	local_exec(d, "UPDATE morango.sync_sessions SET status = 'errored', last_error = $2,"
+			   " last_activity_at = now() WHERE id = $1::uuid",
+			   2, (const char *[]) {d->session, message}, 0, NULL);
+	local_exec(d, "UPDATE morango.transfer_sessions SET status = 'errored', last_error = $2,"
+			   " last_activity_at = now() WHERE sync_session_id = $1::uuid AND active",
+			   2, (const char *[]) {d->session, message}, 0, NULL);
+	local_commit();
+}
+
+/*
+ * morango_sync_worker_main
+ *		Entry point of the sync worker.  main_arg is the dsm handle of the
+ *		SyncArgs.
+ */
+void
+morango_sync_worker_main(Datum main_arg)
+{
+	dsm_segment *seg;
+	SyncArgs   *args;
+	Driver		d;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("morango sync worker could not attach to its arguments")));
+	args = dsm_segment_address(seg);
+
+	BackgroundWorkerInitializeConnectionByOid(args->dboid, args->useroid, 0);
+	pgstat_report_appname("morango sync");
+
+	memset(&d, 0, sizeof(d));
+	d.cxt = AllocSetContextCreate(TopMemoryContext, "morango sync", ALLOCSET_DEFAULT_SIZES);
+	d.args = args;
+	d.peer = MemoryContextStrdup(d.cxt, args->data + args->peer_off);
+	d.profile = MemoryContextStrdup(d.cxt, args->data + args->profile_off);
+	d.filter = MemoryContextStrdup(d.cxt, args->data + args->filter_off);
+	d.peer_display = MemoryContextStrdup(d.cxt, morango_peer_display(d.peer));
+
+	PG_TRY();
+	{
+		sync_run(&d);
+		args->ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(d.cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		morango_peer_disconnect(d.conn);
+		d.conn = NULL;
+
+		args->ok = false;
+		args->sqlerrcode = edata->sqlerrcode;
+		strlcpy(args->error, edata->message ? edata->message : "unknown error", sizeof(args->error));
+		if (edata->detail)
+		{
+			size_t		len = strlen(args->error);
+
+			snprintf(args->error + len, sizeof(args->error) - len, " (%s)", edata->detail);
+		}
+		ereport(LOG,
+				(errmsg("morango sync with peer \"%s\" failed: %s", d.peer_display, args->error)));
+		record_failure(&d, args->error);
+	}
+	PG_END_TRY();
+
+	morango_peer_disconnect(d.conn);
+	args->done = true;
+	dsm_detach(seg);
+	proc_exit(0);
+}
+
+/*
+ * morango.sync(peer text, profile text, filter text[] DEFAULT NULL,
+ *              direction text DEFAULT 'both', chunk_size integer DEFAULT NULL)
+ *		-> uuid (the sync session)
+ *
+ * Starts the sync worker and waits for it.  A cancel of this backend stops
+ * the worker, which cancels the peer's query; the sync resumes when called
+ * again.
+ */
+Datum
+morango_sync(PG_FUNCTION_ARGS)
+{
+	char	   *peer;
+	char	   *profile;
+	char	   *filter;
+	char	   *direction;
+	int			chunk_size;
+	Size		size;
+	dsm_segment *seg;
+	SyncArgs   *args;
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+	pg_uuid_t  *result;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("peer and profile must not be null")));
+	peer = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	profile = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (profile[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("profile must not be empty")));
+	if (PG_ARGISNULL(2))
+		filter = "{\"\"}";
+	else
+	{
+		Oid			typoutput;
+		bool		isvarlena;
+
+		morango_check_filter(PG_GETARG_ARRAYTYPE_P(2));
+		getTypeOutputInfo(TEXTARRAYOID, &typoutput, &isvarlena);
+		filter = OidOutputFunctionCall(typoutput, PG_GETARG_DATUM(2));
+	}
+	direction = PG_ARGISNULL(3) ? "both" : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (strcmp(direction, "both") != 0 && strcmp(direction, "push") != 0 &&
+		strcmp(direction, "pull") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("direction must be 'both', 'push' or 'pull', not \"%s\"", direction)));
+	chunk_size = PG_ARGISNULL(4) ? morango_chunk_size : PG_GETARG_INT32(4);
+	if (chunk_size < 1 || chunk_size > 100000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("chunk_size must be between 1 and 100000")));
+	if (IsTransactionBlock())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("morango.sync() cannot run inside a transaction block"),
+				 errdetail("A sync commits its progress as it goes, in a worker of its own."),
+				 errhint("Call it on its own, outside BEGIN ... COMMIT.")));
+
+	size = offsetof(SyncArgs, data) + strlen(peer) + strlen(profile) + strlen(filter) + 3;
+	seg = dsm_create(size, 0);
+	args = dsm_segment_address(seg);
+	memset(args, 0, size);
+	args->dboid = MyDatabaseId;
+	args->useroid = GetUserId();
+	args->chunk_size = chunk_size;
+	strlcpy(args->direction, direction, sizeof(args->direction));
+	args->peer_off = 0;
+	strcpy(args->data, peer);
+	args->profile_off = strlen(peer) + 1;
+	strcpy(args->data + args->profile_off, profile);
+	args->filter_off = args->profile_off + strlen(profile) + 1;
+	strcpy(args->data + args->filter_off, filter);
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "morango", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "morango_sync_worker_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "morango sync", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "morango sync", BGW_MAXLEN);
+	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("could not start a morango sync worker"),
+				 errhint("Raise max_worker_processes, or wait for other workers to finish.")));
+
+	PG_TRY();
+	{
+		for (;;)
+		{
+			BgwHandleStatus status = GetBackgroundWorkerPid(handle, &pid);
+
+			if (status == BGWH_STOPPED)
+				break;
+			if (status == BGWH_POSTMASTER_DIED)
+				ereport(FATAL,
+						(errcode(ERRCODE_ADMIN_SHUTDOWN),
+						 errmsg("postmaster exited during a morango sync")));
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		TerminateBackgroundWorker(handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	if (!args->done)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("the morango sync worker exited before finishing"),
+				 errhint("See the server log; calling morango.sync() again resumes the sync.")));
+	if (!args->ok)
+		ereport(ERROR,
+				(errcode(args->sqlerrcode ? args->sqlerrcode : ERRCODE_INTERNAL_ERROR),
+				 errmsg("sync with peer failed: %s", args->error),
+				 errhint("Calling morango.sync() again resumes the sync where it stopped.")));
+
+	result = palloc(sizeof(pg_uuid_t));
+	memcpy(result, &args->session, sizeof(pg_uuid_t));
+	dsm_detach(seg);
+	PG_RETURN_UUID_P(result);
+}
