@@ -7,19 +7,24 @@ SET client_min_messages = warning;
 DROP DATABASE IF EXISTS regress_morango_a;
 DROP DATABASE IF EXISTS regress_morango_b;
 DROP DATABASE IF EXISTS regress_morango_c;
+DROP DATABASE IF EXISTS regress_morango_d;
 CREATE DATABASE regress_morango_a;
 CREATE DATABASE regress_morango_b;
 CREATE DATABASE regress_morango_c;
+CREATE DATABASE regress_morango_d;
 RESET client_min_messages;
 SELECT format('host=127.0.0.1 port=%s dbname=regress_morango_b user=%s', current_setting('port'), current_user) AS peer_b,
        format('host=127.0.0.1 port=%s dbname=regress_morango_c user=%s', current_setting('port'), current_user) AS peer_c,
-       format('host=127.0.0.1 port=%s dbname=regress_morango_a user=%s', current_setting('port'), current_user) AS peer_a
+       format('host=127.0.0.1 port=%s dbname=regress_morango_a user=%s', current_setting('port'), current_user) AS peer_a,
+       format('host=127.0.0.1 port=%s dbname=regress_morango_d user=%s', current_setting('port'), current_user) AS peer_d
 \gset
 
 -- the same schema everywhere
 \c regress_morango_b
 \i sql/sync_schema.psql
 \c regress_morango_c
+\i sql/sync_schema.psql
+\c regress_morango_d
 \i sql/sync_schema.psql
 \c regress_morango_a
 \i sql/sync_schema.psql
@@ -168,6 +173,28 @@ SELECT * FROM sync_state WHERE id IN ('f3', 'm6', 'm7') ORDER BY 1, 2;
 SELECT morango.sync(:'peer_c', 'facilitydata', filter => ARRAY['f1:user:m7']) IS NOT NULL AS synced;
 SELECT * FROM sync_state WHERE id IN ('f3', 'm6', 'm7') ORDER BY 1, 2;
 
+-- a partial peer (d, a learner's tablet holding only its own partition)
+-- and two full peers: what the tablet writes reaches the second full peer
+-- through the first (semantics 4.5), and edits made elsewhere reach the
+-- tablet through either
+\c regress_morango_d
+INSERT INTO facility VALUES ('f1', 'North School');
+INSERT INTO member VALUES ('t1', 'f1', 'tia', 0);
+INSERT INTO attempt VALUES ('ta1', 't1', 'f1', 'q9', true);
+SELECT morango.sync(:'peer_a', 'facilitydata', filter => ARRAY['f1:user:t1']) IS NOT NULL AS synced;
+SELECT t, id FROM (SELECT 'member' AS t, id FROM member UNION ALL SELECT 'attempt', id FROM attempt) x
+ORDER BY 1, 2;
+\c regress_morango_b
+SELECT morango.sync(:'peer_a', 'facilitydata') IS NOT NULL AS synced;
+SELECT * FROM sync_state WHERE id IN ('t1', 'ta1') ORDER BY 1, 2;
+UPDATE member SET score = 5 WHERE id = 't1';
+\c regress_morango_d
+SELECT morango.sync(:'peer_b', 'facilitydata', filter => ARRAY['f1:user:t1']) IS NOT NULL AS synced;
+SELECT id, username, score FROM member ORDER BY id;
+\c regress_morango_a
+SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
+SELECT * FROM sync_state WHERE id IN ('t1', 'ta1') ORDER BY 1, 2;
+
 -- chunk boundaries: 0, 1, the chunk size and one more record (chunk_size 3)
 CREATE TABLE bulk (id integer PRIMARY KEY, v text);
 SELECT FROM morango.register_model('bulk', 'bulkdata', partition => $$'bulk'$$);
@@ -303,4 +330,5 @@ SET client_min_messages = warning;
 DROP DATABASE regress_morango_a WITH (FORCE);
 DROP DATABASE regress_morango_b WITH (FORCE);
 DROP DATABASE regress_morango_c WITH (FORCE);
+DROP DATABASE regress_morango_d WITH (FORCE);
 RESET client_min_messages;
