@@ -22,6 +22,7 @@ OBJS = \
 	src/capture.o \
 	src/serialize.o \
 	src/deserialize.o \
+	src/session.o \
 	src/queue.o \
 	src/buffer.o \
 	src/dequeue.o \

@@ -133,8 +133,8 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 	Oid			argtypes[4] = {UUIDOID, JSONBOID, TEXTOID, TEXTARRAYOID};
 	Datum		values[4];
 	bool		isnull;
-	int			ret;
 	Jsonb	   *jb = DatumGetJsonbP(chunk);
+	MorangoTransfer *t;
 	char	   *tsname = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
 	int64		added;
 
@@ -149,45 +149,25 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 						tsname, JB_ROOT_COUNT(jb), MAX_CHUNK_RECORDS)));
 
 	/* the session: active, this side receives, still transferring */
-	ret = SPI_execute_with_args("SELECT s.profile, t.filter, t.active, (t.push = s.is_server) AS receiver,"
-								"       t.stage"
-								" FROM morango.transfer_sessions t"
-								" JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
-								" WHERE t.id = $1 FOR UPDATE OF t",
-								1, argtypes, &ts, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("transfer session %s does not exist", tsname)));
-	values[2] = PointerGetDatum(DatumGetTextPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-																SPI_tuptable->tupdesc, 1, &isnull)));
-	values[3] = PointerGetDatum(DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
-																	 SPI_tuptable->tupdesc, 2, &isnull)));
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+	t = morango_transfer_fetch(ts);
+	if (!t->active)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s is finished", tsname)));
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)))
+	if (!t->receiver)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this side sends in transfer session %s; it cannot receive a chunk", tsname)));
-	{
-		char	   *stage = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
-
-		if (strcmp(stage, "dequeuing") == 0 || strcmp(stage, "deserializing") == 0 ||
-			strcmp(stage, "cleanup") == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("transfer session %s is past transferring (stage %s)", tsname, stage)));
-	}
+	if (morango_transfer_past(t, "dequeuing"))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s is past transferring (stage %s)", tsname, t->stage)));
+	values[2] = t->profile;
+	values[3] = t->filter;
 
 	values[0] = ts;
 	values[1] = chunk;
-	ret = SPI_execute_with_args(validate_sql, 4, argtypes, values, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec(validate_sql, 4, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		char	   *id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -201,21 +181,17 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 				 errdetail("Nothing from this chunk was stored.")));
 	}
 
-	ret = SPI_execute_with_args(insert_sql, 2, argtypes, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec(insert_sql, 2, argtypes, values, NULL, SPI_OK_SELECT);
 	added = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
-	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
-								" SET records_transferred = records_transferred + $2,"
-								"     bytes_received = bytes_received + $3,"
-								"     stage = 'transferring', status = 'started', last_activity_at = now()"
-								" WHERE id = $1",
-								3, (Oid[]) {UUIDOID, INT8OID, INT8OID},
-								(Datum[]) {ts, Int64GetDatum(added), Int64GetDatum(nbytes)},
-								NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec("UPDATE morango.transfer_sessions"
+					 " SET records_transferred = records_transferred + $2,"
+					 "     bytes_received = bytes_received + $3,"
+					 "     stage = 'transferring', status = 'started', last_activity_at = now()"
+					 " WHERE id = $1",
+					 3, (Oid[]) {UUIDOID, INT8OID, INT8OID},
+					 (Datum[]) {ts, Int64GetDatum(added), Int64GetDatum(nbytes)},
+					 NULL, SPI_OK_UPDATE);
 	return added;
 }
 

@@ -171,52 +171,29 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	int			ret;
 	bool		isnull;
 	char	   *tsname = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
-	char	   *remote_fsic;
-	Datum		filter;
-	char	   *stage;
-	int64		total,
-				transferred;
+	MorangoTransfer *t;
 	pg_uuid_t  *instance;
 	int64		counter;
 
 	memset(counts, 0, sizeof(int64) * 4);
 
-	ret = SPI_execute_with_args("SELECT t.remote_fsic::text, t.filter, t.stage, t.records_total,"
-								"       t.records_transferred, (t.push = s.is_server) AS receiver, t.active"
-								" FROM morango.transfer_sessions t"
-								" JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
-								" WHERE t.id = $1 FOR UPDATE OF t",
-								1, t1, &ts, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("transfer session %s does not exist", tsname)));
-	remote_fsic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	filter = PointerGetDatum(DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
-																  SPI_tuptable->tupdesc, 2, &isnull)));
-	stage = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
-	if (isnull)
-		total = -1;
-	transferred = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull)))
+	t = morango_transfer_fetch(ts);
+	if (!t->receiver)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this side sends in transfer session %s; only the receiver dequeues", tsname)));
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull)) ||
-		strcmp(stage, "deserializing") == 0 || strcmp(stage, "cleanup") == 0)
+	if (!t->active || morango_transfer_past(t, "deserializing"))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s was dequeued already", tsname)));
-	if (total < 0 || transferred != total)
+	if (t->records_total < 0 || t->records_transferred != t->records_total)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s is incomplete: " INT64_FORMAT " of %s records arrived",
-						tsname, transferred, total < 0 ? "?" : psprintf(INT64_FORMAT, total)),
+						tsname, t->records_transferred,
+						t->records_total < 0 ? "?" : psprintf(INT64_FORMAT, t->records_total)),
 				 errhint("Finish the transfer before dequeuing.")));
-	if (remote_fsic == NULL)
+	if (t->remote_fsic == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s has no FSIC from the sender", tsname)));
@@ -273,22 +250,11 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 
 	/* 4. we now hold what the sender held, for this filter */
 	{
-		ArrayType  *farr = DatumGetArrayTypeP(filter);
-		Datum	   *elems;
-		int			nfilter;
-		const char **prefixes;
-		char	   *expanded;
+		char	   *expanded = morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter);
 
-		deconstruct_array(farr, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &nfilter);
-		prefixes = palloc(sizeof(char *) * Max(nfilter, 1));
-		for (int i = 0; i < nfilter; i++)
-			prefixes[i] = TextDatumGetCString(elems[i]);
-		expanded = morango_fsic_expand(remote_fsic, prefixes, nfilter);
-		ret = SPI_execute_with_args(dmc_sql, 1, (Oid[]) {JSONBOID},
-									(Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded))},
-									NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		morango_spi_exec(dmc_sql, 1, (Oid[]) {JSONBOID},
+						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded))},
+						 NULL, SPI_OK_INSERT);
 	}
 
 	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"

@@ -80,6 +80,29 @@ extern int64 morango_serialize_internal(Datum profile, bool profile_null,
 extern void morango_deserialize_internal(const char *profile, Datum filter, bool filter_null,
 										 int64 *applied, int64 *deleted, int64 *failed);
 
+/* session.c: a transfer session's state, as the steps read it */
+typedef struct MorangoTransfer
+{
+	Datum		id;				/* uuid */
+	char	   *name;			/* its text, for messages */
+	Datum		profile;		/* text */
+	Datum		filter;			/* text[] */
+	int			nfilter;
+	const char **prefixes;
+	bool		active;
+	bool		receiver;		/* this side receives the records */
+	char	   *stage;
+	int64		records_total;	/* -1: not known yet */
+	int64		records_transferred;
+	char	   *local_fsic;		/* NULL if not set */
+	char	   *remote_fsic;
+} MorangoTransfer;
+
+extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+							   const char *nulls, int expected);
+extern MorangoTransfer *morango_transfer_fetch(Datum ts);
+extern bool morango_transfer_past(MorangoTransfer *t, const char *stage);
+
 /* queue.c, buffer.c, dequeue.c */
 extern int64 morango_queue_internal(Datum ts);
 extern int64 morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes);

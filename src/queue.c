@@ -70,86 +70,44 @@ morango_queue_internal(Datum ts)
 {
 	Oid			argtypes[4] = {UUIDOID, JSONBOID, TEXTOID, TEXTARRAYOID};
 	Datum		values[4];
-	int			ret;
 	bool		isnull;
-	char	   *local_fsic;
-	char	   *remote_fsic;
-	Datum		filter;
-	Datum		profile;
-	ArrayType  *farr;
-	Datum	   *elems;
-	int			nfilter;
-	const char **prefixes;
+	MorangoTransfer *t = morango_transfer_fetch(ts);
 	char	   *diff;
 	int64		total;
 
-	ret = SPI_execute_with_args("SELECT t.local_fsic::text, t.remote_fsic::text, t.filter, s.profile,"
-								"       (t.push = s.is_server) AS receiver"
-								" FROM morango.transfer_sessions t"
-								" JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
-								" WHERE t.id = $1 FOR UPDATE OF t",
-								1, argtypes, &ts, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("transfer session %s does not exist",
-						DatumGetCString(DirectFunctionCall1(uuid_out, ts)))));
-	local_fsic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	remote_fsic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	filter = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-	filter = PointerGetDatum(DatumGetArrayTypePCopy(filter));
-	profile = PointerGetDatum(DatumGetTextPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-															  SPI_tuptable->tupdesc, 4, &isnull)));
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull)))
+	if (t->receiver)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this side receives in transfer session %s; only the producer queues",
-						DatumGetCString(DirectFunctionCall1(uuid_out, ts)))));
-	if (local_fsic == NULL || remote_fsic == NULL)
+						t->name)));
+	if (t->local_fsic == NULL || t->remote_fsic == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("transfer session %s has no FSICs yet",
-						DatumGetCString(DirectFunctionCall1(uuid_out, ts))),
+				 errmsg("transfer session %s has no FSICs yet", t->name),
 				 errhint("Both sides' FSICs are exchanged before queuing.")));
 
-	farr = DatumGetArrayTypeP(filter);
-	deconstruct_array(farr, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &nfilter);
-	prefixes = palloc(sizeof(char *) * Max(nfilter, 1));
-	for (int i = 0; i < nfilter; i++)
-		prefixes[i] = TextDatumGetCString(elems[i]);
-
-	diff = morango_fsic_diff(morango_fsic_expand(local_fsic, prefixes, nfilter),
-							 morango_fsic_expand(remote_fsic, prefixes, nfilter));
+	diff = morango_fsic_diff(morango_fsic_expand(t->local_fsic, t->prefixes, t->nfilter),
+							 morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter));
 
 	/* start from scratch: a resumed session may have queued before */
-	ret = SPI_execute_with_args("DELETE FROM morango.buffer WHERE transfer_session_id = $1",
-								1, argtypes, &ts, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	ret = SPI_execute_with_args("DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1",
-								1, argtypes, &ts, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec("DELETE FROM morango.buffer WHERE transfer_session_id = $1",
+					 1, argtypes, &ts, NULL, SPI_OK_DELETE);
+	morango_spi_exec("DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1",
+					 1, argtypes, &ts, NULL, SPI_OK_DELETE);
 
 	values[0] = ts;
 	values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(diff));
-	values[2] = profile;
-	values[3] = filter;
-	ret = SPI_execute_with_args(queue_sql, 4, argtypes, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	values[2] = t->profile;
+	values[3] = t->filter;
+	morango_spi_exec(queue_sql, 4, argtypes, values, NULL, SPI_OK_SELECT);
 	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
-	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
-								" SET records_total = $2, stage = 'queuing', status = 'completed',"
-								"     last_activity_at = now()"
-								" WHERE id = $1",
-								2, (Oid[]) {UUIDOID, INT8OID},
-								(Datum[]) {ts, Int64GetDatum(total)}, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec("UPDATE morango.transfer_sessions"
+					 " SET records_total = $2, stage = 'queuing', status = 'completed',"
+					 "     last_activity_at = now()"
+					 " WHERE id = $1",
+					 2, (Oid[]) {UUIDOID, INT8OID}, (Datum[]) {ts, Int64GetDatum(total)},
+					 NULL, SPI_OK_UPDATE);
 	return total;
 }
 

@@ -1,0 +1,109 @@
+/*-------------------------------------------------------------------------
+ *
+ * session.c
+ *		Reading a transfer session's state, for the steps that act on one
+ *		(queue.c, buffer.c, dequeue.c), and a checked SPI call helper.
+ *
+ * IDENTIFICATION
+ *		src/session.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/uuid.h"
+
+#include "morango.h"
+
+/*
+ * morango_spi_exec
+ *		SPI_execute_with_args(sql, ...) that raises if the result is not
+ *		`expected` (an SPI_OK_* code).  Returns SPI_processed.
+ */
+uint64
+morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				 const char *nulls, int expected)
+{
+	int			ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+
+	if (ret != expected)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	return SPI_processed;
+}
+
+/*
+ * morango_transfer_fetch
+ *		The state of transfer session ts, locked FOR UPDATE until the end
+ *		of the transaction.  Errors if it does not exist.  Runs inside SPI;
+ *		the result is allocated in the current memory context.
+ */
+MorangoTransfer *
+morango_transfer_fetch(Datum ts)
+{
+	Oid			argtypes[1] = {UUIDOID};
+	MorangoTransfer *t = palloc0(sizeof(MorangoTransfer));
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	Datum	   *elems;
+
+	t->id = ts;
+	t->name = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
+	morango_spi_exec("SELECT s.profile, t.filter, t.active, (t.push = s.is_server) AS receiver,"
+					 "       t.stage, t.records_total, t.records_transferred,"
+					 "       t.local_fsic::text, t.remote_fsic::text"
+					 " FROM morango.transfer_sessions t"
+					 " JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
+					 " WHERE t.id = $1 FOR UPDATE OF t",
+					 1, argtypes, &ts, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transfer session %s does not exist", t->name)));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+
+	t->profile = PointerGetDatum(DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull)));
+	t->filter = PointerGetDatum(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 2, &isnull)));
+	deconstruct_array(DatumGetArrayTypeP(t->filter), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, NULL, &t->nfilter);
+	t->prefixes = palloc(sizeof(char *) * Max(t->nfilter, 1));
+	for (int i = 0; i < t->nfilter; i++)
+		t->prefixes[i] = TextDatumGetCString(elems[i]);
+	t->active = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+	t->receiver = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+	t->stage = SPI_getvalue(tup, desc, 5);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	t->records_total = isnull ? -1 : DatumGetInt64(d);
+	t->records_transferred = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+	t->local_fsic = SPI_getvalue(tup, desc, 8);
+	t->remote_fsic = SPI_getvalue(tup, desc, 9);
+	return t;
+}
+
+/*
+ * morango_transfer_past
+ *		Has the transfer session reached stage `stage` or a later one?
+ */
+bool
+morango_transfer_past(MorangoTransfer *t, const char *stage)
+{
+	static const char *const order[] = {"initializing", "serializing", "queuing",
+	"transferring", "dequeuing", "deserializing", "cleanup"};
+	int			have = -1,
+				want = -1;
+
+	for (int i = 0; i < (int) lengthof(order); i++)
+	{
+		if (strcmp(order[i], t->stage) == 0)
+			have = i;
+		if (strcmp(order[i], stage) == 0)
+			want = i;
+	}
+	return have >= want;
+}
