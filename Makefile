@@ -33,7 +33,7 @@ DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress: sql/*.sql against expected/*.out
 REGRESS      = setup idrule identity register capture serialize deserialize fsic edges \
-               transport sync
+               transport sync worker
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
 ISOLATION      = serialize_commit_order deserialize_vs_local_edit

@@ -152,7 +152,7 @@ CREATE TABLE morango.sync_sessions (
     peer_certificate_id     uuid,
     active                  boolean NOT NULL DEFAULT true,
     status                  text NOT NULL DEFAULT 'started'
-        CHECK (status IN ('started', 'completed', 'errored')),
+        CHECK (status IN ('started', 'completed', 'errored', 'cancelled')),
     process_id              integer,
     started_at              timestamptz NOT NULL DEFAULT now(),
     last_activity_at        timestamptz NOT NULL DEFAULT now(),
@@ -184,6 +184,7 @@ CREATE TABLE morango.transfer_sessions (
     bytes_sent              bigint NOT NULL DEFAULT 0,
     bytes_received          bigint NOT NULL DEFAULT 0,
     conflicts               bigint NOT NULL DEFAULT 0,
+    records_dequeued        bigint NOT NULL DEFAULT 0,
     local_fsic              jsonb,
     remote_fsic             jsonb,
     started_at              timestamptz NOT NULL DEFAULT now(),
@@ -876,6 +877,193 @@ LANGUAGE C
 AS 'MODULE_PATHNAME', 'morango_sync';
 COMMENT ON FUNCTION morango.sync(text, text, text[], text, integer) IS
     'sync with a peer (pull, push or both) and return the sync session id';
+
+-- -------------------------------------------------------------------------
+-- Background syncs, their status, and scheduling (doc/design.md, "Worker")
+-- -------------------------------------------------------------------------
+
+/*
+ * Per peer, profile, filter and direction (as this database initiates):
+ * how the syncs went, and when a background sync tries again.
+ */
+CREATE TABLE morango.peer_status (
+    peer                    text NOT NULL,
+    profile                 text NOT NULL,
+    filter                  text[] NOT NULL,
+    direction               text NOT NULL,
+    last_attempt_at         timestamptz,
+    last_success_at         timestamptz,
+    last_failure_at         timestamptz,
+    consecutive_failures    integer NOT NULL DEFAULT 0,
+    next_retry_at           timestamptz,
+    last_error              text,
+    running_session         uuid,
+    PRIMARY KEY (peer, profile, filter, direction)
+);
+SELECT pg_catalog.pg_extension_config_dump('morango.peer_status', '');
+
+CREATE FUNCTION morango.sync_start(peer text, profile text, filter text[] DEFAULT NULL,
+                                   direction text DEFAULT 'both', chunk_size integer DEFAULT NULL)
+RETURNS uuid
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'morango_sync_start';
+COMMENT ON FUNCTION morango.sync_start(text, text, text[], text, integer) IS
+    'start a sync in a background worker (with retries) and return its session id at once';
+
+/* a sync session's worker, if one runs it now */
+CREATE FUNCTION morango.sync_worker(sync_session uuid)
+RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT a.pid FROM morango.sync_sessions s
+    JOIN pg_stat_get_activity(s.process_id) a ON a.pid = s.process_id
+    WHERE s.id = sync_session AND NOT s.is_server AND a.backend_type = 'morango sync'
+$$;
+
+/*
+ * Wait until the sync has finished (no worker runs it any more), at most
+ * for timeout (NULL: for ever); return its status: 'completed', 'errored',
+ * 'cancelled', or 'running' if the timeout came first.
+ */
+CREATE FUNCTION morango.sync_wait(sync_session uuid, timeout interval DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + timeout;
+    st       text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM morango.sync_sessions WHERE id = sync_session) THEN
+        RAISE EXCEPTION 'sync session % does not exist', sync_session
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    LOOP
+        PERFORM pg_stat_clear_snapshot();
+        IF morango.sync_worker(sync_session) IS NULL THEN
+            SELECT status INTO st FROM morango.sync_sessions WHERE id = sync_session;
+            RETURN st;
+        END IF;
+        IF deadline IS NOT NULL AND clock_timestamp() >= deadline THEN
+            RETURN 'running';
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION morango.sync_wait(uuid, interval) IS
+    'wait for a sync to finish (at most timeout) and return its status';
+
+/*
+ * Stop a running sync: its worker is terminated (which cancels the peer's
+ * query), the session stays open so that a later sync resumes it.  Returns
+ * false if no worker ran it.
+ */
+CREATE FUNCTION morango.sync_cancel(sync_session uuid)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    w integer := morango.sync_worker(sync_session);
+BEGIN
+    IF w IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_terminate_backend(w, 10000);
+    UPDATE morango.sync_sessions SET status = 'cancelled', last_error = 'cancelled by morango.sync_cancel()',
+        last_activity_at = now()
+    WHERE id = sync_session AND active;
+    UPDATE morango.peer_status SET running_session = NULL WHERE running_session = sync_session;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION morango.sync_cancel(uuid) IS
+    'stop a running sync (the peer''s query is cancelled; the sync resumes when started again)';
+
+/* Every sync this database initiated or served, running and past. */
+CREATE VIEW morango.syncs AS
+SELECT s.id, s.peer, s.profile, s.filter, s.direction, s.is_server,
+       CASE WHEN s.is_server THEN s.status
+            WHEN morango.sync_worker(s.id) IS NOT NULL THEN 'running'
+            WHEN s.status = 'started' THEN 'interrupted'
+            ELSE s.status END AS status,
+       t.stage, t.records_total, t.records_transferred, t.records_dequeued, t.conflicts,
+       t.bytes_sent, t.bytes_received,
+       s.started_at, s.ended_at, COALESCE(s.ended_at, now()) - s.started_at AS duration,
+       COALESCE(s.last_error, t.last_error) AS last_error
+FROM morango.sync_sessions s
+LEFT JOIN LATERAL (
+    SELECT (array_agg(x.stage ORDER BY x.active DESC, x.push DESC))[1] AS stage,
+           sum(x.records_total) AS records_total,
+           sum(x.records_transferred) AS records_transferred,
+           sum(x.records_dequeued) AS records_dequeued,
+           sum(x.conflicts) AS conflicts,
+           sum(x.bytes_sent) AS bytes_sent, sum(x.bytes_received) AS bytes_received,
+           (array_agg(x.last_error) FILTER (WHERE x.last_error IS NOT NULL))[1] AS last_error
+    FROM morango.transfer_sessions x WHERE x.sync_session_id = s.id
+) AS t ON true;
+COMMENT ON VIEW morango.syncs IS 'every sync, running and past, with its progress';
+
+/* Per peer: last success, last failure, consecutive failures, next retry. */
+CREATE VIEW morango.peers AS
+SELECT p.peer, p.profile, p.filter, p.direction, p.last_attempt_at, p.last_success_at,
+       p.last_failure_at, p.consecutive_failures, p.next_retry_at, p.last_error,
+       CASE WHEN morango.sync_worker(p.running_session) IS NOT NULL THEN p.running_session END
+           AS running_session
+FROM morango.peer_status p;
+COMMENT ON VIEW morango.peers IS 'per peer: how its syncs went and when the next retry is';
+
+/*
+ * Schedule a recurring background sync with pg_cron: the job only calls
+ * morango.sync_start().  pg_cron must be installed in this database
+ * (cron.database_name).  Returns the pg_cron job id.
+ */
+CREATE FUNCTION morango.schedule(peer text, cron text, profile text, filter text[] DEFAULT NULL,
+                                 direction text DEFAULT 'both')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cmd  text := format('SELECT morango.sync_start(%L, %L, %L::text[], %L)',
+                        peer, profile, filter, direction);
+    name text := format('morango sync %s %s %s %s', peer, profile,
+                        COALESCE(filter::text, '{}'), direction);
+BEGIN
+    IF to_regprocedure('cron.schedule_in_database(text,text,text,text,text,boolean)') IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in this database'
+            USING ERRCODE = 'undefined_function',
+                  DETAIL = 'morango.schedule() registers a pg_cron job that calls morango.sync_start().',
+                  HINT = format('Add pg_cron to shared_preload_libraries, set cron.database_name = %L, '
+                                'restart, and CREATE EXTENSION pg_cron here; or, from the cron database, '
+                                'run: SELECT cron.schedule_in_database(%L, %L, %L, %L)',
+                                current_database(), name, cron, cmd, current_database());
+    END IF;
+    RETURN cron.schedule_in_database(name, cron, cmd, current_database());
+END
+$$;
+COMMENT ON FUNCTION morango.schedule(text, text, text, text[], text) IS
+    'schedule a recurring background sync through pg_cron; returns the job id';
+
+CREATE FUNCTION morango.unschedule(peer text, profile text, filter text[] DEFAULT NULL,
+                                   direction text DEFAULT 'both')
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF to_regprocedure('cron.unschedule(text)') IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in this database'
+            USING ERRCODE = 'undefined_function';
+    END IF;
+    RETURN cron.unschedule(format('morango sync %s %s %s %s', peer, profile,
+                                  COALESCE(filter::text, '{}'), direction));
+END
+$$;
+COMMENT ON FUNCTION morango.unschedule(text, text, text[], text) IS
+    'remove the pg_cron job of morango.schedule()';
 
 -- -------------------------------------------------------------------------
 -- Keep morango.models in step with dropped tables

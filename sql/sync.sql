@@ -315,8 +315,13 @@ SELECT morango.sync(:'peer_b', NULL);
 BEGIN;
 SELECT morango.sync(:'peer_b', 'facilitydata');
 ROLLBACK;
--- a peer that cannot be reached leaves no session behind
+-- a peer that cannot be reached leaves an open session that says why (a
+-- later sync resumes it, morango.cleanup() closes it)
 SELECT count(*) - :sessions_before AS new_sessions FROM morango.sync_sessions;
+SELECT peer, status, split_part(last_error, '"', 1) AS error
+FROM morango.syncs WHERE status <> 'completed' ORDER BY peer;
+SELECT peer, consecutive_failures, last_failure_at IS NOT NULL AS failed, next_retry_at
+FROM morango.peers WHERE consecutive_failures > 0 ORDER BY peer;
 
 -- stale sessions are cleaned up: b still has the transfer left open above
 \c regress_morango_b

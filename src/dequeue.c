@@ -259,10 +259,12 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 
 	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
 								" SET stage = 'deserializing', status = 'pending', conflicts = $2,"
-								"     last_activity_at = now()"
+								"     records_dequeued = $3, last_activity_at = now()"
 								" WHERE id = $1",
-								2, (Oid[]) {UUIDOID, INT8OID},
-								(Datum[]) {ts, Int64GetDatum(counts[2])}, NULL, false, 0);
+								3, (Oid[]) {UUIDOID, INT8OID, INT8OID},
+								(Datum[]) {ts, Int64GetDatum(counts[2]),
+								Int64GetDatum(counts[0] + counts[1] + counts[2] + counts[3])},
+								NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 }

@@ -32,6 +32,14 @@ int			morango_connect_timeout = 30;
 /* morango.peer_timeout: milliseconds one remote call may take (0: no limit) */
 int			morango_peer_timeout = 600000;
 
+/* morango.stage_timeout: milliseconds one stage of a sync may take (0: no limit) */
+int			morango_stage_timeout = 0;
+
+/* morango.retry_*: how a background sync retries */
+int			morango_retry_limit = 5;
+int			morango_retry_delay = 10000;
+int			morango_retry_max_delay = 900000;
+
 void		_PG_init(void);
 
 /*
@@ -74,6 +82,42 @@ _PG_init(void)
 							"The call is cancelled on the peer after that.  0 means no limit.",
 							&morango_peer_timeout,
 							600000, 0, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.stage_timeout",
+							"Longest time one stage of a sync may take.",
+							"The remote calls of a stage are cancelled on the peer after that.  0 means no limit.",
+							&morango_stage_timeout,
+							0, 0, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.retry_limit",
+							"Attempts a background sync makes before it gives up.",
+							NULL,
+							&morango_retry_limit,
+							5, 1, 1000,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.retry_delay",
+							"Pause before the second attempt of a background sync; it doubles after each failure.",
+							NULL,
+							&morango_retry_delay,
+							10000, 1, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.retry_max_delay",
+							"Longest pause between two attempts of a background sync.",
+							NULL,
+							&morango_retry_max_delay,
+							900000, 1, INT_MAX,
 							PGC_USERSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -34,6 +34,10 @@ extern bool morango_hard_delete_guc;
 extern int	morango_chunk_size;
 extern int	morango_connect_timeout;
 extern int	morango_peer_timeout;
+extern int	morango_stage_timeout;
+extern int	morango_retry_limit;
+extern int	morango_retry_delay;
+extern int	morango_retry_max_delay;
 
 /* idrule.c: the record id rule (pure, no SPI) */
 extern void morango_compute_record_id(const char *partition, const char *source_id,

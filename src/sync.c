@@ -46,6 +46,9 @@
 #include "storage/dsm.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/timestamp.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -60,6 +63,7 @@
 #include "transport.h"
 
 PG_FUNCTION_INFO_V1(morango_sync);
+PG_FUNCTION_INFO_V1(morango_sync_start);
 
 PGDLLEXPORT void morango_sync_worker_main(Datum main_arg);
 
@@ -68,8 +72,19 @@ typedef struct SyncArgs
 {
 	Oid			dboid;
 	Oid			useroid;
+	pid_t		caller_pid;		/* to wake when the session is known */
+	bool		background;		/* sync_start: retry, nobody waits */
 	int			chunk_size;
+	int			retry_limit;	/* attempts, in the background */
+	int			retry_delay_ms; /* first pause between attempts */
+	int			retry_max_delay_ms;
+	int			peer_timeout_ms;
+	int			stage_timeout_ms;
+	int			connect_timeout_s;
 	char		direction[8];
+	/* handshake: the worker says which session it runs (or is running) */
+	bool		ready;
+	bool		already_running;
 	/* result */
 	bool		done;
 	bool		ok;
@@ -96,7 +111,11 @@ typedef struct Driver
 	const char *filter;			/* text[] literal */
 	const char *session;		/* sync session id, text */
 	const char *instance;		/* our instance id, text */
+	TimestampTz stage_deadline; /* 0: none */
 } Driver;
+
+/* the channel of progress events (doc/protocol.md, "Progress") */
+#define PROGRESS_CHANNEL "morango_progress"
 
 /* ---- local steps: one transaction each, through SPI ---- */
 
@@ -171,6 +190,36 @@ local_step(Driver *d, const char *activity, const char *sql, int nargs, const ch
 
 /* ---- remote calls ---- */
 
+/* Start a stage: its remote calls must finish within morango.stage_timeout. */
+static void
+stage_begin(Driver *d)
+{
+	d->stage_deadline = d->args->stage_timeout_ms > 0
+		? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), d->args->stage_timeout_ms)
+		: 0;
+}
+
+/* The timeout of the next remote call, in ms (0: none). */
+static int
+call_timeout(Driver *d)
+{
+	int			t = d->args->peer_timeout_ms;
+
+	if (d->stage_deadline != 0)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), d->stage_deadline);
+
+		if (left <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("sync stage took longer than morango.stage_timeout (%d ms)",
+							d->args->stage_timeout_ms)));
+		if (t == 0 || left < t)
+			t = (int) left;
+	}
+	return t;
+}
+
 /*
  * Run sql on the peer with text parameters; copy the first row's columns
  * into out[] (NULL stays NULL) in the driver's context.
@@ -188,7 +237,7 @@ remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, 
 	pgstat_report_activity(STATE_RUNNING, sql);
 	PG_TRY();
 	{
-		res = morango_peer_exec(d->conn, sql, nargs, NULL, wire, morango_peer_timeout);
+		res = morango_peer_exec(d->conn, sql, nargs, NULL, wire, call_timeout(d));
 		for (int i = 0; i < nout; i++)
 		{
 			if (PQntuples(res) > 0 && i < PQnfields(res) && !PQgetisnull(res, 0, i))
@@ -220,6 +269,33 @@ static bool
 is_true(const char *s)
 {
 	return s != NULL && (strcmp(s, "t") == 0 || strcmp(s, "true") == 0);
+}
+
+/*
+ * Send a progress event (NOTIFY on PROGRESS_CHANNEL, delivered when the
+ * step commits): {"session", "transfer", "direction", "event", "status",
+ * "records_transferred", "records_total"}.  Inside a local step.
+ */
+static void
+notify(Driver *d, const char *ts, const char *event, const char *status)
+{
+	local_exec(d, "SELECT pg_catalog.pg_notify('" PROGRESS_CHANNEL "', pg_catalog.jsonb_build_object("
+			   "  'session', $1::uuid, 'transfer', t.id,"
+			   "  'direction', CASE WHEN t.push THEN 'push' WHEN t.id IS NOT NULL THEN 'pull' END,"
+			   "  'event', $3, 'status', $4,"
+			   "  'records_transferred', t.records_transferred, 'records_total', t.records_total)::text)"
+			   " FROM (SELECT 1) AS one"
+			   " LEFT JOIN morango.transfer_sessions t ON t.id = $2::uuid",
+			   4, (const char *[]) {d->session, ts, event, status}, 0, NULL);
+}
+
+/* One local step that only sends a progress event. */
+static void
+notify_step(Driver *d, const char *ts, const char *event, const char *status)
+{
+	local_begin("morango sync: progress");
+	notify(d, ts, event, status);
+	local_commit();
 }
 
 /* ---- the two directions ---- */
@@ -255,6 +331,8 @@ run_push(Driver *d, const char *ts)
 				   d->args->direction}, 4, st);
 	if (!is_true(st[0]))
 		return;
+	notify_step(d, ts, "queuing", "started");
+	stage_begin(d);
 
 	/* serialize and take our FSIC once; a resumed push keeps them */
 	local_fsic = st[2];
@@ -295,13 +373,19 @@ run_push(Driver *d, const char *ts)
 				   " WHERE id = $1::uuid",
 				   2, (const char *[]) {ts, r[5]}, 0, NULL);
 		local_exec(d, "SELECT morango.queue($1::uuid)", 1, (const char *[]) {ts}, 1, out);
+		notify(d, ts, "queuing", "completed");
 		local_commit();
 		total = atoi64_or(out[0], 0);
 	}
 	else
+	{
 		total = atoi64_or(st[3], 0);
+		notify_step(d, ts, "queuing", "completed");
+	}
 
 	/* send the chunks the peer does not hold yet */
+	notify_step(d, ts, "transferring", "started");
+	stage_begin(d);
 	last_seq = r[4] ? r[4] : "0";
 	for (;;)
 	{
@@ -316,21 +400,29 @@ run_push(Driver *d, const char *ts)
 			break;
 		remote_call(d, "SELECT morango.peer_push_chunk($1::uuid, $2::jsonb)", 2,
 					(const char *[]) {ts, c[0]}, 1, n);
-		local_step(d, "morango sync: chunk sent",
-				   "UPDATE morango.transfer_sessions"
+		local_begin("morango sync: chunk sent");
+		local_exec(d, "UPDATE morango.transfer_sessions"
 				   " SET records_transferred = $2::bigint, bytes_sent = bytes_sent + $3::bigint,"
 				   "     stage = 'transferring', status = 'started', last_activity_at = now()"
 				   " WHERE id = $1::uuid",
 				   3, (const char *[]) {ts, c[1], psprintf("%zu", strlen(c[0]))}, 0, NULL);
+		notify(d, ts, "transferring", "in_progress");
+		local_commit();
 		last_seq = c[1];
 		pfree(c[0]);
 	}
 
+	notify_step(d, ts, "transferring", "completed");
+
 	/* the peer dequeues and deserializes */
+	notify_step(d, ts, "dequeuing", "started");
+	stage_begin(d);
 	remote_call(d, "SELECT morango.peer_finish($1::uuid, $2::bigint)::text", 2,
 				(const char *[]) {ts, psprintf(INT64_FORMAT, total)}, 0, NULL);
-	local_step(d, "morango sync: close push", "SELECT morango.transfer_close($1::uuid)",
-			   1, (const char *[]) {ts}, 0, NULL);
+	local_begin("morango sync: close push");
+	local_exec(d, "SELECT morango.transfer_close($1::uuid)", 1, (const char *[]) {ts}, 0, NULL);
+	notify(d, ts, "dequeuing", "completed");
+	local_commit();
 }
 
 /*
@@ -361,6 +453,9 @@ run_pull(Driver *d, const char *ts)
 
 	if (strcmp(st[1], "deserializing") != 0 && strcmp(st[1], "cleanup") != 0)
 	{
+		notify_step(d, ts, "queuing", "started");
+		stage_begin(d);
+
 		/* our FSIC, as receiver, once */
 		local_fsic = st[2];
 		if (local_fsic == NULL || strcmp(local_fsic, "null") == 0)
@@ -408,9 +503,12 @@ run_pull(Driver *d, const char *ts)
 				   3, (const char *[]) {ts, r[5], r[3]}, 0, NULL);
 		local_exec(d, "SELECT COALESCE(max(seq), 0) FROM morango.buffer WHERE transfer_session_id = $1::uuid",
 				   1, (const char *[]) {ts}, 1, &last_seq);
+		notify(d, ts, "queuing", "completed");
 		local_commit();
 
 		/* fetch the chunks we do not hold yet */
+		notify_step(d, ts, "transferring", "started");
+		stage_begin(d);
 		for (;;)
 		{
 			char	   *c[3];
@@ -421,16 +519,23 @@ run_pull(Driver *d, const char *ts)
 						3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
 			if (atoi64_or(c[2], 0) == 0)
 				break;
-			local_step(d, "morango sync: receive chunk",
-					   "SELECT morango.receive_chunk($1::uuid, $2::jsonb)",
+			local_begin("morango sync: receive chunk");
+			local_exec(d, "SELECT morango.receive_chunk($1::uuid, $2::jsonb)",
 					   2, (const char *[]) {ts, c[0]}, 0, NULL);
+			notify(d, ts, "transferring", "in_progress");
+			local_commit();
 			last_seq = c[1];
 			pfree(c[0]);
 		}
 
+		notify_step(d, ts, "transferring", "completed");
+
 		/* merge, all or nothing */
-		local_step(d, "morango sync: dequeue", "SELECT * FROM morango.dequeue($1::uuid)",
-				   1, (const char *[]) {ts}, 0, NULL);
+		notify_step(d, ts, "dequeuing", "started");
+		local_begin("morango sync: dequeue");
+		local_exec(d, "SELECT * FROM morango.dequeue($1::uuid)", 1, (const char *[]) {ts}, 0, NULL);
+		notify(d, ts, "dequeuing", "completed");
+		local_commit();
 	}
 
 	local_begin("morango sync: deserialize");
@@ -441,6 +546,7 @@ run_pull(Driver *d, const char *ts)
 			   1, (const char *[]) {ts}, 0, NULL);
 	local_commit();
 
+	stage_begin(d);
 	remote_call(d, "SELECT morango.peer_finish($1::uuid, NULL)::text", 1,
 				(const char *[]) {ts}, 0, NULL);
 	local_step(d, "morango sync: close pull", "SELECT morango.transfer_close($1::uuid)",
@@ -448,37 +554,21 @@ run_pull(Driver *d, const char *ts)
 }
 
 /*
- * The whole sync: find the session to resume or start one, run the
- * directions, close the session on both sides.
+ * One attempt at the whole sync: connect, run the directions, close the
+ * session on both sides.  The session was chosen by start_session().
  */
 static void
 sync_run(Driver *d)
 {
-	char	   *out[3];
+	char	   *out[1];
 	bool		pull = strcmp(d->args->direction, "push") != 0;
 	bool		push = strcmp(d->args->direction, "pull") != 0;
 
 	/* catalog lookups (a peer given by name) need a transaction */
+	stage_begin(d);
 	StartTransactionCommand();
-	d->conn = morango_peer_connect(d->peer, "morango sync", morango_connect_timeout);
+	d->conn = morango_peer_connect(d->peer, "morango sync", d->args->connect_timeout_s);
 	CommitTransactionCommand();
-
-	/* an unfinished sync session for the same peer, profile, filter and direction? */
-	local_step(d, "morango sync: start",
-			   "SELECT COALESCE((SELECT id FROM morango.sync_sessions"
-			   "                 WHERE active AND NOT is_server AND peer = $1 AND profile = $2"
-			   "                   AND filter = $3::text[] AND direction = $4"
-			   "                 ORDER BY started_at DESC LIMIT 1),"
-			   "                pg_catalog.gen_random_uuid()),"
-			   "       morango.instance_id()",
-			   4, (const char *[]) {d->peer_display, d->profile, d->filter, d->args->direction},
-			   2, out);
-	d->session = out[0];
-	d->instance = out[1];
-	d->args->have_session = true;
-	memcpy(d->args->session.data,
-		   DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(d->session)))->data,
-		   UUID_LEN);
 
 	if (pull)
 	{
@@ -499,22 +589,98 @@ sync_run(Driver *d)
 		run_push(d, out[0]);
 	}
 
-	local_step(d, "morango sync: done",
-			   "UPDATE morango.sync_sessions SET active = false, status = 'completed',"
+	local_begin("morango sync: done");
+	local_exec(d, "UPDATE morango.sync_sessions SET active = false, status = 'completed',"
 			   " last_error = NULL, ended_at = now(), last_activity_at = now() WHERE id = $1::uuid",
 			   1, (const char *[]) {d->session}, 0, NULL);
+	local_exec(d, "UPDATE morango.peer_status SET last_success_at = now(), consecutive_failures = 0,"
+			   " next_retry_at = NULL, last_error = NULL, running_session = NULL"
+			   " WHERE peer = $1 AND profile = $2 AND filter = $3::text[] AND direction = $4",
+			   4, (const char *[]) {d->peer_display, d->profile, d->filter, d->args->direction}, 0, NULL);
+	notify(d, NULL, "session", "completed");
+	local_commit();
 	remote_call(d, "SELECT morango.peer_close($1::uuid)", 1, (const char *[]) {d->session}, 0, NULL);
 }
 
 /*
- * Record a failed sync in the session rows (they stay active, so the next
- * morango.sync() resumes them).  Runs in a fresh transaction.
+ * Single flight and the session.  Take the advisory lock of (peer,
+ * profile, filter, direction), held until the worker exits; if another
+ * worker holds it, return false with the session that one runs in
+ * *running.  Otherwise find the unfinished sync session to resume (or
+ * make one), record it, and return true.
+ */
+static bool
+start_session(Driver *d, char **running)
+{
+	char	   *out[3];
+	const char *key[4] = {d->peer_display, d->profile, d->filter, d->args->direction};
+
+	local_step(d, "morango sync: single flight",
+			   "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('morango sync'),"
+			   "    pg_catalog.hashtext($1 || '|' || $2 || '|' || $3 || '|' || $4))",
+			   4, key, 1, out);
+	if (!is_true(out[0]))
+	{
+		/* the holder records its session as soon as it has the lock */
+		for (int i = 0; i < 100; i++)
+		{
+			local_step(d, "morango sync: find the running sync",
+					   "SELECT running_session FROM morango.peer_status"
+					   " WHERE peer = $1 AND profile = $2 AND filter = $3::text[] AND direction = $4",
+					   4, key, 1, out);
+			if (out[0] != NULL)
+				break;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 20L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		*running = out[0];
+		return false;
+	}
+
+	local_begin("morango sync: start");
+	local_exec(d, "SELECT COALESCE((SELECT id FROM morango.sync_sessions"
+			   "                 WHERE active AND NOT is_server AND peer = $1 AND profile = $2"
+			   "                   AND filter = $3::text[] AND direction = $4"
+			   "                 ORDER BY started_at DESC LIMIT 1),"
+			   "                pg_catalog.gen_random_uuid()),"
+			   "       morango.instance_id()",
+			   4, key, 2, out);
+	d->session = out[0];
+	d->instance = out[1];
+	local_exec(d, "INSERT INTO morango.sync_sessions (id, profile, is_server, peer, filter, direction,"
+			   "                                   local_instance_id, process_id)"
+			   " VALUES ($1::uuid, $3, false, $2, $4::text[], $5, $6::uuid, pg_catalog.pg_backend_pid())"
+			   " ON CONFLICT (id) DO UPDATE SET process_id = EXCLUDED.process_id, status = 'started',"
+			   "     last_activity_at = now()",
+			   6, (const char *[]) {d->session, d->peer_display, d->profile, d->filter,
+				   d->args->direction, d->instance}, 0, NULL);
+	local_exec(d, "INSERT INTO morango.peer_status AS p (peer, profile, filter, direction,"
+			   "                                      last_attempt_at, running_session)"
+			   " VALUES ($1, $2, $3::text[], $4, now(), $5::uuid)"
+			   " ON CONFLICT (peer, profile, filter, direction)"
+			   " DO UPDATE SET last_attempt_at = now(), running_session = EXCLUDED.running_session",
+			   5, (const char *[]) {d->peer_display, d->profile, d->filter, d->args->direction,
+				   d->session}, 0, NULL);
+	notify(d, NULL, "session", "started");
+	local_commit();
+	return true;
+}
+
+/*
+ * Record a failed attempt: the session rows (they stay active, so a later
+ * sync resumes them) and the peer's status, with the time of the next
+ * retry if there will be one.  Runs in a fresh transaction.
  */
 static void
-record_failure(Driver *d, const char *message)
+record_failure(Driver *d, const char *message, int retry_in_ms)
 {
+	char		delay[32];
+
 	if (d->session == NULL)
 		return;
+	snprintf(delay, sizeof(delay), "%d", retry_in_ms);
 	local_begin("morango sync: failed");
 	local_exec(d, "UPDATE morango.sync_sessions SET status = 'errored', last_error = $2,"
 			   " last_activity_at = now() WHERE id = $1::uuid",
@@ -522,13 +688,52 @@ record_failure(Driver *d, const char *message)
 	local_exec(d, "UPDATE morango.transfer_sessions SET status = 'errored', last_error = $2,"
 			   " last_activity_at = now() WHERE sync_session_id = $1::uuid AND active",
 			   2, (const char *[]) {d->session, message}, 0, NULL);
+	local_exec(d, "UPDATE morango.peer_status SET last_failure_at = now(),"
+			   " consecutive_failures = consecutive_failures + 1, last_error = $5,"
+			   " next_retry_at = CASE WHEN $6::integer > 0"
+			   "                      THEN now() + $6::integer * interval '1 millisecond' END"
+			   " WHERE peer = $1 AND profile = $2 AND filter = $3::text[] AND direction = $4",
+			   6, (const char *[]) {d->peer_display, d->profile, d->filter, d->args->direction,
+				   message, delay}, 0, NULL);
+	notify(d, NULL, "session", "errored");
 	local_commit();
+}
+
+/* Is this error worth another attempt later (the peer or the link)? */
+static bool
+retryable(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_CONNECTION_EXCEPTION:	/* 08: connect, lost connection */
+		case ERRCODE_OPERATOR_INTERVENTION: /* 57: cancel, timeout, shutdown */
+		case ERRCODE_INSUFFICIENT_RESOURCES:	/* 53 */
+		case ERRCODE_TRANSACTION_ROLLBACK:	/* 40: deadlock, serialization */
+		case ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE:	/* 55: lock timeout, busy */
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* Tell the caller (if it still waits) that the handshake fields are set. */
+static void
+wake_caller(SyncArgs *args)
+{
+	PGPROC	   *proc = BackendPidGetProc(args->caller_pid);
+
+	args->ready = true;
+	if (proc)
+		SetLatch(&proc->procLatch);
 }
 
 /*
  * morango_sync_worker_main
  *		Entry point of the sync worker.  main_arg is the dsm handle of the
- *		SyncArgs.
+ *		SyncArgs.  Runs one attempt (morango.sync()) or, in the background
+ *		(morango.sync_start()), attempts with exponential backoff until one
+ *		succeeds, an error is not worth retrying, or retry_limit attempts
+ *		were made.
  */
 void
 morango_sync_worker_main(Datum main_arg)
@@ -536,6 +741,8 @@ morango_sync_worker_main(Datum main_arg)
 	dsm_segment *seg;
 	SyncArgs   *args;
 	Driver		d;
+	char	   *running = NULL;
+	volatile int attempt = 0;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -548,7 +755,6 @@ morango_sync_worker_main(Datum main_arg)
 	args = dsm_segment_address(seg);
 
 	BackgroundWorkerInitializeConnectionByOid(args->dboid, args->useroid, 0);
-	pgstat_report_appname("morango sync");
 
 	memset(&d, 0, sizeof(d));
 	d.cxt = AllocSetContextCreate(TopMemoryContext, "morango sync", ALLOCSET_DEFAULT_SIZES);
@@ -557,11 +763,31 @@ morango_sync_worker_main(Datum main_arg)
 	d.profile = MemoryContextStrdup(d.cxt, args->data + args->profile_off);
 	d.filter = MemoryContextStrdup(d.cxt, args->data + args->filter_off);
 	d.peer_display = MemoryContextStrdup(d.cxt, morango_peer_display(d.peer));
+	{
+		char		appname[NAMEDATALEN];
+
+		snprintf(appname, sizeof(appname), "morango sync %s %s", d.profile, d.peer_display);
+		pgstat_report_appname(appname);
+	}
 
 	PG_TRY();
 	{
-		sync_run(&d);
-		args->ok = true;
+		if (!start_session(&d, &running))
+		{
+			args->already_running = true;
+			if (running)
+				memcpy(args->session.data,
+					   DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(running)))->data,
+					   UUID_LEN);
+			args->have_session = running != NULL;
+		}
+		else
+		{
+			memcpy(args->session.data,
+				   DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(d.session)))->data,
+				   UUID_LEN);
+			args->have_session = true;
+		}
 	}
 	PG_CATCH();
 	{
@@ -571,8 +797,48 @@ morango_sync_worker_main(Datum main_arg)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		args->ok = false;
+		args->sqlerrcode = edata->sqlerrcode;
+		strlcpy(args->error, edata->message, sizeof(args->error));
+		args->done = true;
+		wake_caller(args);
+		proc_exit(0);
+	}
+	PG_END_TRY();
+	wake_caller(args);
+	if (args->already_running)
+	{
+		args->done = true;
+		dsm_detach(seg);
+		proc_exit(0);
+	}
+
+	for (;;)
+	{
+		ErrorData  *volatile edata = NULL;
+		volatile int delay = 0;
+
+		attempt++;
+		PG_TRY();
+		{
+			sync_run(&d);
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(d.cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortOutOfAnyTransaction();
+		}
+		PG_END_TRY();
 		morango_peer_disconnect(d.conn);
 		d.conn = NULL;
+
+		if (edata == NULL)
+		{
+			args->ok = true;
+			break;
+		}
 
 		args->ok = false;
 		args->sqlerrcode = edata->sqlerrcode;
@@ -583,29 +849,55 @@ morango_sync_worker_main(Datum main_arg)
 
 			snprintf(args->error + len, sizeof(args->error) - len, " (%s)", edata->detail);
 		}
-		ereport(LOG,
-				(errmsg("morango sync with peer \"%s\" failed: %s", d.peer_display, args->error)));
-		record_failure(&d, args->error);
-	}
-	PG_END_TRY();
+		if (args->background && retryable(edata->sqlerrcode) && attempt < args->retry_limit)
+		{
+			/* exponential backoff, capped */
+			double		ms = (double) args->retry_delay_ms;
 
-	morango_peer_disconnect(d.conn);
+			for (int i = 1; i < attempt && ms < args->retry_max_delay_ms; i++)
+				ms *= 2;
+			delay = (int) Min(ms, (double) args->retry_max_delay_ms);
+			if (delay < 1)
+				delay = 1;
+		}
+		ereport(LOG,
+				(errmsg("morango sync with peer \"%s\" failed (attempt %d): %s%s",
+						d.peer_display, attempt, args->error,
+						delay > 0 ? psprintf("; retrying in %d ms", delay) : "")));
+		record_failure(&d, args->error, delay);
+		if (delay == 0)
+			break;
+
+		/* wait for the next attempt; a cancel or shutdown ends the worker */
+		{
+			TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
+
+			for (;;)
+			{
+				long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+
+				if (left <= 0)
+					break;
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 left, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				CHECK_FOR_INTERRUPTS();
+			}
+		}
+	}
+
 	args->done = true;
 	dsm_detach(seg);
 	proc_exit(0);
 }
 
 /*
- * morango.sync(peer text, profile text, filter text[] DEFAULT NULL,
- *              direction text DEFAULT 'both', chunk_size integer DEFAULT NULL)
- *		-> uuid (the sync session)
- *
- * Starts the sync worker and waits for it.  A cancel of this backend stops
- * the worker, which cancels the peer's query; the sync resumes when called
- * again.
+ * Start a sync worker for (peer, profile, filter, direction) and wait
+ * until it has chosen its session (or found the one running).  Returns
+ * the worker handle; *seg_out gets the dsm segment (args in it).
  */
-Datum
-morango_sync(PG_FUNCTION_ARGS)
+static BackgroundWorkerHandle *
+launch(FunctionCallInfo fcinfo, bool background, dsm_segment **seg_out)
 {
 	char	   *peer;
 	char	   *profile;
@@ -618,7 +910,6 @@ morango_sync(PG_FUNCTION_ARGS)
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 	pid_t		pid;
-	pg_uuid_t  *result;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -652,12 +943,6 @@ morango_sync(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("chunk_size must be between 1 and 100000")));
-	if (IsTransactionBlock())
-		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("morango.sync() cannot run inside a transaction block"),
-				 errdetail("A sync commits its progress as it goes, in a worker of its own."),
-				 errhint("Call it on its own, outside BEGIN ... COMMIT.")));
 
 	size = offsetof(SyncArgs, data) + strlen(peer) + strlen(profile) + strlen(filter) + 3;
 	seg = dsm_create(size, 0);
@@ -665,7 +950,15 @@ morango_sync(PG_FUNCTION_ARGS)
 	memset(args, 0, size);
 	args->dboid = MyDatabaseId;
 	args->useroid = GetUserId();
+	args->caller_pid = MyProcPid;
+	args->background = background;
 	args->chunk_size = chunk_size;
+	args->retry_limit = morango_retry_limit;
+	args->retry_delay_ms = morango_retry_delay;
+	args->retry_max_delay_ms = morango_retry_max_delay;
+	args->peer_timeout_ms = morango_peer_timeout;
+	args->stage_timeout_ms = morango_stage_timeout;
+	args->connect_timeout_s = morango_connect_timeout;
 	strlcpy(args->direction, direction, sizeof(args->direction));
 	args->peer_off = 0;
 	strcpy(args->data, peer);
@@ -690,6 +983,92 @@ morango_sync(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("could not start a morango sync worker"),
 				 errhint("Raise max_worker_processes, or wait for other workers to finish.")));
+
+	/* wait until the worker has chosen its session (or exited) */
+	PG_TRY();
+	{
+		for (;;)
+		{
+			BgwHandleStatus status;
+
+			if (args->ready)
+				break;
+			status = GetBackgroundWorkerPid(handle, &pid);
+			if (status == BGWH_STOPPED)
+				break;
+			if (status == BGWH_POSTMASTER_DIED)
+				ereport(FATAL,
+						(errcode(ERRCODE_ADMIN_SHUTDOWN),
+						 errmsg("postmaster exited during a morango sync")));
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 100L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		TerminateBackgroundWorker(handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	*seg_out = seg;
+	return handle;
+}
+
+/* Raise the error the worker reported before or instead of starting. */
+static void
+report_start_failure(SyncArgs *args)
+{
+	if (args->already_running)
+		return;
+	if (!args->ready && !args->done)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("the morango sync worker exited before it started"),
+				 errhint("See the server log.")));
+	if (args->done && !args->ok && !args->have_session)
+		ereport(ERROR,
+				(errcode(args->sqlerrcode ? args->sqlerrcode : ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not start the sync: %s", args->error)));
+}
+
+/*
+ * morango.sync(peer text, profile text, filter text[] DEFAULT NULL,
+ *              direction text DEFAULT 'both', chunk_size integer DEFAULT NULL)
+ *		-> uuid (the sync session)
+ *
+ * Starts the sync worker and waits for it: one attempt.  A cancel of this
+ * backend stops the worker, which cancels the peer's query; the sync
+ * resumes when called again.
+ */
+Datum
+morango_sync(PG_FUNCTION_ARGS)
+{
+	dsm_segment *seg;
+	SyncArgs   *args;
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+	pg_uuid_t  *result;
+
+	if (IsTransactionBlock())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("morango.sync() cannot run inside a transaction block"),
+				 errdetail("A sync commits its progress as it goes, in a worker of its own."),
+				 errhint("Call it on its own, outside BEGIN ... COMMIT.")));
+
+	handle = launch(fcinfo, false, &seg);
+	args = dsm_segment_address(seg);
+	report_start_failure(args);
+	if (args->already_running)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("a sync with this peer, profile, filter and direction is already running"),
+				 args->have_session ? errdetail("Sync session %s.",
+												DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&args->session)))) : 0,
+				 errhint("Wait for it with morango.sync_wait(), or stop it with morango.sync_cancel().")));
 
 	PG_TRY();
 	{
@@ -727,6 +1106,34 @@ morango_sync(PG_FUNCTION_ARGS)
 				 errmsg("sync with peer failed: %s", args->error),
 				 errhint("Calling morango.sync() again resumes the sync where it stopped.")));
 
+	result = palloc(sizeof(pg_uuid_t));
+	memcpy(result, &args->session, sizeof(pg_uuid_t));
+	dsm_detach(seg);
+	PG_RETURN_UUID_P(result);
+}
+
+/*
+ * morango.sync_start(peer, profile, filter, direction, chunk_size) -> uuid
+ *
+ * Starts a sync in a background worker and returns its session id as soon
+ * as the worker has chosen it (or the id of the sync already running for
+ * the same peer, profile, filter and direction).  The worker retries with
+ * exponential backoff (morango.retry_limit, retry_delay, retry_max_delay).
+ */
+Datum
+morango_sync_start(PG_FUNCTION_ARGS)
+{
+	dsm_segment *seg;
+	SyncArgs   *args;
+	pg_uuid_t  *result;
+
+	(void) launch(fcinfo, true, &seg);
+	args = dsm_segment_address(seg);
+	report_start_failure(args);
+	if (!args->have_session)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("a sync with this peer, profile, filter and direction is already running")));
 	result = palloc(sizeof(pg_uuid_t));
 	memcpy(result, &args->session, sizeof(pg_uuid_t));
 	dsm_detach(seg);
