@@ -1032,6 +1032,12 @@ DECLARE
     name text := format('morango sync %s %s %s %s', peer, profile,
                         COALESCE(filter::text, '{}'), direction);
 BEGIN
+    -- the job's command is stored in cron.job: no secrets in it
+    IF peer ~* 'password' THEN
+        RAISE EXCEPTION 'a scheduled peer must not carry a password in its connection string'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name the peer with CREATE SERVER ... FOREIGN DATA WRAPPER morango and keep the password in its user mapping.';
+    END IF;
     IF to_regprocedure('cron.schedule_in_database(text,text,text,text,text,boolean)') IS NULL THEN
         RAISE EXCEPTION 'pg_cron is not installed in this database'
             USING ERRCODE = 'undefined_function',
@@ -1054,12 +1060,12 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF to_regprocedure('cron.unschedule(text)') IS NULL THEN
+    IF to_regprocedure('cron.unschedule(name)') IS NULL THEN
         RAISE EXCEPTION 'pg_cron is not installed in this database'
             USING ERRCODE = 'undefined_function';
     END IF;
     RETURN cron.unschedule(format('morango sync %s %s %s %s', peer, profile,
-                                  COALESCE(filter::text, '{}'), direction));
+                                  COALESCE(filter::text, '{}'), direction)::name);
 END
 $$;
 COMMENT ON FUNCTION morango.unschedule(text, text, text[], text) IS

@@ -71,6 +71,8 @@ SELECT morango.sync_start(NULL, 'facilitydata');
 \set VERBOSITY terse
 SELECT morango.schedule(:'peer', '*/5 * * * *', 'facilitydata');
 \set VERBOSITY default
+-- and never stores a password in the job
+SELECT morango.schedule('host=x password=secret', '*/5 * * * *', 'facilitydata');
 
 \c contrib_regression
 SET client_min_messages = warning;
