@@ -117,16 +117,20 @@ CREATE TABLE morango.record_max_counters (
     counter             bigint NOT NULL CHECK (counter > 0),
     PRIMARY KEY (record_id, instance_id)
 );
+CREATE INDEX record_max_counters_instance ON morango.record_max_counters (instance_id, counter);
 
 /*
- * "For records under partition prefix `partition`, this database holds every
- * version written by instance_id with a counter up to `counter`."
+ * "For records of profile `profile` under partition prefix `partition`,
+ * this database holds every version written by instance_id with a counter
+ * up to `counter`."  (Morango keys this by instance and partition only; a
+ * claim made while syncing one profile must not cover another's records.)
  */
 CREATE TABLE morango.database_max_counters (
+    profile             text NOT NULL,
     instance_id         uuid NOT NULL,
     partition           text NOT NULL,
     counter             bigint NOT NULL CHECK (counter >= 0),
-    PRIMARY KEY (instance_id, partition)
+    PRIMARY KEY (profile, instance_id, partition)
 );
 
 -- -------------------------------------------------------------------------
@@ -427,7 +431,7 @@ COMMENT ON FUNCTION morango.fsic_diff(jsonb, jsonb) IS
  * partitions under a filter prefix (sub) and those that are strict prefixes
  * of one (super).
  */
-CREATE FUNCTION morango.fsic(filter text[])
+CREATE FUNCTION morango.fsic(profile text, filter text[])
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -436,12 +440,14 @@ AS $$
     sub AS (
         SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
         FROM morango.database_max_counters d
-        WHERE EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
+        WHERE d.profile = fsic.profile
+          AND EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
         GROUP BY d.partition
     ), sup AS (
         SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
         FROM morango.database_max_counters d
-        WHERE EXISTS (SELECT 1 FROM f WHERE starts_with(f.prefix, d.partition)
+        WHERE d.profile = fsic.profile
+          AND EXISTS (SELECT 1 FROM f WHERE starts_with(f.prefix, d.partition)
                                           AND f.prefix <> d.partition)
           AND NOT EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
         GROUP BY d.partition
@@ -450,8 +456,8 @@ AS $$
         'super', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sup), '{}'::jsonb),
         'sub', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sub), '{}'::jsonb))
 $$;
-COMMENT ON FUNCTION morango.fsic(text[]) IS
-    'this database''s filter-specific instance counters for a filter (FSIC v2: super and sub partitions)';
+COMMENT ON FUNCTION morango.fsic(text, text[]) IS
+    'this database''s filter-specific instance counters of a profile for a filter (FSIC v2: super and sub partitions)';
 
 CREATE FUNCTION morango.queue(transfer_session uuid)
 RETURNS bigint
@@ -534,9 +540,13 @@ BEGIN
     ELSIF ss.profile <> profile OR ss.is_server <> is_server THEN
         RAISE EXCEPTION 'sync session % belongs to another profile or side', sync_session
             USING ERRCODE = 'object_not_in_prerequisite_state';
-    ELSIF NOT ss.active THEN
+    ELSIF NOT ss.active AND NOT is_server THEN
         RAISE EXCEPTION 'sync session % is closed', sync_session
             USING ERRCODE = 'object_not_in_prerequisite_state';
+    ELSIF NOT ss.active THEN
+        -- the client resumes a session we closed (cleanup): take it up again
+        UPDATE morango.sync_sessions SET active = true, status = 'started', ended_at = NULL
+        WHERE id = sync_session;
     END IF;
     UPDATE morango.sync_sessions SET last_activity_at = now(), process_id = pg_backend_pid()
     WHERE id = sync_session;
@@ -550,6 +560,18 @@ BEGIN
     ELSIF ts.sync_session_id <> sync_session OR ts.push <> push OR ts.filter <> filter THEN
         RAISE EXCEPTION 'transfer session % does not match its sync session, direction or filter',
             transfer_session USING ERRCODE = 'object_not_in_prerequisite_state';
+    ELSIF NOT ts.active AND ts.status = 'errored' AND is_server THEN
+        -- expired here (cleanup) while the client still wants it: start it over
+        resumed := false;
+        DELETE FROM morango.buffer WHERE transfer_session_id = transfer_session;
+        DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = transfer_session;
+        UPDATE morango.transfer_sessions
+        SET active = true, stage = 'initializing', status = 'pending', records_total = NULL,
+            records_transferred = 0, records_dequeued = 0, conflicts = 0,
+            local_fsic = NULL, remote_fsic = NULL, ended_at = NULL, last_error = NULL,
+            last_activity_at = now()
+        WHERE id = transfer_session
+        RETURNING * INTO ts;
     END IF;
 
     RETURN jsonb_build_object(
@@ -686,6 +708,7 @@ DECLARE
     st      jsonb;
     mine    jsonb;
     total   bigint;
+    resumed boolean;
 BEGIN
     IF protocol IS DISTINCT FROM morango.protocol_version() THEN
         RAISE EXCEPTION 'morango protocol version % is not supported', protocol
@@ -710,6 +733,15 @@ BEGIN
     END IF;
     -- the FSIC is checked by expanding it (bad shapes and counters raise)
     PERFORM morango.fsic_expand(client_fsic, filter);
+    -- a bound on what peers can open here (morango.cleanup() closes idle ones)
+    IF NOT EXISTS (SELECT 1 FROM morango.transfer_sessions WHERE id = transfer_session)
+       AND (SELECT count(*) FROM morango.transfer_sessions t
+            JOIN morango.sync_sessions s ON s.id = t.sync_session_id
+            WHERE t.active AND s.is_server) >= 100 THEN
+        RAISE EXCEPTION 'too many open transfer sessions on this peer'
+            USING ERRCODE = 'too_many_connections',
+                  HINT = 'Run morango.cleanup() on the peer, or wait for running syncs to end.';
+    END IF;
 
     st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter,
                                 NULL, client_instance);
@@ -717,12 +749,13 @@ BEGIN
         RETURN st || jsonb_build_object('instance_id', morango.instance_id());
     END IF;
 
+    resumed := (st->>'resumed')::boolean;
     IF st->'remote_fsic' = 'null'::jsonb THEN
         IF NOT push THEN
             -- we produce: stamp local changes first, then our FSIC, then queue
             PERFORM morango.serialize(profile, filter);
         END IF;
-        mine := morango.fsic(filter);
+        mine := morango.fsic(profile, filter);
         UPDATE morango.transfer_sessions
         SET local_fsic = mine, remote_fsic = client_fsic,
             stage = 'serializing', status = 'completed', last_activity_at = now()
@@ -732,7 +765,7 @@ BEGIN
         END IF;
         st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter);
     END IF;
-    RETURN st || jsonb_build_object('instance_id', morango.instance_id(),
+    RETURN st || jsonb_build_object('instance_id', morango.instance_id(), 'resumed', resumed,
                                     'server_fsic', st->'local_fsic');
 END
 $$;

@@ -45,7 +45,8 @@ WHERE s.model_name = 'learner' AND s.source_id = '21' ORDER BY 1;
 
 -- the database max counter for the whole database ('')
 SELECT partition, counter = (SELECT counter FROM morango.instances WHERE current) AS is_current
-FROM morango.database_max_counters WHERE instance_id = morango.instance_id() ORDER BY 1;
+FROM morango.database_max_counters
+WHERE instance_id = morango.instance_id() AND profile = 'facilitydata' ORDER BY 1;
 
 -- a hard delete clears the conflict history too
 SELECT conflicts FROM store_view WHERE model_name = 'learner' AND source_id = '8';
@@ -84,18 +85,19 @@ SELECT morango.serialize('otherprofile') AS stamped;
 SELECT morango.serialize('facilitydata', ARRAY['00000000-0000-0000-0000-0000000000f2']) AS stamped;
 SELECT * FROM changes_view ORDER BY 1, 2;
 SELECT partition FROM morango.database_max_counters
-WHERE instance_id = morango.instance_id() ORDER BY 1;
+WHERE instance_id = morango.instance_id() AND profile = 'facilitydata' ORDER BY 1;
 SELECT morango.serialize('facilitydata', ARRAY['00000000-0000-0000-0000-0000000000f1', 'zed']) AS stamped;
 SELECT * FROM changes_view ORDER BY 1, 2;
 SELECT morango.serialize('tags') AS stamped;
 -- database max counters only rise
 UPDATE morango.database_max_counters SET counter = counter + 1000
-WHERE instance_id = morango.instance_id() AND partition = 'zed';
+WHERE instance_id = morango.instance_id() AND partition = 'zed' AND profile = 'facilitydata';
 UPDATE tag SET grp = 'zed' WHERE id = 't1';
 INSERT INTO tag VALUES ('t2', 'zed');
 SELECT morango.serialize(filter => ARRAY['zed']) AS stamped;
 SELECT counter > (SELECT counter FROM morango.instances WHERE current) AS kept_higher
-FROM morango.database_max_counters WHERE instance_id = morango.instance_id() AND partition = 'zed';
+FROM morango.database_max_counters
+WHERE instance_id = morango.instance_id() AND partition = 'zed' AND profile = 'facilitydata';
 -- LIKE wildcards in a prefix are plain characters
 INSERT INTO tag VALUES ('t3', 'a_b'), ('t4', 'axb');
 SELECT morango.serialize(filter => ARRAY['a_']) AS stamped;

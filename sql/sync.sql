@@ -195,6 +195,66 @@ SELECT id, username, score FROM member ORDER BY id;
 SELECT morango.sync(:'peer_b', 'facilitydata') IS NOT NULL AS synced;
 SELECT * FROM sync_state WHERE id IN ('t1', 'ta1') ORDER BY 1, 2;
 
+-- profiles do not cover each other: syncing one profile says nothing about
+-- another's records, even under the same partitions
+CREATE TABLE note (id text PRIMARY KEY, body text NOT NULL);
+SELECT FROM morango.register_model('note', 'notes', partition => $$'f1'$$);
+\c regress_morango_b
+CREATE TABLE note (id text PRIMARY KEY, body text NOT NULL);
+SELECT FROM morango.register_model('note', 'notes', partition => $$'f1'$$);
+\c regress_morango_a
+INSERT INTO note VALUES ('n1', 'a note');
+SELECT morango.serialize('notes') > 0 AS stamped;
+INSERT INTO member VALUES ('m8', 'f1', 'hal', 0);
+SELECT morango.sync(:'peer_b', 'facilitydata', direction => 'push') IS NOT NULL AS synced;
+SELECT morango.sync(:'peer_b', 'notes', direction => 'push') IS NOT NULL AS synced;
+\c regress_morango_b
+SELECT * FROM note;
+
+-- a peer that cleaned up (closed) a half-done sync: the next sync starts
+-- that transfer over there and completes
+CREATE TABLE refuse (on_off boolean);
+CREATE FUNCTION refuse_store() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM public.refuse WHERE on_off) THEN
+        RAISE EXCEPTION 'refused for the test';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON morango.store
+    FOR EACH ROW EXECUTE FUNCTION refuse_store();
+INSERT INTO refuse VALUES (true);
+\c regress_morango_a
+INSERT INTO note VALUES ('n2', 'second note');
+SELECT morango.sync(:'peer_b', 'notes', direction => 'push') IS NOT NULL AS synced;
+\c regress_morango_b
+SELECT morango.cleanup('0 seconds') > 0 AS expired;
+DROP TRIGGER refuse ON morango.store;
+\c regress_morango_a
+SELECT morango.sync(:'peer_b', 'notes', direction => 'push') IS NOT NULL AS synced;
+SELECT status FROM morango.syncs WHERE profile = 'notes' AND NOT is_server ORDER BY started_at;
+\c regress_morango_b
+SELECT * FROM note ORDER BY id;
+
+-- a peer cannot make this database skip versions it never saw: claims in a
+-- sender's FSIC are capped at counters seen here
+\c regress_morango_a
+SELECT morango.instance_id() AS a_instance \gset
+\c regress_morango_b
+SELECT morango.peer_begin(1, '55555555-5555-5555-5555-555555555555', '66666666-6666-6666-6666-666666666666',
+                          'notes', true, ARRAY[''], 'bbbbbbbb-0000-0000-0000-000000000000',
+                          jsonb_build_object('super', '{}'::jsonb, 'sub',
+                              jsonb_build_object('', jsonb_build_object(:'a_instance', 9000000000000000000))))->>'stage';
+SELECT morango.peer_finish('66666666-6666-6666-6666-666666666666', 0)->>'status';
+SELECT counter < 1000 AS capped FROM morango.database_max_counters
+WHERE profile = 'notes' AND instance_id = :'a_instance' AND partition = '';
+\c regress_morango_a
+INSERT INTO note VALUES ('n3', 'third note');
+SELECT morango.sync(:'peer_b', 'notes', direction => 'push') IS NOT NULL AS synced;
+\c regress_morango_b
+SELECT * FROM note ORDER BY id;
+\c regress_morango_a
+
 -- chunk boundaries: 0, 1, the chunk size and one more record (chunk_size 3)
 CREATE TABLE bulk (id integer PRIMARY KEY, v text);
 SELECT FROM morango.register_model('bulk', 'bulkdata', partition => $$'bulk'$$);

@@ -74,8 +74,21 @@ SELECT morango.schedule(:'peer', '*/5 * * * *', 'facilitydata');
 -- and never stores a password in the job
 SELECT morango.schedule('host=x password=secret', '*/5 * * * *', 'facilitydata');
 
+-- a database that is not UTF8 syncs with one that is
+\c contrib_regression
+CREATE DATABASE regress_morango_w3 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
+\c regress_morango_w3
+SET client_encoding = 'UTF8';
+\i sql/sync_schema.psql
+INSERT INTO facility VALUES ('f9', 'École Élémentaire');
+SELECT morango.sync(:'peer', 'facilitydata') IS NOT NULL AS synced;
+SELECT name FROM facility ORDER BY id;
+\c regress_morango_w2
+SELECT name FROM facility WHERE id = 'f9';
+
 \c contrib_regression
 SET client_min_messages = warning;
 DROP DATABASE regress_morango_w1 WITH (FORCE);
 DROP DATABASE regress_morango_w2 WITH (FORCE);
+DROP DATABASE regress_morango_w3 WITH (FORCE);
 RESET client_min_messages;

@@ -139,12 +139,24 @@ static const char *empty_sql =
 "WITH b AS (DELETE FROM morango.buffer WHERE transfer_session_id = $1)"
 " DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1";
 
-/* $1 map {partition: {instance: counter}}: raise the database max counters */
+/*
+ * $1 map {partition: {instance: counter}}, $2 profile: raise the database
+ * max counters to the sender's claims, but never above a counter of that
+ * instance this database has seen in a version vector (or its own
+ * counter): a sender cannot make us skip versions we never heard of.
+ * Claiming less than the sender only means records may be sent again.
+ */
 static const char *dmc_sql =
-"INSERT INTO morango.database_max_counters AS d (instance_id, partition, counter)"
-" SELECT i.key::uuid, p.key, (i.value)::bigint"
-" FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
-" ON CONFLICT (instance_id, partition)"
+"INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
+" SELECT $2, c.inst, c.part, LEAST(c.ctr, k.known)"
+" FROM (SELECT i.key::uuid AS inst, p.key AS part, (i.value)::bigint AS ctr"
+"       FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i) AS c,"
+"      LATERAL (SELECT GREATEST((SELECT max(r.counter) FROM morango.record_max_counters r"
+"                                WHERE r.instance_id = c.inst),"
+"                               (SELECT i.counter FROM morango.instances i WHERE i.id = c.inst))"
+"               AS known) AS k"
+" WHERE k.known IS NOT NULL"
+" ON CONFLICT (profile, instance_id, partition)"
 " DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
 
 static int64
@@ -227,11 +239,11 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 									NULL, false, 0);
 		if (ret != SPI_OK_UPDATE)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		ret = SPI_execute_with_args("INSERT INTO morango.database_max_counters AS d (instance_id, partition, counter)"
-									" VALUES ($1, '', $2) ON CONFLICT (instance_id, partition)"
+		ret = SPI_execute_with_args("INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
+									" VALUES ($3, $1, '', $2) ON CONFLICT (profile, instance_id, partition)"
 									" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)",
-									2, (Oid[]) {UUIDOID, INT8OID},
-									(Datum[]) {UUIDPGetDatum(instance), Int64GetDatum(counter)},
+									3, (Oid[]) {UUIDOID, INT8OID, TEXTOID},
+									(Datum[]) {UUIDPGetDatum(instance), Int64GetDatum(counter), t->profile},
 									NULL, false, 0);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
@@ -252,8 +264,8 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	{
 		char	   *expanded = morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter);
 
-		morango_spi_exec(dmc_sql, 1, (Oid[]) {JSONBOID},
-						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded))},
+		morango_spi_exec(dmc_sql, 2, (Oid[]) {JSONBOID, TEXTOID},
+						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded)), t->profile},
 						 NULL, SPI_OK_INSERT);
 	}
 

@@ -52,10 +52,14 @@
 
 PG_FUNCTION_INFO_V1(morango_serialize);
 
+/* this instance's claim, for each prefix and each profile in scope ($4; NULL: all registered) */
 static const char *dmc_sql =
-"INSERT INTO morango.database_max_counters AS d (instance_id, partition, counter)"
-" SELECT DISTINCT $1, f.prefix, $2 FROM pg_catalog.unnest($3::text[]) AS f(prefix)"
-" ON CONFLICT (instance_id, partition)"
+"INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
+" SELECT DISTINCT p.profile, $1, f.prefix, $2"
+" FROM pg_catalog.unnest($3::text[]) AS f(prefix),"
+"      (SELECT DISTINCT profile FROM morango.models WHERE $4::text IS NULL OR profile = $4"
+"       UNION SELECT $4 WHERE $4 IS NOT NULL) AS p"
+" ON CONFLICT (profile, instance_id, partition)"
 " DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
 
 /*
@@ -354,8 +358,9 @@ morango_serialize_internal(Datum profile, bool profile_null,
 	 */
 	if (counter > 0)
 	{
-		Oid			t3[3] = {UUIDOID, INT8OID, TEXTARRAYOID};
-		Datum		v3[3];
+		Oid			t3[4] = {UUIDOID, INT8OID, TEXTARRAYOID, TEXTOID};
+		Datum		v3[4];
+		char		n3[4] = {' ', ' ', ' ', profile_null ? 'n' : ' '};
 
 		v3[0] = UUIDPGetDatum(instance);
 		v3[1] = Int64GetDatum(counter);
@@ -367,7 +372,8 @@ morango_serialize_internal(Datum profile, bool profile_null,
 		}
 		else
 			v3[2] = filter;
-		ret = SPI_execute_with_args(dmc_sql, 3, t3, v3, NULL, false, 0);
+		v3[3] = profile;
+		ret = SPI_execute_with_args(dmc_sql, 4, t3, v3, n3, false, 0);
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	}

@@ -229,10 +229,20 @@ remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, 
 {
 	PGresult   *volatile res = NULL;
 	const char **wire = palloc(sizeof(char *) * Max(nargs, 1));
+	bool		convert = GetDatabaseEncoding() != PG_UTF8;
 
-	/* the wire is UTF8 (transport.c); convert from and to the database encoding */
+	/*
+	 * The wire is UTF8 (transport.c); convert from and to the database
+	 * encoding (conversions need a transaction for their catalog lookups).
+	 */
+	if (convert)
+		StartTransactionCommand();
 	for (int i = 0; i < nargs; i++)
-		wire[i] = args[i] ? pg_server_to_any(args[i], strlen(args[i]), PG_UTF8) : NULL;
+		wire[i] = (args[i] && convert)
+			? MemoryContextStrdup(d->cxt, pg_server_to_any(args[i], strlen(args[i]), PG_UTF8))
+			: args[i];
+	if (convert)
+		CommitTransactionCommand();
 
 	pgstat_report_activity(STATE_RUNNING, sql);
 	PG_TRY();
@@ -244,7 +254,14 @@ remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, 
 			{
 				char	   *v = PQgetvalue(res, 0, i);
 
-				out[i] = MemoryContextStrdup(d->cxt, pg_any_to_server(v, strlen(v), PG_UTF8));
+				if (convert)
+				{
+					StartTransactionCommand();
+					out[i] = MemoryContextStrdup(d->cxt, pg_any_to_server(v, strlen(v), PG_UTF8));
+					CommitTransactionCommand();
+				}
+				else
+					out[i] = MemoryContextStrdup(d->cxt, v);
 			}
 			else
 				out[i] = NULL;
@@ -344,10 +361,10 @@ run_push(Driver *d, const char *ts)
 		local_exec(d, "SELECT morango.serialize($1, $2::text[])", 2,
 				   (const char *[]) {d->profile, d->filter}, 0, NULL);
 		local_exec(d, "UPDATE morango.transfer_sessions"
-				   " SET local_fsic = morango.fsic($2::text[]), stage = 'serializing', status = 'started',"
+				   " SET local_fsic = morango.fsic($3, $2::text[]), stage = 'serializing', status = 'started',"
 				   "     last_activity_at = now()"
 				   " WHERE id = $1::uuid RETURNING local_fsic::text",
-				   2, (const char *[]) {ts, d->filter}, 1, out);
+				   3, (const char *[]) {ts, d->filter, d->profile}, 1, out);
 		local_commit();
 		local_fsic = out[0];
 	}
@@ -464,10 +481,10 @@ run_pull(Driver *d, const char *ts)
 
 			local_step(d, "morango sync: fsic",
 					   "UPDATE morango.transfer_sessions"
-					   " SET local_fsic = morango.fsic($2::text[]), stage = 'serializing', status = 'started',"
+					   " SET local_fsic = morango.fsic($3, $2::text[]), stage = 'serializing', status = 'started',"
 					   "     last_activity_at = now()"
 					   " WHERE id = $1::uuid RETURNING local_fsic::text",
-					   2, (const char *[]) {ts, d->filter}, 1, out);
+					   3, (const char *[]) {ts, d->filter, d->profile}, 1, out);
 			local_fsic = out[0];
 		}
 
@@ -682,11 +699,12 @@ record_failure(Driver *d, const char *message, int retry_in_ms)
 		return;
 	snprintf(delay, sizeof(delay), "%d", retry_in_ms);
 	local_begin("morango sync: failed");
-	local_exec(d, "UPDATE morango.sync_sessions SET status = 'errored', last_error = $2,"
-			   " last_activity_at = now() WHERE id = $1::uuid",
+	/* last_activity_at is not touched: a sync that keeps failing still expires */
+	local_exec(d, "UPDATE morango.sync_sessions SET status = 'errored', last_error = $2"
+			   " WHERE id = $1::uuid AND active",
 			   2, (const char *[]) {d->session, message}, 0, NULL);
-	local_exec(d, "UPDATE morango.transfer_sessions SET status = 'errored', last_error = $2,"
-			   " last_activity_at = now() WHERE sync_session_id = $1::uuid AND active",
+	local_exec(d, "UPDATE morango.transfer_sessions SET status = 'errored', last_error = $2"
+			   " WHERE sync_session_id = $1::uuid AND active",
 			   2, (const char *[]) {d->session, message}, 0, NULL);
 	local_exec(d, "UPDATE morango.peer_status SET last_failure_at = now(),"
 			   " consecutive_failures = consecutive_failures + 1, last_error = $5,"
