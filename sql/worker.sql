@@ -34,9 +34,12 @@ SELECT morango.sync_wait('00000000-0000-0000-0000-000000000000');
 
 -- single flight: while a sync for the same peer, profile, filter and
 -- direction holds its lock, another one does not start (a peer by name)
-SELECT format('CREATE SERVER w2 FOREIGN DATA WRAPPER morango OPTIONS (host %L, port %L, dbname %L)',
-              '127.0.0.1', current_setting('port'), 'regress_morango_w2') \gexec
-SELECT format('CREATE USER MAPPING FOR CURRENT_USER SERVER w2 OPTIONS (user %L)', current_user) \gexec
+DO $$
+BEGIN
+    EXECUTE format('CREATE SERVER w2 FOREIGN DATA WRAPPER morango OPTIONS (host %L, port %L, dbname %L)',
+                   '127.0.0.1', current_setting('port'), 'regress_morango_w2');
+    EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER w2 OPTIONS (user %L)', current_user);
+END $$;
 SELECT pg_advisory_lock(hashtext('morango sync'), hashtext('w2|facilitydata|{""}|both'));
 SELECT morango.sync('w2', 'facilitydata');
 SELECT morango.sync_start('w2', 'facilitydata');
