@@ -14,6 +14,8 @@ OBJS = \
 	src/morango.o \
 	src/idrule.o \
 	src/filter.o \
+	src/scope.o \
+	src/crypto.o \
 	src/fsic.o \
 	src/fsic_sql.o \
 	src/subxact.o \
@@ -32,7 +34,7 @@ OBJS = \
 DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress: sql/*.sql against expected/*.out
-REGRESS      = setup idrule identity register capture serialize deserialize fsic edges \
+REGRESS      = setup idrule identity register capture serialize deserialize fsic edges certificates \
                transport sync worker
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
@@ -44,7 +46,7 @@ TAP_TESTS    = 1
 PROVE_TESTS  = $(wildcard test/t/*.pl)
 
 PG_CPPFLAGS  = -I$(libpq_srcdir) -Isrc $(shell pkg-config --cflags json-c)
-SHLIB_LINK   = $(libpq) $(shell pkg-config --libs json-c)
+SHLIB_LINK   = $(libpq) $(shell pkg-config --libs json-c) -lcrypto
 # -Wno-unused-parameter only for PostgreSQL's own headers (ilist.h, bufpage.h)
 PG_CFLAGS    = -Wall -Wextra -Wno-unused-parameter
 

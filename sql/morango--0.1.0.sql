@@ -1105,6 +1105,490 @@ COMMENT ON FUNCTION morango.unschedule(text, text, text[], text) IS
     'remove the pg_cron job of morango.schedule()';
 
 -- -------------------------------------------------------------------------
+-- Certificates and scopes (doc/design.md §10)
+--
+-- A certificate grants a public key a scope: read and write partition
+-- filters made from a scope definition's templates and the certificate's
+-- parameters.  A root certificate is self-signed and its filters must start
+-- with its own id (a hash of its key), so a forged root only ever covers its
+-- own namespace; every other certificate is signed by its parent's key and
+-- its scope lies within its parent's.  Private keys live in
+-- morango.certificate_keys, readable by the extension's owner alone, and no
+-- function returns them.
+-- -------------------------------------------------------------------------
+
+CREATE TABLE morango.scope_definitions (
+    id                          text PRIMARY KEY,
+    profile                     text NOT NULL,
+    version                     integer NOT NULL DEFAULT 1,
+    primary_scope_param_key     text NOT NULL,
+    description                 text NOT NULL DEFAULT '',
+    read_filter_template        text NOT NULL DEFAULT '',
+    write_filter_template       text NOT NULL DEFAULT '',
+    read_write_filter_template  text NOT NULL DEFAULT '',
+    CHECK (id <> '' AND profile <> '' AND primary_scope_param_key <> '')
+);
+COMMENT ON TABLE morango.scope_definitions IS
+    'scope templates: read = read_write + read lines, write = read_write + write lines, ${param} placeholders';
+
+CREATE TABLE morango.certificates (
+    id                  uuid PRIMARY KEY,
+    parent_id           uuid REFERENCES morango.certificates (id),
+    profile             text NOT NULL,
+    scope_definition_id text NOT NULL,
+    scope_version       integer NOT NULL,
+    scope_params        jsonb NOT NULL,
+    public_key          text NOT NULL,
+    salt                text NOT NULL DEFAULT '',
+    serialized          text NOT NULL,   -- the signed bytes, kept verbatim
+    signature           text NOT NULL,
+    read_filter         text[] NOT NULL, -- the scope, expanded when verified
+    write_filter        text[] NOT NULL,
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON morango.certificates (parent_id);
+COMMENT ON TABLE morango.certificates IS
+    'verified certificates, root first; serialized + signature are what travels';
+
+CREATE TABLE morango.certificate_keys (
+    certificate_id  uuid PRIMARY KEY REFERENCES morango.certificates (id) ON DELETE CASCADE,
+    private_key     text NOT NULL
+);
+COMMENT ON TABLE morango.certificate_keys IS
+    'private keys of the certificates this database holds; readable by the extension owner only';
+
+CREATE TABLE morango.nonces (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE morango.nonces IS 'single-use handshake nonces, valid for 60 seconds';
+
+SELECT pg_catalog.pg_extension_config_dump('morango.scope_definitions', '');
+SELECT pg_catalog.pg_extension_config_dump('morango.certificates', '');
+SELECT pg_catalog.pg_extension_config_dump('morango.certificate_keys', '');
+
+CREATE FUNCTION morango.key_generate(OUT private_key text, OUT public_key text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'morango_key_generate_sql'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION morango.key_generate() IS 'a new RSA-2048 key pair (internal)';
+
+CREATE FUNCTION morango.sign(private_key text, message text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'morango_sign_sql'
+LANGUAGE C IMMUTABLE STRICT;
+COMMENT ON FUNCTION morango.sign(text, text) IS
+    'RSASSA-PKCS1-v1_5/SHA-256 signature of the message, base64 (internal)';
+
+CREATE FUNCTION morango.verify(public_key text, message text, signature text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'morango_verify_sql'
+LANGUAGE C IMMUTABLE STRICT;
+COMMENT ON FUNCTION morango.verify(text, text, text) IS
+    'does the signature sign the message under the public key?';
+
+CREATE FUNCTION morango.public_key(key text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'morango_public_key_sql'
+LANGUAGE C IMMUTABLE STRICT;
+COMMENT ON FUNCTION morango.public_key(text) IS
+    'the canonical public key string (base64 PKCS#1) of a public key in any accepted form';
+
+CREATE FUNCTION morango.scope_filter(templates text[], params jsonb)
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'morango_scope_filter_sql'
+LANGUAGE C IMMUTABLE STRICT;
+COMMENT ON FUNCTION morango.scope_filter(text[], jsonb) IS
+    'the partition filter of scope templates expanded with parameters';
+
+CREATE FUNCTION morango.filter_within(a text[], b text[])
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'morango_filter_within_sql'
+LANGUAGE C IMMUTABLE STRICT;
+COMMENT ON FUNCTION morango.filter_within(text[], text[]) IS
+    'is every partition under filter a also under filter b?';
+
+-- the id rule of certificates: first 32 hex digits of sha256
+CREATE FUNCTION morango.sha2_uuid(value text)
+RETURNS uuid
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN substr(encode(sha256(convert_to(value, 'UTF8')), 'hex'), 1, 32)::uuid;
+
+/*
+ * The signed form of a certificate: Morango's JSON, in its key order, with
+ * ids as 32 hex digits and the parameters as a JSON string.
+ */
+CREATE FUNCTION morango.certificate_serialize(id uuid, parent_id uuid, profile text, salt text,
+                                              scope_definition_id text, scope_version integer,
+                                              scope_params jsonb, public_key text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('{"id": %s, "parent_id": %s, "profile": %s, "salt": %s, '
+              '"scope_definition_id": %s, "scope_version": %s, "scope_params": %s, '
+              '"public_key_string": %s}',
+              to_json(replace(id::text, '-', '')),
+              COALESCE(to_json(replace(parent_id::text, '-', ''))::text, 'null'),
+              to_json(profile), to_json(salt), to_json(scope_definition_id),
+              scope_version, to_json(scope_params::text), to_json(public_key));
+
+/*
+ * morango.certificate_check(serialized, signature) -> morango.certificates
+ *
+ * Verify one certificate against what this database already trusts: its id
+ * is the hash of its key, profile and salt; its scope definition is known;
+ * a root signs itself and its filters start with its id; a child's parent
+ * is stored here, signed it, has the same profile and a scope covering the
+ * child's.  Returns the row to store; raises invalid_authorization_
+ * specification naming the rule broken.  Stores nothing.
+ */
+CREATE FUNCTION morango.certificate_check(serialized text, signature text)
+RETURNS morango.certificates
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    doc     jsonb;
+    c       morango.certificates;
+    parent  morango.certificates;
+    sd      morango.scope_definitions;
+    hexid   text;
+BEGIN
+    IF serialized IS NULL OR signature IS NULL
+       OR octet_length(serialized) > 65536 OR octet_length(signature) > 4096 THEN
+        RAISE EXCEPTION 'a certificate needs its serialized form and a signature of bounded size'
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    BEGIN
+        doc := serialized::jsonb;
+        IF jsonb_typeof(doc) <> 'object'
+           OR jsonb_typeof(doc->'id') IS DISTINCT FROM 'string'
+           OR COALESCE(jsonb_typeof(doc->'parent_id'), 'missing') NOT IN ('string', 'null')
+           OR jsonb_typeof(doc->'profile') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(doc->'salt') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(doc->'scope_definition_id') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(doc->'scope_version') IS DISTINCT FROM 'number'
+           OR jsonb_typeof(doc->'scope_params') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(doc->'public_key_string') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
+        END IF;
+        c.id := (doc->>'id')::uuid;
+        c.parent_id := (doc->>'parent_id')::uuid;
+        c.scope_version := (doc->>'scope_version')::integer;
+        c.scope_params := (doc->>'scope_params')::jsonb;
+        IF jsonb_typeof(c.scope_params) <> 'object' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
+        END IF;
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range
+                   OR invalid_parameter_value THEN
+        RAISE EXCEPTION 'malformed certificate'
+            USING ERRCODE = 'invalid_authorization_specification',
+                  DETAIL = 'A certificate is a JSON object with id, parent_id, profile, salt, '
+                           'scope_definition_id, scope_version, scope_params and public_key_string.';
+    END;
+    c.profile := doc->>'profile';
+    c.salt := doc->>'salt';
+    c.scope_definition_id := doc->>'scope_definition_id';
+    c.public_key := doc->>'public_key_string';
+    c.serialized := serialized;
+    c.signature := signature;
+    c.created_at := now();
+    hexid := replace(c.id::text, '-', '');
+
+    IF c.id IS DISTINCT FROM morango.sha2_uuid(concat_ws(':', NULLIF(c.public_key, ''),
+                                                              NULLIF(c.profile, ''),
+                                                              NULLIF(c.salt, ''))) THEN
+        RAISE EXCEPTION 'certificate % has an invalid id', c.id
+            USING ERRCODE = 'invalid_authorization_specification',
+                  DETAIL = 'The id must be the hash of the public key, the profile and the salt.';
+    END IF;
+
+    SELECT * INTO sd FROM morango.scope_definitions WHERE id = c.scope_definition_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'certificate % names unknown scope definition "%"', c.id, c.scope_definition_id
+            USING ERRCODE = 'invalid_authorization_specification',
+                  HINT = 'Both sides need the same rows in morango.scope_definitions.';
+    END IF;
+    IF sd.profile <> c.profile THEN
+        RAISE EXCEPTION 'certificate % has profile "%" but its scope definition is for "%"',
+            c.id, c.profile, sd.profile USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    c.read_filter := morango.scope_filter(ARRAY[sd.read_write_filter_template,
+                                                sd.read_filter_template], c.scope_params);
+    c.write_filter := morango.scope_filter(ARRAY[sd.read_write_filter_template,
+                                                 sd.write_filter_template], c.scope_params);
+
+    IF c.parent_id IS NULL THEN
+        IF NOT morango.verify(c.public_key, serialized, signature) THEN
+            RAISE EXCEPTION 'certificate % has an invalid signature', c.id
+                USING ERRCODE = 'invalid_authorization_specification',
+                      DETAIL = 'A root certificate must be signed by its own key.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM unnest(c.read_filter || c.write_filter) f
+                   WHERE NOT starts_with(f, hexid)) THEN
+            RAISE EXCEPTION 'root certificate % has a scope outside its own id', c.id
+                USING ERRCODE = 'invalid_authorization_specification',
+                      DETAIL = 'Every filter of a root certificate must start with its id.';
+        END IF;
+    ELSE
+        SELECT * INTO parent FROM morango.certificates WHERE id = c.parent_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'the parent % of certificate % is unknown', c.parent_id, c.id
+                USING ERRCODE = 'invalid_authorization_specification',
+                      HINT = 'Send the whole chain, root first.';
+        END IF;
+        IF NOT morango.verify(parent.public_key, serialized, signature) THEN
+            RAISE EXCEPTION 'certificate % has an invalid signature', c.id
+                USING ERRCODE = 'invalid_authorization_specification',
+                      DETAIL = format('It must be signed by the key of its parent %s.', c.parent_id);
+        END IF;
+        IF parent.profile <> c.profile THEN
+            RAISE EXCEPTION 'certificate % has profile "%" but its parent has "%"',
+                c.id, c.profile, parent.profile USING ERRCODE = 'invalid_authorization_specification';
+        END IF;
+        IF NOT morango.filter_within(c.read_filter, parent.read_filter)
+           OR NOT morango.filter_within(c.write_filter, parent.write_filter) THEN
+            RAISE EXCEPTION 'certificate % is not within the scope of its parent %', c.id, c.parent_id
+                USING ERRCODE = 'invalid_authorization_specification',
+                      DETAIL = format('Read %s, write %s; the parent reads %s and writes %s.',
+                                      c.read_filter, c.write_filter,
+                                      parent.read_filter, parent.write_filter);
+        END IF;
+    END IF;
+    RETURN c;
+END
+$$;
+
+/*
+ * morango.scope_definition_get(id, params): the scope definition, raising
+ * when it does not exist or the parameters are not a JSON object.
+ */
+CREATE FUNCTION morango.scope_definition_get(scope_definition text, params jsonb)
+RETURNS morango.scope_definitions
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sd  morango.scope_definitions;
+BEGIN
+    SELECT * INTO sd FROM morango.scope_definitions WHERE id = scope_definition;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'scope definition "%" does not exist', scope_definition
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF params IS NULL OR jsonb_typeof(params) <> 'object' THEN
+        RAISE EXCEPTION 'scope parameters must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN sd;
+END
+$$;
+
+/*
+ * morango.create_root_certificate(scope_definition, params) -> uuid
+ *
+ * A new key pair and the self-signed certificate over it: the root of a
+ * dataset.  The scope's primary parameter is the certificate's own id.
+ */
+CREATE FUNCTION morango.create_root_certificate(scope_definition text, params jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sd  morango.scope_definitions;
+    kp  record;
+    cid uuid;
+    ser text;
+    c   morango.certificates;
+BEGIN
+    sd := morango.scope_definition_get(scope_definition, params);
+    kp := morango.key_generate();
+    cid := morango.sha2_uuid(kp.public_key || ':' || sd.profile);
+    params := params || jsonb_build_object(sd.primary_scope_param_key, replace(cid::text, '-', ''));
+    ser := morango.certificate_serialize(cid, NULL, sd.profile, '', sd.id, sd.version, params,
+                                         kp.public_key);
+    c := morango.certificate_check(ser, morango.sign(kp.private_key, ser));
+    INSERT INTO morango.certificates SELECT (c).*;
+    INSERT INTO morango.certificate_keys VALUES (cid, kp.private_key);
+    RETURN cid;
+END
+$$;
+
+/*
+ * morango.issue_certificate(parent, scope_definition, params, public_key) -> uuid
+ *
+ * Sign a child of `parent` (whose private key this database holds).  With a
+ * public key, the child is for someone else (a signing request); without,
+ * a key pair is made here and its private key kept.
+ */
+CREATE FUNCTION morango.issue_certificate(parent uuid, scope_definition text, params jsonb,
+                                          public_key text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sd      morango.scope_definitions;
+    pkey    text;
+    kp      record;
+    pub     text;
+    salt    text := replace(gen_random_uuid()::text, '-', '');
+    cid     uuid;
+    ser     text;
+    c       morango.certificates;
+BEGIN
+    SELECT private_key INTO pkey FROM morango.certificate_keys WHERE certificate_id = parent;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'this database does not hold the private key of certificate %', parent
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    sd := morango.scope_definition_get(scope_definition, params);
+    IF public_key IS NULL THEN
+        kp := morango.key_generate();
+        pub := kp.public_key;
+    ELSE
+        pub := morango.public_key(public_key);
+    END IF;
+    cid := morango.sha2_uuid(pub || ':' || sd.profile || ':' || salt);
+    ser := morango.certificate_serialize(cid, parent, sd.profile, salt, sd.id, sd.version, params, pub);
+    c := morango.certificate_check(ser, morango.sign(pkey, ser));
+    INSERT INTO morango.certificates SELECT (c).*;
+    IF public_key IS NULL THEN
+        INSERT INTO morango.certificate_keys VALUES (cid, kp.private_key);
+    END IF;
+    RETURN cid;
+END
+$$;
+
+/*
+ * morango.certificate_chain(certificate uuid) -> jsonb
+ *
+ * The chain from the root down to `certificate`, as an array of
+ * {"serialized": ..., "signature": ...}: what a peer needs to verify it.
+ */
+CREATE FUNCTION morango.certificate_chain(certificate uuid)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    chain jsonb;
+BEGIN
+    WITH RECURSIVE up AS (
+        SELECT c.id, c.parent_id, c.serialized, c.signature, 0 AS depth
+        FROM morango.certificates c WHERE c.id = certificate
+        UNION ALL
+        SELECT p.id, p.parent_id, p.serialized, p.signature, up.depth + 1
+        FROM morango.certificates p JOIN up ON p.id = up.parent_id
+    )
+    SELECT jsonb_agg(jsonb_build_object('serialized', serialized, 'signature', signature)
+                     ORDER BY depth DESC)
+    INTO chain FROM up;
+    IF chain IS NULL THEN
+        RAISE EXCEPTION 'certificate % does not exist', certificate USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN chain;
+END
+$$;
+
+/*
+ * morango.save_certificate_chain(chain jsonb) -> uuid
+ *
+ * Verify a chain (root first, each element the parent of the next) and store
+ * the certificates not yet known; returns the last one's id.  A certificate
+ * already stored must be byte-identical.  All or nothing.
+ */
+CREATE FUNCTION morango.save_certificate_chain(chain jsonb)
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    elem    jsonb;
+    cid     uuid;
+    cparent uuid;
+    c       morango.certificates;
+    known   morango.certificates;
+    prev    uuid;
+    i       integer := 0;
+BEGIN
+    IF jsonb_typeof(chain) IS DISTINCT FROM 'array' OR jsonb_array_length(chain) = 0
+       OR jsonb_array_length(chain) > 32 THEN
+        RAISE EXCEPTION 'a certificate chain is a JSON array of 1 to 32 certificates, root first'
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    FOR elem IN SELECT e FROM jsonb_array_elements(chain) e LOOP
+        IF jsonb_typeof(elem->'serialized') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(elem->'signature') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'element % of the certificate chain needs "serialized" and "signature"', i
+                USING ERRCODE = 'invalid_authorization_specification';
+        END IF;
+        BEGIN
+            cid := ((elem->>'serialized')::jsonb->>'id')::uuid;
+            cparent := ((elem->>'serialized')::jsonb->>'parent_id')::uuid;
+        EXCEPTION WHEN invalid_text_representation THEN
+            RAISE EXCEPTION 'malformed certificate at element % of the chain', i
+                USING ERRCODE = 'invalid_authorization_specification';
+        END;
+        IF cid IS NULL OR cparent IS DISTINCT FROM prev THEN
+            RAISE EXCEPTION 'the certificate chain is broken at element %', i
+                USING ERRCODE = 'invalid_authorization_specification',
+                      DETAIL = 'The first certificate must be a root and each next one a child of the one before.';
+        END IF;
+        SELECT * INTO known FROM morango.certificates WHERE id = cid;
+        IF FOUND THEN
+            IF known.serialized <> elem->>'serialized' OR known.signature <> elem->>'signature' THEN
+                RAISE EXCEPTION 'certificate % differs from the one stored here', cid
+                    USING ERRCODE = 'invalid_authorization_specification';
+            END IF;
+        ELSE
+            c := morango.certificate_check(elem->>'serialized', elem->>'signature');
+            INSERT INTO morango.certificates SELECT (c).*;
+        END IF;
+        prev := cid;
+        i := i + 1;
+    END LOOP;
+    RETURN prev;
+END
+$$;
+
+/*
+ * morango.nonce() -> uuid: a fresh single-use nonce.
+ * morango.nonce_use(uuid): consume it; raises unless it exists and is under
+ * 60 seconds old.  Expired nonces are purged on the way.
+ */
+CREATE FUNCTION morango.nonce()
+RETURNS uuid
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    DELETE FROM morango.nonces WHERE created_at < clock_timestamp() - interval '60 seconds';
+    INSERT INTO morango.nonces DEFAULT VALUES RETURNING id;
+END;
+
+CREATE FUNCTION morango.nonce_use(nonce uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    made timestamptz;
+BEGIN
+    DELETE FROM morango.nonces WHERE id = nonce RETURNING created_at INTO made;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown or already used nonce'
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    IF made < clock_timestamp() - interval '60 seconds' THEN
+        RAISE EXCEPTION 'expired nonce'
+            USING ERRCODE = 'invalid_authorization_specification',
+                  HINT = 'A nonce must be used within 60 seconds.';
+    END IF;
+END
+$$;
+
+-- -------------------------------------------------------------------------
 -- Keep morango.models in step with dropped tables
 -- -------------------------------------------------------------------------
 

@@ -73,6 +73,17 @@ extern void morango_check_filter(ArrayType *filter);
 extern bool morango_partition_in_filter(const char *partition,
 										const char *const *prefixes, int nprefixes);
 
+/* scope.c: certificate scopes (pure) */
+extern char *morango_scope_expand_line(const char *line,
+									   const char *(*lookup) (const char *name, void *arg),
+									   void *arg);
+extern bool morango_filter_within(const char *const *a, int na,
+								  const char *const *b, int nb);
+
+/* crypto.c: RSA keys and signatures (libcrypto, pure) */
+extern bool morango_verify(const char *public_key, const char *msg, size_t len,
+						   const char *sig_b64);
+
 /* subxact.c */
 extern ErrorData *morango_try(void (*fn) (void *arg), void *arg);
 
