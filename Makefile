@@ -29,13 +29,14 @@ OBJS = \
 	src/buffer.o \
 	src/dequeue.o \
 	src/transport.o \
+	src/certify.o \
 	src/sync.o
 
 DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress: sql/*.sql against expected/*.out
 REGRESS      = setup idrule identity register capture serialize deserialize fsic edges certificates \
-               transport sync worker
+               transport sync scopes worker
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
 ISOLATION      = serialize_commit_order deserialize_vs_local_edit

@@ -530,6 +530,8 @@ DECLARE
     ts      morango.transfer_sessions;
     resumed boolean := true;
 BEGIN
+    -- certificates: may this filter flow, in this direction? (raises if not)
+    PERFORM morango.session_scope_check(sync_session, profile, is_server = push, filter);
     SELECT * INTO ss FROM morango.sync_sessions WHERE id = sync_session FOR UPDATE;
     IF NOT FOUND THEN
         INSERT INTO morango.sync_sessions (id, profile, is_server, peer, filter, direction,
@@ -890,7 +892,10 @@ BEGIN
                    'morango.peer_pull_chunk(uuid, bigint, integer), '
                    'morango.peer_push_chunk(uuid, jsonb), '
                    'morango.peer_finish(uuid, bigint), '
-                   'morango.peer_close(uuid, text) TO %s', role);
+                   'morango.peer_close(uuid, text), '
+                   'morango.peer_nonce(), '
+                   'morango.peer_authenticate(uuid, text, jsonb, uuid, uuid, text), '
+                   'morango.peer_certificate_sign(uuid, text, jsonb, text) TO %s', role);
 END
 $$;
 COMMENT ON FUNCTION morango.grant_peer(regrole) IS
@@ -904,11 +909,12 @@ COMMENT ON FUNCTION morango.grant_peer(regrole) IS
  * session id; raises the sync's error if it failed.
  */
 CREATE FUNCTION morango.sync(peer text, profile text, filter text[] DEFAULT NULL,
-                             direction text DEFAULT 'both', chunk_size integer DEFAULT NULL)
+                             direction text DEFAULT 'both', chunk_size integer DEFAULT NULL,
+                             certificate uuid DEFAULT NULL, peer_certificate uuid DEFAULT NULL)
 RETURNS uuid
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'morango_sync';
-COMMENT ON FUNCTION morango.sync(text, text, text[], text, integer) IS
+COMMENT ON FUNCTION morango.sync(text, text, text[], text, integer, uuid, uuid) IS
     'sync with a peer (pull, push or both) and return the sync session id';
 
 -- -------------------------------------------------------------------------
@@ -936,11 +942,12 @@ CREATE TABLE morango.peer_status (
 SELECT pg_catalog.pg_extension_config_dump('morango.peer_status', '');
 
 CREATE FUNCTION morango.sync_start(peer text, profile text, filter text[] DEFAULT NULL,
-                                   direction text DEFAULT 'both', chunk_size integer DEFAULT NULL)
+                                   direction text DEFAULT 'both', chunk_size integer DEFAULT NULL,
+                                   certificate uuid DEFAULT NULL, peer_certificate uuid DEFAULT NULL)
 RETURNS uuid
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'morango_sync_start';
-COMMENT ON FUNCTION morango.sync_start(text, text, text[], text, integer) IS
+COMMENT ON FUNCTION morango.sync_start(text, text, text[], text, integer, uuid, uuid) IS
     'start a sync in a background worker (with retries) and return its session id at once';
 
 /* a sync session's worker, if one runs it now */
@@ -1054,14 +1061,15 @@ COMMENT ON VIEW morango.peers IS 'per peer: how its syncs went and when the next
  * (cron.database_name).  Returns the pg_cron job id.
  */
 CREATE FUNCTION morango.schedule(peer text, cron text, profile text, filter text[] DEFAULT NULL,
-                                 direction text DEFAULT 'both')
+                                 direction text DEFAULT 'both', certificate uuid DEFAULT NULL,
+                                 peer_certificate uuid DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cmd  text := format('SELECT morango.sync_start(%L, %L, %L::text[], %L)',
-                        peer, profile, filter, direction);
+    cmd  text := format('SELECT morango.sync_start(%L, %L, %L::text[], %L, NULL, %L::uuid, %L::uuid)',
+                        peer, profile, filter, direction, certificate, peer_certificate);
     name text := format('morango sync %s %s %s %s', peer, profile,
                         COALESCE(filter::text, '{}'), direction);
 BEGIN
@@ -1083,7 +1091,7 @@ BEGIN
     RETURN cron.schedule_in_database(name, cron, cmd, current_database());
 END
 $$;
-COMMENT ON FUNCTION morango.schedule(text, text, text, text[], text) IS
+COMMENT ON FUNCTION morango.schedule(text, text, text, text[], text, uuid, uuid) IS
     'schedule a recurring background sync through pg_cron; returns the job id';
 
 CREATE FUNCTION morango.unschedule(peer text, profile text, filter text[] DEFAULT NULL,
@@ -1585,6 +1593,345 @@ BEGIN
             USING ERRCODE = 'invalid_authorization_specification',
                   HINT = 'A nonce must be used within 60 seconds.';
     END IF;
+END
+$$;
+
+/*
+ * Which certificates a sync session runs under, on each side: ours and the
+ * peer's, proven by the handshake (peer_authenticate on the server,
+ * session_authenticate on the client).  A session is bound to its
+ * certificates: authenticating it again with others is refused.
+ */
+CREATE TABLE morango.session_certificates (
+    sync_session_id         uuid PRIMARY KEY,
+    local_certificate_id    uuid NOT NULL REFERENCES morango.certificates (id),
+    peer_certificate_id     uuid NOT NULL REFERENCES morango.certificates (id),
+    authenticated_at        timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('morango.session_certificates', '');
+
+/*
+ * Who may obtain certificates from this database over the peer API
+ * (morango.peer_certificate_sign): members of `role`, for children of
+ * `parent_id` with this scope definition and parameters that contain
+ * `params` (so '{"user_id": "u1"}' limits a role to user u1's scope).
+ */
+CREATE TABLE morango.certificate_signers (
+    role                name NOT NULL,
+    parent_id           uuid NOT NULL REFERENCES morango.certificates (id) ON DELETE CASCADE,
+    scope_definition_id text NOT NULL REFERENCES morango.scope_definitions (id) ON DELETE CASCADE,
+    params              jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (role, parent_id, scope_definition_id, params)
+);
+SELECT pg_catalog.pg_extension_config_dump('morango.certificate_signers', '');
+
+CREATE FUNCTION morango.uncertified_sync_allowed()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'morango_uncertified_sync_allowed'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION morango.uncertified_sync_allowed() IS
+    'the value of morango.allow_uncertified_sync (superuser-only setting)';
+
+/*
+ * morango.certificate_sign(certificate, message) -> text: sign with the
+ * private key of one of our certificates (internal).
+ */
+CREATE FUNCTION morango.certificate_sign(certificate uuid, message text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k text;
+BEGIN
+    SELECT private_key INTO k FROM morango.certificate_keys WHERE certificate_id = certificate;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'this database does not hold the private key of certificate %', certificate
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    RETURN morango.sign(k, message);
+END
+$$;
+
+/*
+ * morango.session_bind(sync_session, profile, local, peer): check both
+ * certificates are for the profile and record them for the session.
+ */
+CREATE FUNCTION morango.session_bind(sync_session uuid, profile text, local_certificate uuid,
+                                     peer_certificate uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bound morango.session_certificates;
+BEGIN
+    IF EXISTS (SELECT 1 FROM morango.certificates c
+               WHERE c.id IN (local_certificate, peer_certificate)
+                 AND c.profile <> session_bind.profile) THEN
+        RAISE EXCEPTION 'the certificates of sync session % are not for profile "%"', sync_session, profile
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    SELECT * INTO bound FROM morango.session_certificates WHERE sync_session_id = sync_session;
+    IF NOT FOUND THEN
+        INSERT INTO morango.session_certificates (sync_session_id, local_certificate_id, peer_certificate_id)
+        VALUES (sync_session, local_certificate, peer_certificate);
+    ELSIF bound.local_certificate_id <> local_certificate OR bound.peer_certificate_id <> peer_certificate THEN
+        RAISE EXCEPTION 'sync session % runs under other certificates', sync_session
+            USING ERRCODE = 'invalid_authorization_specification';
+    ELSE
+        UPDATE morango.session_certificates SET authenticated_at = now()
+        WHERE sync_session_id = sync_session;
+    END IF;
+END
+$$;
+
+/*
+ * morango.peer_nonce() -> uuid: a nonce for the handshake (peer API).
+ */
+CREATE FUNCTION morango.peer_nonce()
+RETURNS uuid
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN morango.nonce();
+
+/*
+ * morango.peer_authenticate(sync_session, profile, client_chain,
+ *                           server_certificate, nonce, signature) -> jsonb
+ *
+ * The server's half of the handshake (peer API).  The client sends its
+ * certificate chain and its signature of "<nonce>:<sync_session>" made with
+ * its certificate's key; the server verifies and stores the chain, checks
+ * the signature, consumes the nonce, binds the session to both certificates
+ * and answers {"chain": its own chain, "signature": its signature of the
+ * same message}, proving it holds server_certificate's key.
+ */
+CREATE FUNCTION morango.peer_authenticate(sync_session uuid, profile text, client_chain jsonb,
+                                          server_certificate uuid, nonce uuid, signature text)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    client  uuid;
+    message text := nonce::text || ':' || sync_session::text;
+BEGIN
+    IF sync_session IS NULL OR profile IS NULL OR client_chain IS NULL OR server_certificate IS NULL
+       OR nonce IS NULL OR signature IS NULL OR octet_length(signature) > 4096
+       OR octet_length(client_chain::text) > 1048576 THEN
+        RAISE EXCEPTION 'peer_authenticate: an argument is missing or too large'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM morango.nonce_use(nonce);
+    IF NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = server_certificate) THEN
+        RAISE EXCEPTION 'this peer does not hold certificate %', server_certificate
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    client := morango.save_certificate_chain(client_chain);
+    IF NOT morango.verify((SELECT public_key FROM morango.certificates WHERE id = client), message, signature) THEN
+        RAISE EXCEPTION 'the client''s signature does not match certificate %', client
+            USING ERRCODE = 'invalid_authorization_specification',
+                  DETAIL = 'The client must sign "<nonce>:<sync session>" with its certificate''s key.';
+    END IF;
+    PERFORM morango.session_bind(sync_session, profile, server_certificate, client);
+    RETURN jsonb_build_object('chain', morango.certificate_chain(server_certificate),
+                              'signature', morango.certificate_sign(server_certificate, message));
+END
+$$;
+
+/*
+ * morango.session_authenticate(sync_session, profile, local_certificate,
+ *                              peer_certificate, peer_chain, peer_signature, nonce)
+ *
+ * The client's half: verify and store the server's chain, check it is the
+ * certificate we asked for and that its key signed "<nonce>:<sync_session>",
+ * and bind the session to both certificates.
+ */
+CREATE FUNCTION morango.session_authenticate(sync_session uuid, profile text, local_certificate uuid,
+                                             peer_certificate uuid, peer_chain jsonb,
+                                             peer_signature text, nonce uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    got uuid;
+BEGIN
+    got := morango.save_certificate_chain(peer_chain);
+    IF got <> peer_certificate THEN
+        RAISE EXCEPTION 'the peer presented certificate % instead of %', got, peer_certificate
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    IF peer_signature IS NULL
+       OR NOT morango.verify((SELECT public_key FROM morango.certificates WHERE id = got),
+                             nonce::text || ':' || sync_session::text, peer_signature) THEN
+        RAISE EXCEPTION 'the peer could not prove it holds certificate %', got
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    PERFORM morango.session_bind(sync_session, profile, local_certificate, got);
+END
+$$;
+
+/*
+ * morango.session_scope_check(sync_session, profile, we_receive, filter)
+ *   -> text[]
+ *
+ * May records under `filter` flow in this transfer?  With certificates, the
+ * filter must lie within the sender's write scope and the receiver's read
+ * scope (Morango's rule: push, within the client's write and the server's
+ * read; pull, the reverse).  Without, the session is refused when this
+ * database holds a certificate for the profile, unless
+ * morango.allow_uncertified_sync is on.  Returns the sender's write filter,
+ * or NULL for an uncertified session.
+ */
+CREATE FUNCTION morango.session_scope_check(sync_session uuid, profile text, we_receive boolean,
+                                            filter text[])
+RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bound   morango.session_certificates;
+    mine    morango.certificates;
+    theirs  morango.certificates;
+    sender  morango.certificates;
+    recv    morango.certificates;
+BEGIN
+    filter := COALESCE(filter, ARRAY['']);
+    SELECT * INTO bound FROM morango.session_certificates WHERE sync_session_id = sync_session;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM morango.certificates c
+                   JOIN morango.certificate_keys k ON k.certificate_id = c.id
+                   WHERE c.profile = session_scope_check.profile)
+           AND NOT morango.uncertified_sync_allowed() THEN
+            RAISE EXCEPTION 'this database requires a certificate to sync profile "%"', profile
+                USING ERRCODE = 'invalid_authorization_specification',
+                      HINT = 'Pass certificate and peer_certificate to morango.sync(), '
+                             'or set morango.allow_uncertified_sync between trusted servers.';
+        END IF;
+        RETURN NULL;
+    END IF;
+    SELECT * INTO mine FROM morango.certificates WHERE id = bound.local_certificate_id;
+    SELECT * INTO theirs FROM morango.certificates WHERE id = bound.peer_certificate_id;
+    IF we_receive THEN
+        sender := theirs; recv := mine;
+    ELSE
+        sender := mine; recv := theirs;
+    END IF;
+    IF NOT morango.filter_within(filter, sender.write_filter) THEN
+        RAISE EXCEPTION 'filter % is outside the write scope of the sender''s certificate', filter
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('Certificate %s writes %s.', sender.id, sender.write_filter);
+    END IF;
+    IF NOT morango.filter_within(filter, recv.read_filter) THEN
+        RAISE EXCEPTION 'filter % is outside the read scope of the receiver''s certificate', filter
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('Certificate %s reads %s.', recv.id, recv.read_filter);
+    END IF;
+    RETURN sender.write_filter;
+END
+$$;
+
+/*
+ * morango.grant_certificate_signing(role, parent, scope_definition, params)
+ *
+ * Let members of `role`, connected as a peer, obtain children of `parent`
+ * with this scope definition and parameters containing `params`.
+ */
+CREATE FUNCTION morango.grant_certificate_signing(role regrole, parent uuid, scope_definition text,
+                                                  params jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = parent) THEN
+        RAISE EXCEPTION 'this database does not hold the private key of certificate %', parent
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    PERFORM morango.scope_definition_get(scope_definition, params);
+    INSERT INTO morango.certificate_signers (role, parent_id, scope_definition_id, params)
+    VALUES (role::text, parent, scope_definition, params)
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
+/*
+ * morango.peer_certificate_sign(parent, scope_definition, params, public_key)
+ *   -> jsonb
+ *
+ * The server side of a certificate signing request (peer API): if the role
+ * that connected may obtain this scope (morango.certificate_signers), sign
+ * a child of `parent` for `public_key` and return its chain.
+ */
+CREATE FUNCTION morango.peer_certificate_sign(parent uuid, scope_definition text, params jsonb,
+                                              public_key text)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    issued uuid;
+BEGIN
+    IF parent IS NULL OR scope_definition IS NULL OR params IS NULL OR public_key IS NULL
+       OR octet_length(public_key) > 4096 OR octet_length(params::text) > 65536 THEN
+        RAISE EXCEPTION 'peer_certificate_sign: an argument is missing or too large'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM morango.certificate_signers s
+                   WHERE s.parent_id = parent AND s.scope_definition_id = scope_definition
+                     AND peer_certificate_sign.params @> s.params
+                     AND pg_has_role(session_user, s.role, 'MEMBER')) THEN
+        RAISE EXCEPTION 'role "%" may not obtain certificates of scope "%" under certificate %',
+            session_user, scope_definition, parent
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'On that database, run morango.grant_certificate_signing().';
+    END IF;
+    -- two statements: the chain must see the new certificate
+    issued := morango.issue_certificate(parent, scope_definition, params, public_key);
+    RETURN morango.certificate_chain(issued);
+END
+$$;
+
+/*
+ * morango.peer_request_signature(peer, parent, scope_definition, params,
+ *                                public_key) -> jsonb
+ *
+ * Call peer_certificate_sign on a peer over libpq (internal).
+ */
+CREATE FUNCTION morango.peer_request_signature(peer text, parent uuid, scope_definition text,
+                                               params jsonb, public_key text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'morango_peer_request_signature'
+LANGUAGE C VOLATILE STRICT;
+
+/*
+ * morango.request_certificate(peer, parent, scope_definition, params) -> uuid
+ *
+ * Make a key pair, have the peer sign a certificate for it under `parent`
+ * (the peer decides by the role we connect as), verify and store the chain
+ * with our private key.  Returns the new certificate's id.
+ */
+CREATE FUNCTION morango.request_certificate(peer text, parent uuid, scope_definition text,
+                                            params jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kp  record;
+    cid uuid;
+BEGIN
+    kp := morango.key_generate();
+    cid := morango.save_certificate_chain(
+        morango.peer_request_signature(peer, parent, scope_definition, params, kp.public_key));
+    IF (SELECT public_key FROM morango.certificates WHERE id = cid) <> kp.public_key
+       OR (SELECT parent_id FROM morango.certificates WHERE id = cid) IS DISTINCT FROM parent THEN
+        RAISE EXCEPTION 'the peer answered with a certificate for another key or parent'
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    INSERT INTO morango.certificate_keys VALUES (cid, kp.private_key);
+    RETURN cid;
 END
 $$;
 

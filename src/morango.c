@@ -40,7 +40,12 @@ int			morango_retry_limit = 5;
 int			morango_retry_delay = 10000;
 int			morango_retry_max_delay = 900000;
 
+/* morango.allow_uncertified_sync: sync without certificates where we hold some */
+bool		morango_allow_uncertified_sync = false;
+
 void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(morango_uncertified_sync_allowed);
 
 /*
  * _PG_init
@@ -122,7 +127,28 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("morango.allow_uncertified_sync",
+							 "Allows sync sessions without certificates for profiles this database holds a certificate for.",
+							 "Only for trusted servers on a trusted network.",
+							 &morango_allow_uncertified_sync,
+							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("morango");
 
 	morango_capture_init();
+}
+
+/*
+ * morango.uncertified_sync_allowed() -> boolean
+ *
+ * The setting as this module sees it (a C function, so the module is loaded
+ * and the superuser-only setting is defined before it is read).
+ */
+Datum
+morango_uncertified_sync_allowed(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(morango_allow_uncertified_sync);
 }

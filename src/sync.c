@@ -82,6 +82,8 @@ typedef struct SyncArgs
 	int			stage_timeout_ms;
 	int			connect_timeout_s;
 	char		direction[8];
+	char		certificate[UUID_LEN * 2 + 5];	/* ours, text; "" for none */
+	char		peer_certificate[UUID_LEN * 2 + 5];
 	/* handshake: the worker says which session it runs (or is running) */
 	bool		ready;
 	bool		already_running;
@@ -574,6 +576,37 @@ run_pull(Driver *d, const char *ts)
  * One attempt at the whole sync: connect, run the directions, close the
  * session on both sides.  The session was chosen by start_session().
  */
+/*
+ * The certificate handshake (doc/protocol.md, "Certificates"): get a nonce
+ * from the peer, send our chain and our signature of "<nonce>:<session>",
+ * then check the peer's chain and its signature of the same message.  Both
+ * sides bind the session to the two certificates; transfer_open then
+ * checks every transfer's filter against their scopes.
+ */
+static void
+authenticate(Driver *d)
+{
+	char	   *nonce[1];
+	char	   *mine[2];
+	char	   *theirs[2];
+
+	if (d->args->certificate[0] == '\0')
+		return;
+	remote_call(d, "SELECT morango.peer_nonce()::text", 0, NULL, 1, nonce);
+	local_step(d, "morango sync: sign",
+			   "SELECT morango.certificate_chain($1::uuid)::text,"
+			   "       morango.certificate_sign($1::uuid, $2 || ':' || $3)",
+			   3, (const char *[]) {d->args->certificate, nonce[0], d->session}, 2, mine);
+	remote_call(d, "SELECT r->>'chain', r->>'signature'"
+				" FROM morango.peer_authenticate($1::uuid, $2, $3::jsonb, $4::uuid, $5::uuid, $6) AS r",
+				6, (const char *[]) {d->session, d->profile, mine[0], d->args->peer_certificate,
+					nonce[0], mine[1]}, 2, theirs);
+	local_step(d, "morango sync: verify the peer",
+			   "SELECT morango.session_authenticate($1::uuid, $2, $3::uuid, $4::uuid, $5::jsonb, $6, $7::uuid)",
+			   7, (const char *[]) {d->session, d->profile, d->args->certificate,
+				   d->args->peer_certificate, theirs[0], theirs[1], nonce[0]}, 0, NULL);
+}
+
 static void
 sync_run(Driver *d)
 {
@@ -586,6 +619,7 @@ sync_run(Driver *d)
 	StartTransactionCommand();
 	d->conn = morango_peer_connect(d->peer, "morango sync", d->args->connect_timeout_s);
 	CommitTransactionCommand();
+	authenticate(d);
 
 	if (pull)
 	{
@@ -957,6 +991,11 @@ launch(FunctionCallInfo fcinfo, bool background, dsm_segment **seg_out)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("direction must be 'both', 'push' or 'pull', not \"%s\"", direction)));
 	chunk_size = PG_ARGISNULL(4) ? morango_chunk_size : PG_GETARG_INT32(4);
+	if (PG_ARGISNULL(5) != PG_ARGISNULL(6))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("certificate and peer_certificate go together"),
+				 errhint("Pass this database's certificate and the one the peer is to prove it holds.")));
 	if (chunk_size < 1 || chunk_size > 100000)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -978,6 +1017,15 @@ launch(FunctionCallInfo fcinfo, bool background, dsm_segment **seg_out)
 	args->stage_timeout_ms = morango_stage_timeout;
 	args->connect_timeout_s = morango_connect_timeout;
 	strlcpy(args->direction, direction, sizeof(args->direction));
+	if (!PG_ARGISNULL(5))
+	{
+		strlcpy(args->certificate,
+				DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(5))),
+				sizeof(args->certificate));
+		strlcpy(args->peer_certificate,
+				DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(6))),
+				sizeof(args->peer_certificate));
+	}
 	args->peer_off = 0;
 	strcpy(args->data, peer);
 	args->profile_off = strlen(peer) + 1;

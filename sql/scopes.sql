@@ -1,0 +1,222 @@
+--
+-- scopes: certificates in sync sessions.  The seed's story: Facility owns
+-- a dataset; Home (a learner's device, single-user scope) gets a
+-- certificate through a signing request and syncs its own data and the
+-- facility-wide read-only data; City (full facility) syncs with Facility,
+-- then with Cloud; a second City device syncing with Cloud then holds
+-- Facility's data.  Then every refusal, each changing nothing.
+--
+\set VERBOSITY terse
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS regress_scope_facility;
+DROP DATABASE IF EXISTS regress_scope_home;
+DROP DATABASE IF EXISTS regress_scope_city;
+DROP DATABASE IF EXISTS regress_scope_city2;
+DROP DATABASE IF EXISTS regress_scope_cloud;
+DROP DATABASE IF EXISTS regress_scope_stranger;
+CREATE DATABASE regress_scope_facility;
+CREATE DATABASE regress_scope_home;
+CREATE DATABASE regress_scope_city;
+CREATE DATABASE regress_scope_city2;
+CREATE DATABASE regress_scope_cloud;
+CREATE DATABASE regress_scope_stranger;
+-- the roles peers connect as: a plain peer, an admin, learner u1
+DO $$ BEGIN
+    CREATE ROLE regress_scope_peer LOGIN;
+    CREATE ROLE regress_scope_admin LOGIN;
+    CREATE ROLE regress_scope_u1 LOGIN;
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+RESET client_min_messages;
+SELECT format('host=127.0.0.1 port=%s dbname=%%s user=%%s', current_setting('port')) AS conn \gset
+SELECT format(:'conn', 'regress_scope_facility', 'regress_scope_peer') AS facility,
+       format(:'conn', 'regress_scope_facility', 'regress_scope_admin') AS facility_admin,
+       format(:'conn', 'regress_scope_facility', 'regress_scope_u1') AS facility_u1,
+       format(:'conn', 'regress_scope_cloud', 'regress_scope_peer') AS cloud,
+       format(:'conn', 'regress_scope_cloud', 'regress_scope_admin') AS cloud_admin
+\gset
+
+\c regress_scope_facility
+\i sql/scopes_schema.psql
+
+-- Facility: the root of the dataset, its data, and who may get certificates
+SELECT morango.create_root_certificate('full-facility') AS root \gset
+SELECT replace(:'root', '-', '') AS ds \gset
+SELECT morango.grant_peer('regress_scope_peer'), morango.grant_peer('regress_scope_admin'),
+       morango.grant_peer('regress_scope_u1');
+SELECT morango.grant_certificate_signing('regress_scope_admin', :'root', 'full-facility');
+SELECT morango.grant_certificate_signing('regress_scope_u1', :'root', 'single-user', '{"user_id": "u1"}');
+INSERT INTO note VALUES ('n1', :'ds', 'allusers-ro', 'timetable'),
+                        ('n2', :'ds', 'user-ro:u1', 'u1 grades'),
+                        ('n3', :'ds', 'user-rw:u1', 'u1 essay'),
+                        ('n4', :'ds', 'user-rw:u2', 'u2 essay'),
+                        ('n5', :'ds', 'user-ro:u2', 'u2 grades'),
+                        ('n6', :'ds', 'staff', 'staff notes');
+
+-- Home: learner u1's device asks Facility for a single-user certificate
+\c regress_scope_home
+\i sql/scopes_schema.psql
+SELECT morango.request_certificate(:'facility_u1', :'root', 'single-user',
+           jsonb_build_object('dataset_id', :'ds', 'user_id', 'u1')) AS home \gset
+SELECT (SELECT count(*) FROM morango.certificates) AS chain_stored,
+       (SELECT count(*) FROM morango.certificate_keys) AS keys_here,
+       (SELECT certificate_id FROM morango.certificate_keys) = :'home' AS key_is_home;
+-- Home pulls what it may read, and pushes what it may write
+SELECT morango.sync(:'facility', 'facilitydata',
+                    ARRAY[:'ds' || ':user-rw:u1', :'ds' || ':allusers-ro', :'ds' || ':user-ro:u1'],
+                    'pull', certificate => :'home', peer_certificate => :'root') IS NOT NULL AS pulled;
+SELECT * FROM notes;
+INSERT INTO note VALUES ('n7', :'ds', 'user-rw:u1', 'u1 homework');
+SELECT morango.sync(:'facility', 'facilitydata', ARRAY[:'ds' || ':user-rw:u1'], 'push',
+                    certificate => :'home', peer_certificate => :'root') IS NOT NULL AS pushed;
+\c regress_scope_facility
+SELECT * FROM notes WHERE id = 'n7';
+SELECT count(*) AS sessions_bound FROM morango.session_certificates;
+
+-- City: a full-facility device, through the admin role
+\c regress_scope_city
+\i sql/scopes_schema.psql
+SELECT morango.request_certificate(:'facility_admin', :'root', 'full-facility',
+           jsonb_build_object('dataset_id', :'ds')) AS city \gset
+SELECT morango.sync(:'facility', 'facilitydata', ARRAY[:'ds'],
+                    certificate => :'city', peer_certificate => :'root') IS NOT NULL AS synced;
+SELECT * FROM notes;
+
+-- Cloud: its own full-facility certificate; City syncs with it
+\c regress_scope_cloud
+\i sql/scopes_schema.psql
+SELECT morango.grant_peer('regress_scope_peer'), morango.grant_peer('regress_scope_admin');
+SELECT morango.request_certificate(:'facility_admin', :'root', 'full-facility',
+           jsonb_build_object('dataset_id', :'ds')) AS cloud_cert \gset
+SELECT morango.grant_certificate_signing('regress_scope_admin', :'cloud_cert', 'full-facility');
+\c regress_scope_city
+SELECT morango.sync(:'cloud', 'facilitydata', ARRAY[:'ds'],
+                    certificate => :'city', peer_certificate => :'cloud_cert') IS NOT NULL AS synced;
+\c regress_scope_cloud
+SELECT count(*) AS cloud_notes FROM note;
+
+-- a second City device, certified by Cloud, gets Facility's data from Cloud
+\c regress_scope_city2
+\i sql/scopes_schema.psql
+SELECT morango.request_certificate(:'cloud_admin', :'cloud_cert', 'full-facility',
+           jsonb_build_object('dataset_id', :'ds')) AS city2 \gset
+SELECT jsonb_array_length(morango.certificate_chain(:'city2')) AS chain_length;
+SELECT morango.sync(:'cloud', 'facilitydata', ARRAY[:'ds'], 'pull',
+                    certificate => :'city2', peer_certificate => :'cloud_cert') IS NOT NULL AS pulled;
+SELECT * FROM notes;
+
+-- Refusals.  Home: a filter outside its read scope, a push outside its
+-- write scope, a sync without certificates (it holds one).  Errors show
+-- their SQLSTATE only, then their text without ids.
+\c regress_scope_home
+\set VERBOSITY sqlstate
+SELECT count(*) AS home_store_before FROM morango.store \gset
+SELECT morango.sync(:'facility', 'facilitydata', ARRAY[:'ds'], 'pull',
+                    certificate => :'home', peer_certificate => :'root');
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
+SELECT morango.sync(:'facility', 'facilitydata', ARRAY[:'ds' || ':user-rw:u2'], 'push',
+                    certificate => :'home', peer_certificate => :'root');
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
+SELECT morango.sync(:'facility', 'facilitydata', ARRAY[:'ds' || ':user-rw:u1'], 'push',
+                    certificate => :'home', peer_certificate => :'city');
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
+SELECT morango.sync(:'facility', 'facilitydata', ARRAY[:'ds' || ':user-rw:u1'], 'pull');
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
+SELECT morango.sync(:'facility', 'facilitydata', certificate => :'home');
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
+SELECT * FROM notes;
+SELECT count(*) = :home_store_before AS home_store_unchanged FROM morango.store;
+\set VERBOSITY terse
+-- learner u1 may not get u2's certificate, nor a full-facility one
+SELECT masked(format($$SELECT morango.request_certificate(%5$L, %3$L, 'single-user',
+           jsonb_build_object('dataset_id', %1$L, 'user_id', 'u2'))$$, :'ds', :'home', :'root', :'city', :'facility_u1', :'facility')) AS refused;
+SELECT masked(format($$SELECT morango.request_certificate(%5$L, %3$L, 'full-facility',
+           jsonb_build_object('dataset_id', %1$L))$$, :'ds', :'home', :'root', :'city', :'facility_u1', :'facility')) AS refused;
+-- a plain peer role may not get any
+SELECT masked(format($$SELECT morango.request_certificate(%6$L, %3$L, 'single-user',
+           jsonb_build_object('dataset_id', %1$L, 'user_id', 'u1'))$$, :'ds', :'home', :'root', :'city', :'facility_u1', :'facility')) AS refused;
+SELECT count(*) AS home_certificates FROM morango.certificates;
+
+-- Stranger: no certificate; Facility, which holds one, refuses it
+\c regress_scope_stranger
+\i sql/scopes_schema.psql
+\set VERBOSITY sqlstate
+SELECT morango.sync(:'facility', 'facilitydata', direction => 'pull');
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
+\set VERBOSITY terse
+SELECT count(*) AS stranger_notes FROM note;
+
+-- The handshake by hand, as the peer role: a reused nonce, a wrong
+-- signature, a session bound to other certificates
+\c regress_scope_home
+SELECT gen_random_uuid() AS ss \gset
+SELECT morango.certificate_chain(:'home') AS home_chain \gset
+\c regress_scope_facility
+SET ROLE regress_scope_peer;
+SELECT morango.peer_nonce() AS nonce \gset
+\c regress_scope_home
+SELECT morango.certificate_sign(:'home', :'nonce' || ':' || :'ss') AS sig \gset
+\c regress_scope_facility
+SET ROLE regress_scope_peer;
+SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
+              :'ss', 'facilitydata', :'home_chain', :'root', :'nonce', 'AAAA')) AS wrong_signature;
+SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
+              :'ss', 'facilitydata', :'home_chain', :'root', :'nonce', :'sig')) AS authenticated;
+SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
+              :'ss', 'facilitydata', :'home_chain', :'root', :'nonce', :'sig')) AS reused_nonce;
+-- the session is bound: a push of another learner's partition is refused
+SELECT masked(format($$SELECT morango.peer_begin(1, %L, gen_random_uuid(), 'facilitydata', true, %L,
+                                                 gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
+              :'ss', ARRAY[:'ds' || ':user-rw:u2'])) AS push_outside_write_scope;
+SELECT masked(format($$SELECT morango.peer_begin(1, %L, gen_random_uuid(), 'facilitydata', false, %L,
+                                                 gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
+              :'ss', ARRAY[:'ds'])) AS pull_outside_read_scope;
+-- inside its scope a push opens, but a chunk carrying a record of another
+-- learner's partition is refused whole, naming the record
+SELECT masked(format($$SELECT morango.peer_begin(1, %L, '22222222-2222-2222-2222-222222222222',
+                                                 'facilitydata', true, %L, gen_random_uuid(),
+                                                 '{"super": {}, "sub": {}}')->>'stage'$$,
+              :'ss', ARRAY[:'ds' || ':user-rw:u1'])) AS push_inside_scope;
+RESET ROLE;
+CREATE FUNCTION crafted(seq integer, part text, src text) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT jsonb_build_object(
+        'id', morango.record_id(part, src, 'note'), 'seq', seq, 'profile', 'facilitydata',
+        'model_name', 'note', 'partition', part, 'source_id', src,
+        'serialized', jsonb_build_object('id', src, 'dataset', split_part(part, ':', 1),
+                                         'scope', substr(part, 34), 'body', 'forged'),
+        'deleted', false, 'hard_deleted', false,
+        'last_saved_instance', 'aaaaaaaa-0000-0000-0000-000000000000', 'last_saved_counter', 9,
+        'conflicting_serialized_data', '[]'::jsonb,
+        'rmcs', jsonb_build_object('aaaaaaaa-0000-0000-0000-000000000000', 9))
+$$;
+SET ROLE regress_scope_peer;
+SELECT masked(format('SELECT morango.peer_push_chunk(%L, %L)', '22222222-2222-2222-2222-222222222222',
+              jsonb_build_array(crafted(1, :'ds' || ':user-rw:u1', 'n8'),
+                                crafted(2, :'ds' || ':user-rw:u2', 'n4')))) AS outside_write_scope;
+SELECT masked(format('SELECT morango.peer_finish(%L, 0)', '22222222-2222-2222-2222-222222222222')) AS finished;
+-- a forged chain (the learner's scope widened by hand) is refused
+SELECT morango.peer_nonce() AS nonce2 \gset
+SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
+              gen_random_uuid(), 'facilitydata',
+              jsonb_set(:'home_chain'::jsonb, '{1,serialized}',
+                        to_jsonb(replace(:'home_chain'::jsonb->1->>'serialized', 'u1', 'u2'))),
+              :'root', :'nonce2', :'sig')) AS forged_chain;
+-- the peer role reads and writes no table
+SELECT masked('SELECT count(*) FROM morango.certificates') AS read_certificates,
+       masked('SELECT count(*) FROM morango.certificate_keys') AS read_keys,
+       masked('SELECT count(*) FROM note') AS read_app_table,
+       masked($$INSERT INTO morango.certificate_signers VALUES ('x', gen_random_uuid(), 'x')$$) AS write_signers;
+RESET ROLE;
+SELECT * FROM notes;
+
+\c contrib_regression
+SET client_min_messages = warning;
+DROP DATABASE regress_scope_facility;
+DROP DATABASE regress_scope_home;
+DROP DATABASE regress_scope_city;
+DROP DATABASE regress_scope_city2;
+DROP DATABASE regress_scope_cloud;
+DROP DATABASE regress_scope_stranger;
+DROP ROLE regress_scope_peer;
+DROP ROLE regress_scope_admin;
+DROP ROLE regress_scope_u1;
+RESET client_min_messages;
