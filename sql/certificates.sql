@@ -78,6 +78,19 @@ SELECT public_key = (SELECT public_key FROM kp) AS their_key,
        NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = :'device') AS no_key_here
 FROM morango.certificates WHERE id = :'device';
 
+-- key rotation: a new key under the same parent and scope; the old key is gone
+SELECT morango.issue_certificate(:'root', 'single-user',
+                                 jsonb_build_object('dataset_id', hex(:'root'), 'user_id', 'u9')) AS old \gset
+SELECT morango.rotate_certificate(:'old') AS rotated \gset
+SELECT n.public_key <> o.public_key AS new_key, n.parent_id = o.parent_id AS same_parent,
+       n.read_filter = o.read_filter AND n.write_filter = o.write_filter AS same_scope,
+       (SELECT array_agg(certificate_id = n.id) FROM morango.certificate_keys
+        WHERE certificate_id IN (n.id, o.id)) AS keys_held
+FROM morango.certificates n, morango.certificates o WHERE n.id = :'rotated' AND o.id = :'old';
+SELECT cert_try(format('SELECT morango.rotate_certificate(%L)', :'root')) AS rotate_root;
+SELECT cert_try(format('SELECT morango.rotate_certificate(%L)', :'old')) AS rotate_again;
+DELETE FROM morango.certificates WHERE id IN (:'rotated', :'old');
+
 SELECT count(*) AS certificates_before_refusals FROM morango.certificates;
 
 -- refusals: wider than the parent, another dataset, another profile, no key

@@ -1470,6 +1470,47 @@ END
 $$;
 
 /*
+ * morango.rotate_certificate(certificate) -> uuid
+ *
+ * Replace a certificate's key pair: issue a new certificate with the same
+ * parent, scope definition and parameters for a new key (this database must
+ * hold the parent's private key), drop the old private key, and move
+ * signing grants to the new certificate.  The old certificate stays known
+ * (others may hang under it) but can no longer be used from here.  A root
+ * cannot be rotated: its id is the dataset id.
+ */
+CREATE FUNCTION morango.rotate_certificate(certificate uuid)
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old     morango.certificates;
+    fresh   uuid;
+BEGIN
+    SELECT * INTO old FROM morango.certificates WHERE id = certificate;
+    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = certificate) THEN
+        RAISE EXCEPTION 'this database does not hold the private key of certificate %', certificate
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    IF old.parent_id IS NULL THEN
+        RAISE EXCEPTION 'a root certificate cannot be rotated'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Its id, derived from its key, is the dataset id.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = old.parent_id) THEN
+        RAISE EXCEPTION 'this database does not hold the private key of certificate %', old.parent_id
+            USING ERRCODE = 'invalid_authorization_specification',
+                  HINT = 'Ask the holder of the parent again with morango.request_certificate().';
+    END IF;
+    fresh := morango.issue_certificate(old.parent_id, old.scope_definition_id, old.scope_params);
+    DELETE FROM morango.certificate_keys WHERE certificate_id = certificate;
+    UPDATE morango.certificate_signers SET parent_id = fresh WHERE parent_id = certificate;
+    RETURN fresh;
+END
+$$;
+
+/*
  * morango.certificate_chain(certificate uuid) -> jsonb
  *
  * The chain from the root down to `certificate`, as an array of
