@@ -144,6 +144,20 @@ SELECT morango.sync(:'facility', 'facilitydata', direction => 'pull');
 SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
 \set VERBOSITY terse
 SELECT count(*) AS stranger_notes FROM note;
+-- the peer role cannot lift that; a superuser can, for trusted servers
+\c regress_scope_facility
+SET ROLE regress_scope_peer;
+SET morango.allow_uncertified_sync = on;
+SELECT masked($$SELECT morango.peer_begin(1, gen_random_uuid(), gen_random_uuid(), 'facilitydata', false,
+                                          ARRAY[''], gen_random_uuid(), '{"super": {}, "sub": {}}')$$)
+       AS placeholder_set_by_peer;
+SET morango.allow_uncertified_sync = on;
+RESET ROLE;
+ALTER DATABASE regress_scope_facility SET morango.allow_uncertified_sync = on;
+\c regress_scope_stranger
+SELECT morango.sync(:'facility', 'facilitydata', direction => 'pull') IS NOT NULL AS trusted_sync;
+SELECT count(*) AS stranger_notes FROM note;
+ALTER DATABASE regress_scope_facility RESET morango.allow_uncertified_sync;
 
 -- The handshake by hand, as the peer role: a reused nonce, a wrong
 -- signature, a session bound to other certificates
