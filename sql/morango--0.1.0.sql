@@ -1647,6 +1647,7 @@ CREATE TABLE morango.session_certificates (
     sync_session_id         uuid PRIMARY KEY,
     local_certificate_id    uuid NOT NULL REFERENCES morango.certificates (id),
     peer_certificate_id     uuid NOT NULL REFERENCES morango.certificates (id),
+    peer_role               name,            -- server side: the role the client connected as
     authenticated_at        timestamptz NOT NULL DEFAULT now()
 );
 SELECT pg_catalog.pg_extension_config_dump('morango.session_certificates', '');
@@ -1658,7 +1659,7 @@ SELECT pg_catalog.pg_extension_config_dump('morango.session_certificates', '');
  * `params` (so '{"user_id": "u1"}' limits a role to user u1's scope).
  */
 CREATE TABLE morango.certificate_signers (
-    role                name NOT NULL,
+    role                oid NOT NULL,    -- pg_authid oid
     parent_id           uuid NOT NULL REFERENCES morango.certificates (id) ON DELETE CASCADE,
     scope_definition_id text NOT NULL REFERENCES morango.scope_definitions (id) ON DELETE CASCADE,
     params              jsonb NOT NULL DEFAULT '{}',
@@ -1695,11 +1696,12 @@ END
 $$;
 
 /*
- * morango.session_bind(sync_session, profile, local, peer): check both
- * certificates are for the profile and record them for the session.
+ * morango.session_bind(sync_session, profile, local, peer, peer_role): check
+ * both certificates are for the profile and record them (and, on the
+ * server, the role the client connected as) for the session.
  */
 CREATE FUNCTION morango.session_bind(sync_session uuid, profile text, local_certificate uuid,
-                                     peer_certificate uuid)
+                                     peer_certificate uuid, peer_role name DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1715,9 +1717,11 @@ BEGIN
     END IF;
     SELECT * INTO bound FROM morango.session_certificates WHERE sync_session_id = sync_session;
     IF NOT FOUND THEN
-        INSERT INTO morango.session_certificates (sync_session_id, local_certificate_id, peer_certificate_id)
-        VALUES (sync_session, local_certificate, peer_certificate);
-    ELSIF bound.local_certificate_id <> local_certificate OR bound.peer_certificate_id <> peer_certificate THEN
+        INSERT INTO morango.session_certificates (sync_session_id, local_certificate_id,
+                                                  peer_certificate_id, peer_role)
+        VALUES (sync_session, local_certificate, peer_certificate, peer_role);
+    ELSIF bound.local_certificate_id <> local_certificate OR bound.peer_certificate_id <> peer_certificate
+          OR bound.peer_role IS DISTINCT FROM session_bind.peer_role THEN
         RAISE EXCEPTION 'sync session % runs under other certificates', sync_session
             USING ERRCODE = 'invalid_authorization_specification';
     ELSE
@@ -1726,6 +1730,21 @@ BEGIN
     END IF;
 END
 $$;
+
+/*
+ * morango.handshake_message(nonce, sync_session, client_certificate,
+ *                           server_certificate, profile) -> text
+ *
+ * What both sides sign: it names both certificates, so a signature made for
+ * one server cannot be relayed to another.
+ */
+CREATE FUNCTION morango.handshake_message(nonce uuid, sync_session uuid, client_certificate uuid,
+                                          server_certificate uuid, profile text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+RETURN format('morango:%s:%s:%s:%s:%s', nonce, sync_session, client_certificate,
+              server_certificate, profile);
 
 /*
  * morango.peer_nonce() -> uuid: a nonce for the handshake (peer API).
@@ -1741,11 +1760,12 @@ RETURN morango.nonce();
  *                           server_certificate, nonce, signature) -> jsonb
  *
  * The server's half of the handshake (peer API).  The client sends its
- * certificate chain and its signature of "<nonce>:<sync_session>" made with
- * its certificate's key; the server verifies and stores the chain, checks
- * the signature, consumes the nonce, binds the session to both certificates
- * and answers {"chain": its own chain, "signature": its signature of the
- * same message}, proving it holds server_certificate's key.
+ * certificate chain and its signature of handshake_message() made with its
+ * certificate's key; the server verifies and stores the chain, checks the
+ * signature against the message rebuilt with its own certificate, consumes
+ * the nonce, binds the session to both certificates and to the role that
+ * connected, and answers {"chain": its own chain, "signature": its
+ * signature of the same message}, proving it holds server_certificate's key.
  */
 CREATE FUNCTION morango.peer_authenticate(sync_session uuid, profile text, client_chain jsonb,
                                           server_certificate uuid, nonce uuid, signature text)
@@ -1755,7 +1775,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     client  uuid;
-    message text := nonce::text || ':' || sync_session::text;
+    message text;
 BEGIN
     IF sync_session IS NULL OR profile IS NULL OR client_chain IS NULL OR server_certificate IS NULL
        OR nonce IS NULL OR signature IS NULL OR octet_length(signature) > 4096
@@ -1769,12 +1789,14 @@ BEGIN
             USING ERRCODE = 'invalid_authorization_specification';
     END IF;
     client := morango.save_certificate_chain(client_chain);
+    message := morango.handshake_message(nonce, sync_session, client, server_certificate, profile);
     IF NOT morango.verify((SELECT public_key FROM morango.certificates WHERE id = client), message, signature) THEN
         RAISE EXCEPTION 'the client''s signature does not match certificate %', client
             USING ERRCODE = 'invalid_authorization_specification',
-                  DETAIL = 'The client must sign "<nonce>:<sync session>" with its certificate''s key.';
+                  DETAIL = 'The client must sign the handshake message (doc/protocol.md) naming this '
+                           'server''s certificate with its own certificate''s key.';
     END IF;
-    PERFORM morango.session_bind(sync_session, profile, server_certificate, client);
+    PERFORM morango.session_bind(sync_session, profile, server_certificate, client, session_user);
     RETURN jsonb_build_object('chain', morango.certificate_chain(server_certificate),
                               'signature', morango.certificate_sign(server_certificate, message));
 END
@@ -1785,7 +1807,7 @@ $$;
  *                              peer_certificate, peer_chain, peer_signature, nonce)
  *
  * The client's half: verify and store the server's chain, check it is the
- * certificate we asked for and that its key signed "<nonce>:<sync_session>",
+ * certificate we asked for and that its key signed the handshake message,
  * and bind the session to both certificates.
  */
 CREATE FUNCTION morango.session_authenticate(sync_session uuid, profile text, local_certificate uuid,
@@ -1805,7 +1827,9 @@ BEGIN
     END IF;
     IF peer_signature IS NULL
        OR NOT morango.verify((SELECT public_key FROM morango.certificates WHERE id = got),
-                             nonce::text || ':' || sync_session::text, peer_signature) THEN
+                             morango.handshake_message(nonce, sync_session, local_certificate, got,
+                                                       profile),
+                             peer_signature) THEN
         RAISE EXCEPTION 'the peer could not prove it holds certificate %', got
             USING ERRCODE = 'invalid_authorization_specification';
     END IF;
@@ -1852,8 +1876,16 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
+    IF bound.peer_role IS DISTINCT FROM NULL AND bound.peer_role <> session_user THEN
+        RAISE EXCEPTION 'sync session % belongs to another role', sync_session
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
     SELECT * INTO mine FROM morango.certificates WHERE id = bound.local_certificate_id;
     SELECT * INTO theirs FROM morango.certificates WHERE id = bound.peer_certificate_id;
+    IF mine.profile <> profile OR theirs.profile <> profile THEN
+        RAISE EXCEPTION 'sync session % runs under certificates of another profile', sync_session
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
     IF we_receive THEN
         sender := theirs; recv := mine;
     ELSE
@@ -1892,7 +1924,7 @@ BEGIN
     END IF;
     PERFORM morango.scope_definition_get(scope_definition, params);
     INSERT INTO morango.certificate_signers (role, parent_id, scope_definition_id, params)
-    VALUES (role::text, parent, scope_definition, params)
+    VALUES (role::oid, parent, scope_definition, params)
     ON CONFLICT DO NOTHING;
 END
 $$;
@@ -1922,7 +1954,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM morango.certificate_signers s
                    WHERE s.parent_id = parent AND s.scope_definition_id = scope_definition
                      AND peer_certificate_sign.params @> s.params
-                     AND pg_has_role(session_user, s.role, 'MEMBER')) THEN
+                     AND CASE WHEN EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = s.role)
+                              THEN pg_has_role(session_user, s.role, 'MEMBER') ELSE false END) THEN
         RAISE EXCEPTION 'role "%" may not obtain certificates of scope "%" under certificate %',
             session_user, scope_definition, parent
             USING ERRCODE = 'insufficient_privilege',

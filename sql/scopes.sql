@@ -28,6 +28,7 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 RESET client_min_messages;
 SELECT format('host=127.0.0.1 port=%s dbname=%%s user=%%s', current_setting('port')) AS conn \gset
+SELECT current_user AS me \gset
 SELECT format(:'conn', 'regress_scope_facility', 'regress_scope_peer') AS facility,
        format(:'conn', 'regress_scope_facility', 'regress_scope_admin') AS facility_admin,
        format(:'conn', 'regress_scope_facility', 'regress_scope_u1') AS facility_u1,
@@ -168,11 +169,17 @@ SELECT morango.certificate_chain(:'home') AS home_chain \gset
 SET ROLE regress_scope_peer;
 SELECT morango.peer_nonce() AS nonce \gset
 \c regress_scope_home
-SELECT morango.certificate_sign(:'home', :'nonce' || ':' || :'ss') AS sig \gset
+SELECT morango.certificate_sign(:'home', morango.handshake_message(:'nonce', :'ss', :'home', :'root',
+                                                                  'facilitydata')) AS sig \gset
+-- what Home would sign for another server (City): a relay of it must fail
+SELECT morango.certificate_sign(:'home', morango.handshake_message(:'nonce', :'ss', :'home', :'city',
+                                                                  'facilitydata')) AS relayed \gset
 \c regress_scope_facility
 SET ROLE regress_scope_peer;
 SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
               :'ss', 'facilitydata', :'home_chain', :'root', :'nonce', 'AAAA')) AS wrong_signature;
+SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
+              :'ss', 'facilitydata', :'home_chain', :'root', :'nonce', :'relayed')) AS relayed_signature;
 SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
               :'ss', 'facilitydata', :'home_chain', :'root', :'nonce', :'sig')) AS authenticated;
 SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
@@ -207,6 +214,14 @@ SELECT masked(format('SELECT morango.peer_push_chunk(%L, %L)', '22222222-2222-22
               jsonb_build_array(crafted(1, :'ds' || ':user-rw:u1', 'n8'),
                                 crafted(2, :'ds' || ':user-rw:u2', 'n4')))) AS outside_write_scope;
 SELECT masked(format('SELECT morango.peer_finish(%L, 0)', '22222222-2222-2222-2222-222222222222')) AS finished;
+-- the session is bound to the role that authenticated it: another login
+-- that learns its id cannot use it
+\c regress_scope_facility regress_scope_admin
+SELECT masked(format($$SELECT morango.peer_begin(1, %L, gen_random_uuid(), 'facilitydata', false, %L,
+                                                 gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
+              :'ss', ARRAY[:'ds' || ':user-rw:u1'])) AS session_of_another_role;
+\c regress_scope_facility :me
+SET ROLE regress_scope_peer;
 -- a forged chain (the learner's scope widened by hand) is refused
 SELECT morango.peer_nonce() AS nonce2 \gset
 SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
@@ -218,7 +233,7 @@ SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
 SELECT masked('SELECT count(*) FROM morango.certificates') AS read_certificates,
        masked('SELECT count(*) FROM morango.certificate_keys') AS read_keys,
        masked('SELECT count(*) FROM note') AS read_app_table,
-       masked($$INSERT INTO morango.certificate_signers VALUES ('x', gen_random_uuid(), 'x')$$) AS write_signers;
+       masked($$INSERT INTO morango.certificate_signers VALUES (0, gen_random_uuid(), 'x')$$) AS write_signers;
 RESET ROLE;
 SELECT * FROM notes;
 

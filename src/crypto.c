@@ -29,6 +29,7 @@
 
 #include "access/htup_details.h"
 #include "common/base64.h"
+#include "mb/pg_wchar.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
@@ -77,6 +78,21 @@ b64_decode(const char *text, int *len)
 		return NULL;
 	*len = n;
 	return out;
+}
+
+/*
+ * The UTF-8 bytes of a text value: signatures cover UTF-8, whatever the
+ * database encoding, so databases in different encodings agree.
+ */
+static const unsigned char *
+text_utf8(text *t, size_t *len)
+{
+	const char *src = VARDATA_ANY(t);
+	int			srclen = VARSIZE_ANY_EXHDR(t);
+	char	   *conv = pg_server_to_any(src, srclen, PG_UTF8);
+
+	*len = (conv == src) ? (size_t) srclen : strlen(conv);
+	return (const unsigned char *) conv;
 }
 
 /* the first OpenSSL error message, or a fallback */
@@ -199,7 +215,8 @@ private_key_parse(const char *pem)
 
 	if (bio == NULL)
 		elog(ERROR, "out of memory in OpenSSL");
-	pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+	/* an empty passphrase: an encrypted key fails here instead of prompting */
+	pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, (void *) "");
 	BIO_free(bio);
 	ERR_clear_error();
 	if (pkey != NULL && EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA)
@@ -288,10 +305,12 @@ morango_sign_sql(PG_FUNCTION_ARGS)
 	EVP_MD_CTX *md;
 	unsigned char *sig;
 	size_t		siglen = 0;
+	size_t		mlen;
+	const unsigned char *m = text_utf8(msg, &mlen);
 	bool		ok;
 	char	   *out;
 
-	/* the PEM text must not linger in memory longer than needed */
+	/* wipe our C copy of the PEM text (the argument datum itself remains) */
 	explicit_bzero(pem, strlen(pem));
 	if (pkey == NULL)
 		ereport(ERROR,
@@ -301,11 +320,9 @@ morango_sign_sql(PG_FUNCTION_ARGS)
 	md = EVP_MD_CTX_new();
 	ok = md != NULL &&
 		EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pkey) == 1 &&
-		EVP_DigestSign(md, NULL, &siglen,
-					   (const unsigned char *) VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg)) == 1;
+		EVP_DigestSign(md, NULL, &siglen, m, mlen) == 1;
 	sig = ok ? palloc(siglen) : NULL;
-	ok = ok && EVP_DigestSign(md, sig, &siglen,
-							  (const unsigned char *) VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg)) == 1;
+	ok = ok && EVP_DigestSign(md, sig, &siglen, m, mlen) == 1;
 	EVP_MD_CTX_free(md);
 	EVP_PKEY_free(pkey);
 	if (!ok)
@@ -318,7 +335,7 @@ morango_sign_sql(PG_FUNCTION_ARGS)
 
 /*
  * morango_verify
- *		Does `sig_b64` sign `msg` (len bytes) under the public key string?
+ *		Does `sig_b64` sign `msg` (len UTF-8 bytes) under the public key string?
  *		Raises only when the public key does not parse; a malformed signature
  *		is simply not valid.
  */
@@ -357,6 +374,8 @@ morango_verify_sql(PG_FUNCTION_ARGS)
 	char	   *pub = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	text	   *msg = PG_GETARG_TEXT_PP(1);
 	char	   *sig = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	size_t		mlen;
+	const unsigned char *m = text_utf8(msg, &mlen);
 
-	PG_RETURN_BOOL(morango_verify(pub, VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg), sig));
+	PG_RETURN_BOOL(morango_verify(pub, (const char *) m, mlen, sig));
 }

@@ -578,8 +578,9 @@ run_pull(Driver *d, const char *ts)
  */
 /*
  * The certificate handshake (doc/protocol.md, "Certificates"): get a nonce
- * from the peer, send our chain and our signature of "<nonce>:<session>",
- * then check the peer's chain and its signature of the same message.  Both
+ * from the peer, send our chain and our signature of the handshake message
+ * (nonce, session, both certificates, profile), then check the peer's
+ * chain and its signature of the same message.  Both
  * sides bind the session to the two certificates; transfer_open then
  * checks every transfer's filter against their scopes.
  */
@@ -595,8 +596,10 @@ authenticate(Driver *d)
 	remote_call(d, "SELECT morango.peer_nonce()::text", 0, NULL, 1, nonce);
 	local_step(d, "morango sync: sign",
 			   "SELECT morango.certificate_chain($1::uuid)::text,"
-			   "       morango.certificate_sign($1::uuid, $2 || ':' || $3)",
-			   3, (const char *[]) {d->args->certificate, nonce[0], d->session}, 2, mine);
+			   "       morango.certificate_sign($1::uuid,"
+			   "           morango.handshake_message($2::uuid, $3::uuid, $1::uuid, $4::uuid, $5))",
+			   5, (const char *[]) {d->args->certificate, nonce[0], d->session,
+				   d->args->peer_certificate, d->profile}, 2, mine);
 	remote_call(d, "SELECT r->>'chain', r->>'signature'"
 				" FROM morango.peer_authenticate($1::uuid, $2, $3::jsonb, $4::uuid, $5::uuid, $6) AS r",
 				6, (const char *[]) {d->session, d->profile, mine[0], d->args->peer_certificate,
@@ -691,13 +694,20 @@ start_session(Driver *d, char **running)
 	}
 
 	local_begin("morango sync: start");
-	local_exec(d, "SELECT COALESCE((SELECT id FROM morango.sync_sessions"
+	/* resume only a session bound to the same certificates (or to none) */
+	local_exec(d, "SELECT COALESCE((SELECT id FROM morango.sync_sessions s"
 			   "                 WHERE active AND NOT is_server AND peer = $1 AND profile = $2"
 			   "                   AND filter = $3::text[] AND direction = $4"
+			   "                   AND NOT EXISTS (SELECT 1 FROM morango.session_certificates b"
+			   "                                   WHERE b.sync_session_id = s.id"
+			   "                                     AND (b.local_certificate_id IS DISTINCT FROM $5::uuid"
+			   "                                          OR b.peer_certificate_id IS DISTINCT FROM $6::uuid))"
 			   "                 ORDER BY started_at DESC LIMIT 1),"
 			   "                pg_catalog.gen_random_uuid()),"
 			   "       morango.instance_id()",
-			   4, key, 2, out);
+			   6, (const char *[]) {key[0], key[1], key[2], key[3],
+				   d->args->certificate[0] ? d->args->certificate : NULL,
+				   d->args->certificate[0] ? d->args->peer_certificate : NULL}, 2, out);
 	d->session = out[0];
 	d->instance = out[1];
 	local_exec(d, "INSERT INTO morango.sync_sessions (id, profile, is_server, peer, filter, direction,"
