@@ -763,7 +763,7 @@ BEGIN
             stage = 'serializing', status = 'completed', last_activity_at = now()
         WHERE id = transfer_session;
         IF NOT push THEN
-            total := morango.queue(transfer_session);
+            SELECT morango.queue(transfer_session) INTO total;  -- a statement: visible in pg_stat_statements
         END IF;
         st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter);
     END IF;

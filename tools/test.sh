@@ -96,6 +96,15 @@ if [ -x "$work/test/bench/smoke.sh" ]; then
     fi
 fi
 
+if [ -f "$work/test/bench/sync_bench.sh" ]; then
+    mg_log "sync benchmark smoke run (N=1000, one run; correctness only, no timing assertions)"
+    if (cd "$work" && BENCH_NS=1000 BENCH_RUNS=1 bash test/bench/sync_bench.sh) >"$work/suite-syncbench.log" 2>&1; then
+        passed=$((passed + 1)); tail -n 20 "$work/suite-syncbench.log"
+    else
+        failed=$((failed + 1)); tail -n 40 "$work/suite-syncbench.log"
+    fi
+fi
+
 if [ $failed != 0 ]; then
     echo "---- server log tail" >&2
     tail -n 40 "$data/server.log" >&2

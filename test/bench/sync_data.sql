@@ -7,7 +7,7 @@ INSERT INTO users
 SELECT ('10000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid,
        ('00000000-0000-0000-0000-' || lpad((1 + g % 10)::text, 12, '0'))::uuid,
        'user' || g, 'Learner Number ' || g, '2026-01-01'::timestamptz + g * interval '1 minute', g % 50 = 0
-FROM generate_series(1, (:n / 10) - 10) g;
+FROM generate_series(1, greatest((:n / 10) - 10, 1)) g;
 INSERT INTO logs
 SELECT ('20000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid,
        u.id, u.facility_id,
@@ -15,4 +15,4 @@ SELECT ('20000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid,
        g % 101, (g % 3600) / 7.0, '2026-02-01'::timestamptz + g * interval '1 second', g % 4 = 0,
        repeat('answer text ', 6)
 FROM generate_series(1, :n - (:n / 10)) g
-JOIN users u ON u.id = ('10000000-0000-0000-0000-' || lpad((1 + g % ((:n / 10) - 10))::text, 12, '0'))::uuid;
+JOIN users u ON u.id = ('10000000-0000-0000-0000-' || lpad((1 + g % greatest((:n / 10) - 10, 1))::text, 12, '0'))::uuid;
