@@ -53,7 +53,7 @@ mg_prepare_tree() {
     local src=$1 work
     work=$(mktemp -d /tmp/morango.XXXXXX)
     chmod 755 "$work"
-    tar -C "$src" --exclude=.git -cf - . | tar -C "$work" -xf -
+    tar -C "$src" --exclude=.git --exclude='tmp_check*' --exclude=results --exclude='suite-*.log' -cf - . | tar -C "$work" -xf -
     make -C "$work" -s clean >/dev/null 2>&1 || true
     make -C "$work" -s >&2
     make -C "$work" -s install >&2

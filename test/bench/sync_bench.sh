@@ -25,8 +25,9 @@
 #             deleted, 0.1% inserted), then the laptop pulls; next to
 #             "full 1%": a fresh peer pulling a dataset of N/100 records.
 #   noop      the same pull again, nothing changed.
-#   memory    peak private (RssAnon) memory of the laptop's sync worker and
-#             of the server backend serving it, sampled every 50 ms.
+#   memory    peak private (RssAnon) memory of any process of the server
+#             cluster (the backend serving the sync) and of the laptop
+#             cluster (the sync worker), sampled every 50 ms.
 #   wire      bytes of chunk payload received by the laptop, against the
 #             bytes of the application rows (their COPY text).
 set -euo pipefail
@@ -72,20 +73,25 @@ stage() {  # stage PORT DB REGEX
         WHERE d.datname = '$2' AND s.query ~ '$3'"
 }
 
-# peak private memory (kB) of the laptop's sync worker and the server
-# backends, sampled while a file exists
+# peak private memory (kB) of any process of the server cluster (the
+# backend serving the sync) and of the laptop cluster (the sync worker),
+# sampled while a file exists; writes "server laptop"
 sample_memory() {  # sample_memory FLAGFILE OUTFILE
-    local flag=$1 out=$2 peak=0 pm1 pm2 pid kb
+    local flag=$1 out=$2 peak1=0 peak2=0 pm1 pm2 pid kb
     pm1=$(head -1 "$work/server/postmaster.pid")
     pm2=$(head -1 "$work/laptop/postmaster.pid")
     while [ -e "$flag" ]; do
-        for pid in $(pgrep -P "$pm1") $(pgrep -P "$pm2"); do
+        for pid in $(pgrep -P "$pm1"); do
             kb=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
-            [ -n "$kb" ] && [ "$kb" -gt "$peak" ] && peak=$kb
+            [ -n "$kb" ] && [ "$kb" -gt "$peak1" ] && peak1=$kb
+        done
+        for pid in $(pgrep -P "$pm2"); do
+            kb=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+            [ -n "$kb" ] && [ "$kb" -gt "$peak2" ] && peak2=$kb
         done
         sleep 0.05
     done
-    echo "$peak" >"$out"
+    echo "$peak1 $peak2" >"$out"
 }
 
 results="$work/results.txt"
@@ -135,7 +141,8 @@ for N in $NS; do
         record "$N" dequeue_s "$deq"
         record "$N" deserialize_s "$des"
         record "$N" transfer_s "$(awk -v f="$full" -v a="$ser" -v b="$que" -v c="$deq" -v d="$des" 'BEGIN { printf "%.3f", f - a - b - c - d }')"
-        record "$N" memory_mb "$(awk -v k="$(cat "$work/peak")" 'BEGIN { printf "%.0f", k / 1024 }')"
+        record "$N" memory_server_mb "$(awk '{ printf "%.0f", $1 / 1024 }' "$work/peak")"
+        record "$N" memory_laptop_mb "$(awk '{ printf "%.0f", $2 / 1024 }' "$work/peak")"
         wire=$(val "$p2" "$l" -c "SELECT sum(bytes_received) FROM morango.transfer_sessions")
         app=0
         for tb in facility users logs; do
@@ -196,7 +203,7 @@ done
 
 # the table: median [min-max] per metric and N
 echo "machine: $(nproc) cpus, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), PostgreSQL $(val "$p1" postgres -c 'SHOW server_version'), $RUNS run(s) each"
-metrics="records full_s full_rps serialize_s queue_s transfer_s dequeue_s deserialize_s copy_s sync_over_copy incr_s full_small_s incr_over_full noop_ms memory_mb wire_ratio"
+metrics="records full_s full_rps serialize_s queue_s transfer_s dequeue_s deserialize_s copy_s sync_over_copy incr_s full_small_s incr_over_full noop_ms memory_server_mb memory_laptop_mb wire_ratio"
 printf '%-16s' metric
 for N in $NS; do printf '%28s' "N=$N"; done
 echo
