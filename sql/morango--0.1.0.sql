@@ -201,9 +201,14 @@ CREATE INDEX transfer_sessions_sync ON morango.transfer_sessions (sync_session_i
 /*
  * The buffer: outgoing on the producer, incoming on the receiver (the
  * transfer session says which), one row per record in a transfer.
+ *
+ * No foreign key to transfer_sessions: queue() and receive_chunk() check
+ * the session before they write, transfer sessions are never deleted, and
+ * a per-row key check cost a measurable share of a sync (two checks per
+ * record on each side; doc/design.md, "Performance").
  */
 CREATE TABLE morango.buffer (
-    transfer_session_id         uuid NOT NULL REFERENCES morango.transfer_sessions (id) ON DELETE CASCADE,
+    transfer_session_id         uuid NOT NULL,
     seq                         bigint NOT NULL,
     record_id                   uuid NOT NULL,
     profile                     text NOT NULL,
@@ -221,7 +226,7 @@ CREATE TABLE morango.buffer (
 );
 
 CREATE TABLE morango.record_max_counter_buffer (
-    transfer_session_id uuid NOT NULL REFERENCES morango.transfer_sessions (id) ON DELETE CASCADE,
+    transfer_session_id uuid NOT NULL,   -- no foreign key: see morango.buffer
     record_id           uuid NOT NULL,
     instance_id         uuid NOT NULL,
     counter             bigint NOT NULL CHECK (counter > 0),

@@ -6,6 +6,7 @@
 #   bash test/bench/sync_bench.sh                       # as root; N = 10000 100000, R = 3
 #   BENCH_NS="10000 100000 1000000" BENCH_RUNS=3 bash test/bench/sync_bench.sh
 #   BENCH_NS=1000 BENCH_RUNS=1 bash test/bench/sync_bench.sh   # the smoke run
+#   BENCH_TOP=15 ...      # also print each side's 15 costliest statements
 #
 # Two throwaway clusters on this machine (fsync off on both, for sync and
 # baseline alike), the school-like workload of sync_schema.sql and
@@ -133,6 +134,16 @@ for N in $NS; do
         que=$(stage "$p1" "$s" 'morango\.queue\(')
         deq=$(stage "$p2" "$l" 'morango\.dequeue\(')
         des=$(stage "$p2" "$l" 'morango\.deserialize\(')
+        if [ -n "${BENCH_TOP:-}" ]; then   # where the time goes, for profiling
+            for side in "$p1 $s server" "$p2 $l laptop"; do
+                set -- $side
+                echo "-- N=$N run $run, $3: statements by total time (ms, calls)" >&2
+                val "$1" postgres -F ' | ' -c "SELECT round(total_exec_time), calls,
+                        left(regexp_replace(query, '\s+', ' ', 'g'), 110)
+                    FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                    WHERE d.datname = '$2' ORDER BY total_exec_time DESC LIMIT ${BENCH_TOP}" >&2
+            done
+        fi
         record "$N" records "$records"
         record "$N" full_s "$full"
         record "$N" full_rps "$(awk -v n="$records" -v s="$full" 'BEGIN { printf "%.0f", n / s }')"
