@@ -1398,6 +1398,54 @@ END
 $$;
 
 /*
+ * morango.private_key(certificate, hint) -> text: the private key of one of
+ * our certificates, raising (with `hint`, if given) when this database does
+ * not hold it.  Internal: never granted, never returned by the API.
+ */
+CREATE FUNCTION morango.private_key(certificate uuid, hint text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k text;
+BEGIN
+    SELECT private_key INTO k FROM morango.certificate_keys WHERE certificate_id = certificate;
+    IF NOT FOUND AND hint IS NULL THEN
+        RAISE EXCEPTION 'this database does not hold the private key of certificate %', certificate
+            USING ERRCODE = 'invalid_authorization_specification';
+    ELSIF NOT FOUND THEN
+        RAISE EXCEPTION 'this database does not hold the private key of certificate %', certificate
+            USING ERRCODE = 'invalid_authorization_specification', HINT = hint;
+    END IF;
+    RETURN k;
+END
+$$;
+
+/*
+ * morango.certificate_add(serialized, signing_key, private_key) -> uuid
+ *
+ * Sign a new certificate with signing_key, verify it like any received one
+ * (certificate_check), store it and, when given, its own private key.
+ */
+CREATE FUNCTION morango.certificate_add(serialized text, signing_key text, private_key text)
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c morango.certificates;
+BEGIN
+    c := morango.certificate_check(serialized, morango.sign(signing_key, serialized));
+    INSERT INTO morango.certificates SELECT (c).*;
+    IF private_key IS NOT NULL THEN
+        INSERT INTO morango.certificate_keys VALUES (c.id, private_key);
+    END IF;
+    RETURN c.id;
+END
+$$;
+
+/*
  * morango.create_root_certificate(scope_definition, params) -> uuid
  *
  * A new key pair and the self-signed certificate over it: the root of a
@@ -1412,19 +1460,15 @@ DECLARE
     sd  morango.scope_definitions;
     kp  record;
     cid uuid;
-    ser text;
-    c   morango.certificates;
 BEGIN
     sd := morango.scope_definition_get(scope_definition, params);
     kp := morango.key_generate();
     cid := morango.sha2_uuid(kp.public_key || ':' || sd.profile);
     params := params || jsonb_build_object(sd.primary_scope_param_key, replace(cid::text, '-', ''));
-    ser := morango.certificate_serialize(cid, NULL, sd.profile, '', sd.id, sd.version, params,
-                                         kp.public_key);
-    c := morango.certificate_check(ser, morango.sign(kp.private_key, ser));
-    INSERT INTO morango.certificates SELECT (c).*;
-    INSERT INTO morango.certificate_keys VALUES (cid, kp.private_key);
-    RETURN cid;
+    RETURN morango.certificate_add(
+        morango.certificate_serialize(cid, NULL, sd.profile, '', sd.id, sd.version, params,
+                                      kp.public_key),
+        kp.private_key, kp.private_key);
 END
 $$;
 
@@ -1446,31 +1490,23 @@ DECLARE
     pkey    text;
     kp      record;
     pub     text;
+    own     text;           -- the new private key, when made here
     salt    text := replace(gen_random_uuid()::text, '-', '');
     cid     uuid;
-    ser     text;
-    c       morango.certificates;
 BEGIN
-    SELECT private_key INTO pkey FROM morango.certificate_keys WHERE certificate_id = parent;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'this database does not hold the private key of certificate %', parent
-            USING ERRCODE = 'invalid_authorization_specification';
-    END IF;
+    pkey := morango.private_key(parent);
     sd := morango.scope_definition_get(scope_definition, params);
     IF public_key IS NULL THEN
         kp := morango.key_generate();
         pub := kp.public_key;
+        own := kp.private_key;
     ELSE
         pub := morango.public_key(public_key);
     END IF;
     cid := morango.sha2_uuid(pub || ':' || sd.profile || ':' || salt);
-    ser := morango.certificate_serialize(cid, parent, sd.profile, salt, sd.id, sd.version, params, pub);
-    c := morango.certificate_check(ser, morango.sign(pkey, ser));
-    INSERT INTO morango.certificates SELECT (c).*;
-    IF public_key IS NULL THEN
-        INSERT INTO morango.certificate_keys VALUES (cid, kp.private_key);
-    END IF;
-    RETURN cid;
+    RETURN morango.certificate_add(
+        morango.certificate_serialize(cid, parent, sd.profile, salt, sd.id, sd.version, params, pub),
+        pkey, own);
 END
 $$;
 
@@ -1493,21 +1529,15 @@ DECLARE
     old     morango.certificates;
     fresh   uuid;
 BEGIN
+    PERFORM morango.private_key(certificate);
     SELECT * INTO old FROM morango.certificates WHERE id = certificate;
-    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = certificate) THEN
-        RAISE EXCEPTION 'this database does not hold the private key of certificate %', certificate
-            USING ERRCODE = 'invalid_authorization_specification';
-    END IF;
     IF old.parent_id IS NULL THEN
         RAISE EXCEPTION 'a root certificate cannot be rotated'
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'Its id, derived from its key, is the dataset id.';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = old.parent_id) THEN
-        RAISE EXCEPTION 'this database does not hold the private key of certificate %', old.parent_id
-            USING ERRCODE = 'invalid_authorization_specification',
-                  HINT = 'Ask the holder of the parent again with morango.request_certificate().';
-    END IF;
+    PERFORM morango.private_key(old.parent_id,
+                                'Ask the holder of the parent again with morango.request_certificate().');
     fresh := morango.issue_certificate(old.parent_id, old.scope_definition_id, old.scope_params);
     DELETE FROM morango.certificate_keys WHERE certificate_id = certificate;
     UPDATE morango.certificate_signers SET parent_id = fresh WHERE parent_id = certificate;
@@ -1685,20 +1715,9 @@ COMMENT ON FUNCTION morango.uncertified_sync_allowed() IS
  */
 CREATE FUNCTION morango.certificate_sign(certificate uuid, message text)
 RETURNS text
-LANGUAGE plpgsql STABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    k text;
-BEGIN
-    SELECT private_key INTO k FROM morango.certificate_keys WHERE certificate_id = certificate;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'this database does not hold the private key of certificate %', certificate
-            USING ERRCODE = 'invalid_authorization_specification';
-    END IF;
-    RETURN morango.sign(k, message);
-END
-$$;
+RETURN morango.sign(morango.private_key(certificate), message);
 
 /*
  * morango.session_bind(sync_session, profile, local, peer, peer_role): check
@@ -1923,10 +1942,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = parent) THEN
-        RAISE EXCEPTION 'this database does not hold the private key of certificate %', parent
-            USING ERRCODE = 'invalid_authorization_specification';
-    END IF;
+    PERFORM morango.private_key(parent);
     PERFORM morango.scope_definition_get(scope_definition, params);
     INSERT INTO morango.certificate_signers (role, parent_id, scope_definition_id, params)
     VALUES (role::oid, parent, scope_definition, params)

@@ -40,15 +40,18 @@ morango_peer_request_signature(PG_FUNCTION_ARGS)
 {
 	char	   *peer = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	const char *values[4];
+	char	   *scope;
+	char	   *params;
 	PGconn	   *volatile conn = NULL;
 	PGresult   *volatile res = NULL;
 	char	   *chain = NULL;
 
 	values[0] = DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(1)));
-	values[1] = pg_server_to_any(text_to_cstring(PG_GETARG_TEXT_PP(2)),
-								 VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(2)), PG_UTF8);
-	values[2] = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(3)));
-	values[2] = pg_server_to_any(values[2], strlen(values[2]), PG_UTF8);
+	scope = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	params = DatumGetCString(DirectFunctionCall1(jsonb_out, PG_GETARG_DATUM(3)));
+	/* the wire is UTF8 (transport.h) */
+	values[1] = pg_server_to_any(scope, strlen(scope), PG_UTF8);
+	values[2] = pg_server_to_any(params, strlen(params), PG_UTF8);
 	values[3] = text_to_cstring(PG_GETARG_TEXT_PP(4));
 
 	PG_TRY();

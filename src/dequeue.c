@@ -181,7 +181,6 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 {
 	Oid			t1[1] = {UUIDOID};
 	int			ret;
-	bool		isnull;
 	char	   *tsname = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
 	MorangoTransfer *t;
 	pg_uuid_t  *instance;
@@ -217,13 +216,8 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	counts[3] = spi_count(1);
 
 	/* 2. conflicts, under a new local counter taken under the instance lock */
-	ret = SPI_execute("SELECT instance_id, counter FROM morango.lock_instance()", false, 0);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not lock the morango instance row");
-	instance = palloc(sizeof(pg_uuid_t));
-	memcpy(instance, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
-		   sizeof(pg_uuid_t));
-	counter = spi_count(2) + 1;
+	instance = morango_lock_instance(&counter);
+	counter++;
 	ret = SPI_execute_with_args(conflict_sql, 3, (Oid[]) {UUIDOID, UUIDOID, INT8OID},
 								(Datum[]) {ts, UUIDPGetDatum(instance), Int64GetDatum(counter)},
 								NULL, false, 0);

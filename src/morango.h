@@ -113,6 +113,7 @@ typedef struct MorangoTransfer
 	char	   *remote_fsic;
 } MorangoTransfer;
 
+extern pg_uuid_t *morango_lock_instance(int64 *counter);
 extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 							   const char *nulls, int expected);
 extern MorangoTransfer *morango_transfer_fetch(Datum ts);

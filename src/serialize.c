@@ -300,13 +300,7 @@ morango_serialize_internal(Datum profile, bool profile_null,
 	ListCell   *lc;
 	int			nestlevel;
 
-	ret = SPI_execute("SELECT instance_id, counter FROM morango.lock_instance()", false, 0);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not lock the morango instance row");
-	instance = palloc(sizeof(pg_uuid_t));
-	memcpy(instance, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
-		   sizeof(pg_uuid_t));
-	counter = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	instance = morango_lock_instance(&counter);
 
 	/* the models of the profile that have changes */
 	{

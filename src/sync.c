@@ -954,6 +954,44 @@ morango_sync_worker_main(Datum main_arg)
 }
 
 /*
+ * Wait, interruptibly, until the worker has stopped or *until (if given)
+ * is set, checking every poll_ms (the worker's exit or SetLatch wakes us
+ * sooner).  If we are cancelled, the worker is stopped too.
+ */
+static void
+wait_for_worker(BackgroundWorkerHandle *handle, volatile bool *until, long poll_ms)
+{
+	PG_TRY();
+	{
+		for (;;)
+		{
+			pid_t		pid;
+			BgwHandleStatus status;
+
+			if (until != NULL && *until)
+				break;
+			status = GetBackgroundWorkerPid(handle, &pid);
+			if (status == BGWH_STOPPED)
+				break;
+			if (status == BGWH_POSTMASTER_DIED)
+				ereport(FATAL,
+						(errcode(ERRCODE_ADMIN_SHUTDOWN),
+						 errmsg("postmaster exited during a morango sync")));
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 poll_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		TerminateBackgroundWorker(handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/*
  * Start a sync worker for (peer, profile, filter, direction) and wait
  * until it has chosen its session (or found the one running).  Returns
  * the worker handle; *seg_out gets the dsm segment (args in it).
@@ -971,7 +1009,6 @@ launch(FunctionCallInfo fcinfo, bool background, dsm_segment **seg_out)
 	SyncArgs   *args;
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
-	pid_t		pid;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -1061,33 +1098,7 @@ launch(FunctionCallInfo fcinfo, bool background, dsm_segment **seg_out)
 				 errhint("Raise max_worker_processes, or wait for other workers to finish.")));
 
 	/* wait until the worker has chosen its session (or exited) */
-	PG_TRY();
-	{
-		for (;;)
-		{
-			BgwHandleStatus status;
-
-			if (args->ready)
-				break;
-			status = GetBackgroundWorkerPid(handle, &pid);
-			if (status == BGWH_STOPPED)
-				break;
-			if (status == BGWH_POSTMASTER_DIED)
-				ereport(FATAL,
-						(errcode(ERRCODE_ADMIN_SHUTDOWN),
-						 errmsg("postmaster exited during a morango sync")));
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 100L, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-		}
-	}
-	PG_CATCH();
-	{
-		TerminateBackgroundWorker(handle);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	wait_for_worker(handle, &args->ready, 100L);
 
 	*seg_out = seg;
 	return handle;
@@ -1125,7 +1136,6 @@ morango_sync(PG_FUNCTION_ARGS)
 	dsm_segment *seg;
 	SyncArgs   *args;
 	BackgroundWorkerHandle *handle;
-	pid_t		pid;
 	pg_uuid_t  *result;
 
 	if (IsTransactionBlock())
@@ -1146,30 +1156,7 @@ morango_sync(PG_FUNCTION_ARGS)
 												DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&args->session)))) : 0,
 				 errhint("Wait for it with morango.sync_wait(), or stop it with morango.sync_cancel().")));
 
-	PG_TRY();
-	{
-		for (;;)
-		{
-			BgwHandleStatus status = GetBackgroundWorkerPid(handle, &pid);
-
-			if (status == BGWH_STOPPED)
-				break;
-			if (status == BGWH_POSTMASTER_DIED)
-				ereport(FATAL,
-						(errcode(ERRCODE_ADMIN_SHUTDOWN),
-						 errmsg("postmaster exited during a morango sync")));
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 1000L, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-		}
-	}
-	PG_CATCH();
-	{
-		TerminateBackgroundWorker(handle);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	wait_for_worker(handle, NULL, 1000L);
 
 	if (!args->done)
 		ereport(ERROR,

@@ -181,7 +181,6 @@ for N in $NS; do
         record "$N" noop_ms "$(awk -v a="$t4" -v b="$t5" 'BEGIN { printf "%.0f", (b - a) * 1000 }')"
 
         # incremental: 1% changes on the server, then a pull
-        nlogs=$(val "$p1" "$s" -c "SELECT count(*) FROM logs")
         on "$p1" "$s" -c "
             UPDATE logs SET progress = progress + 1, answer = 'changed'
             WHERE id IN (SELECT id FROM logs ORDER BY id LIMIT $((N * 8 / 1000)));
@@ -209,7 +208,6 @@ for N in $NS; do
         for db in "$l" "$m" "$c"; do val "$p2" postgres -c "DROP DATABASE $db" >/dev/null; done
         echo "N=$N run $run: full ${full}s, copy ${copy}s" >&2
     done
-    : "$nlogs"
 done
 
 # the table: median [min-max] per metric and N
