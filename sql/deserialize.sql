@@ -105,5 +105,24 @@ SELECT receive('enrol', 'school:r1', '10', '{"id": 10, "room_id": "r1"}', profil
 SELECT * FROM morango.deserialize();
 SELECT count(*) FROM enrol WHERE id = 10;
 
+-- batches: with morango.batch_size = 2, many records go in two at a time;
+-- a bad record fails only itself, and a key taken by a record of an
+-- earlier batch is still refused
+SET morango.batch_size = 2;
+SELECT receive('room', 'school', 'r3' || g, format('{"id": "r3%s", "name": "Batch %s"}', g, g)::jsonb, profile => 'school') IS NOT NULL
+FROM generate_series(0, 6) g;
+SELECT receive('enrol', 'school:r3' || g, (300 + g)::text,
+               format('{"id": %s, "room_id": "r3%s", "n": %s}', 300 + g, g, CASE WHEN g = 3 THEN '"bad"' ELSE g::text END)::jsonb,
+               profile => 'school') IS NOT NULL
+FROM generate_series(0, 6) g;
+SELECT receive('room', 'batch-elsewhere', 'r35', '{"id": "r35", "name": "Twin of r35"}', profile => 'school') IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT count(*) AS batch_rooms, string_agg(name, ', ' ORDER BY id) FILTER (WHERE id = 'r35') AS r35
+FROM room WHERE id LIKE 'r3_';
+SELECT id, n FROM enrol WHERE id BETWEEN 300 AND 399 ORDER BY id;
+SELECT model_name, source_id, partition, error FROM store_view
+WHERE dirty AND (source_id LIKE 'r3_' OR source_id LIKE '30_') ORDER BY 1, 2, 3;
+RESET morango.batch_size;
+
 -- bad filters
 SELECT * FROM morango.deserialize('school', '{}');

@@ -107,7 +107,7 @@ CREATE TABLE morango.store (
 );
 CREATE UNIQUE INDEX store_app_key ON morango.store (profile, model_name, app_key);
 CREATE INDEX store_partition ON morango.store (partition text_pattern_ops);
-CREATE INDEX store_dirty ON morango.store (profile, model_name) WHERE dirty_bit;
+CREATE INDEX store_dirty ON morango.store (profile, model_name, id) WHERE dirty_bit;
 CREATE INDEX store_version ON morango.store (last_saved_instance, last_saved_counter);
 
 /* Version vector of each record: the highest counter of every instance that wrote it. */

@@ -41,9 +41,14 @@ PG_FUNCTION_INFO_V1(morango_receive_chunk);
 
 #define UUID_RE "'^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'"
 
-/* $1 ts, $2 chunk, $3 profile, $4 filter: the first bad record, if any */
-static const char *validate_sql =
-"WITH c AS (" CHUNK_ROWS "), v AS ("
+/*
+ * $1 ts, $2 chunk, $3 profile, $4 filter: one pass over the chunk.  The
+ * first bad record, if any, is returned and then nothing is inserted;
+ * otherwise the records not buffered yet are inserted, and their number
+ * returned.
+ */
+static const char *receive_sql =
+"WITH c AS MATERIALIZED (" CHUNK_ROWS "), v AS ("
 "  SELECT c.id, c.seq, CASE"
 "    WHEN c.id IS NULL THEN 'the record has no id'"
 "    WHEN c.seq IS NULL OR c.seq <= 0 THEN 'its sequence number is missing or not positive'"
@@ -92,21 +97,18 @@ static const char *validate_sql =
 "  SELECT c.id, c.seq, 'its sequence number is taken by another record of this transfer'"
 "  FROM c JOIN morango.buffer b ON b.transfer_session_id = $1 AND b.seq = c.seq"
 "   AND b.record_id <> c.id"
-")"
-" SELECT id::text, seq, reason FROM v WHERE reason IS NOT NULL"
-" UNION ALL SELECT id::text, seq, reason FROM dup"
-" LIMIT 1";
-
-/* $1 ts, $2 chunk: insert what is new; returns the number of records added */
-static const char *insert_sql =
-"WITH c AS (" CHUNK_ROWS "), ins AS ("
+"), bad AS MATERIALIZED ("
+"  SELECT id::text AS id, seq, reason FROM v WHERE reason IS NOT NULL"
+"  UNION ALL SELECT id::text, seq, reason FROM dup"
+"  LIMIT 1"
+"), ins AS ("
 "  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
 "      partition, source_id, serialized, deleted, hard_deleted,"
 "      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
 "  SELECT $1, c.seq, c.id, c.profile, c.model_name, c.partition, c.source_id, c.serialized,"
 "         c.deleted, c.hard_deleted, c.last_saved_instance, c.last_saved_counter,"
 "         COALESCE(c.conflicting_serialized_data, '[]'::jsonb)"
-"  FROM c"
+"  FROM c WHERE NOT EXISTS (SELECT 1 FROM bad)"
 "  ON CONFLICT (transfer_session_id, record_id) DO NOTHING"
 "  RETURNING record_id"
 "), rm AS ("
@@ -114,7 +116,8 @@ static const char *insert_sql =
 "  SELECT $1, c.id, e.key::uuid, (e.value)::bigint"
 "  FROM c JOIN ins ON ins.record_id = c.id, pg_catalog.jsonb_each_text(c.rmcs) AS e"
 ")"
-" SELECT count(*) FROM ins";
+" SELECT (SELECT count(*) FROM ins), bad.id, bad.seq, bad.reason"
+" FROM (SELECT) AS one LEFT JOIN bad ON true";
 
 /* the largest chunk we accept, in records */
 #define MAX_CHUNK_RECORDS 100000
@@ -167,12 +170,15 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 
 	values[0] = ts;
 	values[1] = chunk;
-	morango_spi_exec(validate_sql, 4, argtypes, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed > 0)
+	morango_spi_exec(receive_sql, 4, argtypes, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		elog(ERROR, "receive statement returned no row");
+	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+	if (!isnull)
 	{
-		char	   *id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		char	   *seq = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-		char	   *reason = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		char	   *id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		char	   *seq = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		char	   *reason = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
@@ -180,8 +186,6 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 						tsname, id ? id : (seq ? psprintf("number %s", seq) : "?"), reason),
 				 errdetail("Nothing from this chunk was stored.")));
 	}
-
-	morango_spi_exec(insert_sql, 2, argtypes, values, NULL, SPI_OK_SELECT);
 	added = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
 	morango_spi_exec("UPDATE morango.transfer_sessions"

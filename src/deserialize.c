@@ -94,8 +94,15 @@ static const char *candidates_sql =
 "   AND " FILTER_PRED(5)
 "   AND (s.deleted OR NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
 "                                 WHERE k <> ALL ($6::text[])))"
-" ORDER BY s.id"
+"   AND ($7::uuid IS NULL OR s.id > $7)"
+" ORDER BY s.id LIMIT $8"
 " FOR UPDATE OF s SKIP LOCKED";
+
+/*
+ * Records are taken in batches of morango.batch_size, in id order (the
+ * store_dirty index), each batch's memory freed before the next:
+ * deserialize's memory does not grow with the number of records.
+ */
 
 static const char *set_errors_sql =
 "UPDATE morango.store s SET deserialization_error = e.msg"
@@ -425,9 +432,12 @@ try_write_batch(DeserModel *dm, const char *sql, Datum ids, char **keys, int nke
 	return err;
 }
 
-/* Collect column 1 (uuid) of the current SPI result as a uuid[] Datum; *n gets the count. */
+/*
+ * Collect column 1 (uuid) of the current SPI result as a uuid[] Datum; *n
+ * gets the count and, if there is a row, *last a copy of the last id.
+ */
 static Datum
-spi_uuid_array(int *n)
+spi_uuid_array(int *n, pg_uuid_t *last)
 {
 	Datum	   *elems;
 
@@ -444,7 +454,28 @@ spi_uuid_array(int *n)
 			   sizeof(pg_uuid_t));
 		elems[i] = UUIDPGetDatum(u);
 	}
+	if (last)
+		memcpy(last, DatumGetUUIDP(elems[*n - 1]), sizeof(pg_uuid_t));
 	return PointerGetDatum(construct_array(elems, *n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+}
+
+/* Set deserialization_error of records ids (list of pg_uuid_t *) to msgs (list of char *). */
+static void
+set_errors(List *ids, List *msgs)
+{
+	int			ne = list_length(ids);
+	Datum	   *ue = palloc(sizeof(Datum) * ne);
+	Datum	   *me = palloc(sizeof(Datum) * ne);
+
+	for (int i = 0; i < ne; i++)
+	{
+		ue[i] = PointerGetDatum(list_nth(ids, i));
+		me[i] = CStringGetTextDatum((char *) list_nth(msgs, i));
+	}
+	morango_spi_exec(set_errors_sql, 2, (Oid[]) {UUIDARRAYOID, TEXTARRAYOID},
+					 (Datum[]) {PointerGetDatum(construct_array(ue, ne, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
+					 PointerGetDatum(construct_array(me, ne, TEXTOID, -1, false, TYPALIGN_INT))},
+					 NULL, SPI_OK_UPDATE);
 }
 
 /* the typed-key query of prepare_keys(), for some records */
@@ -501,6 +532,154 @@ text_array(char **elems, int n)
 	return PointerGetDatum(construct_md_array(d, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
+/* the SQL that reads the typed key of records $1 (id, old app_key, new key text) */
+static char *
+keys_query(DeserModel *dm)
+{
+	StringInfoData k;
+	StringInfoData obj;
+	ListCell   *lc;
+	bool		first = true;
+
+	initStringInfo(&k);
+	initStringInfo(&obj);
+	appendStringInfoString(&k, "pg_catalog.jsonb_build_array(");
+	foreach(lc, dm->m->pk_columns)
+	{
+		char	   *lit = quote_literal_cstr((char *) lfirst(lc));
+
+		appendStringInfo(&k, "%spg_catalog.to_jsonb(r.%s)", first ? "" : ", ",
+						 quote_identifier((char *) lfirst(lc)));
+		/* only the key columns are read: other columns may be bad */
+		appendStringInfo(&obj, "%s%s, s.serialized -> %s", first ? "" : ", ", lit, lit);
+		first = false;
+	}
+	appendStringInfoString(&k, ")::text");
+	return psprintf("SELECT s.id, s.app_key, %s FROM morango.store s,"
+					" pg_catalog.jsonb_populate_record(NULL::%s,"
+					"     pg_catalog.jsonb_build_object(%s)) AS r"
+					" WHERE s.id = ANY($1)",
+					k.data, dm->qualname, obj.data);
+}
+
+/* the SQL that gives records their keys; see prepare_keys_batch() */
+static char *
+assign_query(DeserModel *dm)
+{
+	return psprintf("WITH v AS ("
+					"  SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]),"
+					"      pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS v(id, old, k)"
+					"  WHERE v.old IS DISTINCT FROM v.k"
+					"), ok AS ("
+					"  SELECT DISTINCT ON (v.k) v.* FROM v"
+					"  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v.k::jsonb) AS e"
+					"                    WHERE e.value = 'null'::jsonb)"
+					"  ORDER BY v.k, v.id"
+					"), taken AS MATERIALIZED ("	/* probes of the key index, never a scan */
+					"  SELECT o.id, o.app_key FROM morango.store o"
+					"  WHERE o.profile = $4 AND o.model_name = $5 AND o.app_key = ANY ($3::text[])"
+					"), free AS ("
+					"  SELECT ok.* FROM ok WHERE NOT EXISTS (SELECT 1 FROM taken o"
+					"    WHERE o.app_key = ok.k AND o.id <> ok.id)"
+					"), del AS ("
+					"  DELETE FROM ONLY %s AS t USING free, LATERAL %s AS kr"
+					"  WHERE free.old IS NOT NULL AND %s"
+					"), upd AS ("
+					"  UPDATE morango.store s SET app_key = free.k FROM free WHERE s.id = free.id"
+					"  RETURNING s.id"
+					") UPDATE morango.store s SET deserialization_error ="
+					"    CASE WHEN v.id IN (SELECT id FROM ok)"
+					"         THEN 'its primary key ' || v.k || ' is already used by another record of model ' || $5"
+					"         ELSE 'its primary key ' || v.k || ' is null or repeats another record''s' END"
+					"  FROM v WHERE s.id = v.id AND v.id NOT IN (SELECT id FROM upd)",
+					dm->qualname,
+					morango_key_record_sql(dm->m, dm->qualname, "free.old::jsonb"),
+					morango_pk_equal_sql(dm->m, "t", "kr"));
+}
+
+/*
+ * Give the n records ids of dm their keys (see prepare_keys); returns the
+ * number refused.
+ */
+static int64
+prepare_keys_batch(DeserModel *dm, const char *keys_sql, const char *assign_sql,
+				   Datum ids, int n)
+{
+	KeysArgs	ka;
+	ErrorData  *edata;
+	List	   *err_ids = NIL;
+	List	   *err_msgs = NIL;
+	int64		refused = 0;
+	int			nestlevel;
+
+	/* all at once; one by one if some record's key cannot be read */
+	nestlevel = morango_pin_settings(true);
+	ka.sql = keys_sql;
+	ka.ids = ids;
+	edata = morango_try(keys_run, &ka);
+	if (edata != NULL)
+	{
+		Datum	   *elems;
+		int			nelems;
+		int			ngood = 0;
+		Datum	   *good_ids = palloc(sizeof(Datum) * n);
+		char	  **good_old = palloc(sizeof(char *) * n);
+		char	  **good_new = palloc(sizeof(char *) * n);
+
+		FreeErrorData(edata);
+		deconstruct_array(DatumGetArrayTypeP(ids), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
+						  &elems, NULL, &nelems);
+		for (int i = 0; i < nelems; i++)
+		{
+			KeysArgs	one;
+
+			one.sql = keys_sql;
+			one.ids = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
+													  false, TYPALIGN_CHAR));
+			edata = morango_try(keys_run, &one);
+			if (edata != NULL)
+			{
+				err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
+				err_msgs = lappend(err_msgs, psprintf("its primary key cannot be read: %s",
+													  edata->message));
+				FreeErrorData(edata);
+			}
+			else if (one.n == 1)
+			{
+				good_ids[ngood] = one.out_ids[0];
+				good_old[ngood] = one.out_old[0];
+				good_new[ngood] = one.out_new[0];
+				ngood++;
+			}
+		}
+		ka.n = ngood;
+		ka.out_ids = good_ids;
+		ka.out_old = good_old;
+		ka.out_new = good_new;
+	}
+	morango_unpin_settings(nestlevel);
+
+	/* assign new keys, re-key changed ones, refuse null and taken keys */
+	if (ka.n > 0)
+	{
+		morango_spi_exec(assign_sql, 5,
+						 (Oid[]) {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID},
+						 (Datum[]) {PointerGetDatum(construct_array(ka.out_ids, ka.n, UUIDOID, UUID_LEN,
+																	false, TYPALIGN_CHAR)),
+						 text_array(ka.out_old, ka.n), text_array(ka.out_new, ka.n),
+						 CStringGetTextDatum(dm->m->profile), CStringGetTextDatum(dm->m->model_name)},
+						 NULL, SPI_OK_UPDATE);
+		refused += (int64) SPI_processed;
+	}
+
+	if (err_ids != NIL)
+	{
+		set_errors(err_ids, err_msgs);
+		refused += list_length(err_ids);
+	}
+	return refused;
+}
+
 /*
  * Give every dirty record of dm its application key, computed from the
  * typed primary key values of its serialized data under the canonical
@@ -510,242 +689,204 @@ text_array(char **elems, int n)
  * read (a wrong type), is null, or is held by another record get an error
  * and stay dirty.  Dirty hard-deleted records without a key have nothing
  * to delete here: they are marked clean.  Live records holding columns the
- * table does not have get an error too.  Returns the number of records
- * refused.
+ * table does not have get an error too.  Works in batches of
+ * morango.batch_size records.  Returns the number of records refused.
  */
 static int64
 prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 {
-	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', filter_null ? 'n' : ' ', ' '};
-	char	   *typed_key;
-	char	   *keys_sql;
-	int			ret;
+	Oid			argtypes[6] = {TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, UUIDOID, INT4OID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', filter_null ? 'n' : ' ', ' ', 'n', ' '};
+	char	   *keys_sql = keys_query(dm);
+	char	   *assign_sql = assign_query(dm);
 	int64		refused = 0;
-	Datum		ids;
-	int			n;
-	KeysArgs	ka;
-	ErrorData  *edata;
-	List	   *err_ids = NIL;
-	List	   *err_msgs = NIL;
-	int			nestlevel;
+	pg_uuid_t	last;
+	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "morango deserialize batch",
+												   ALLOCSET_DEFAULT_SIZES);
 
 	values[0] = CStringGetTextDatum(dm->m->profile);
 	values[1] = CStringGetTextDatum(dm->m->model_name);
 	values[2] = filter;
 	values[3] = dm->columns;
+	values[5] = Int32GetDatum(morango_batch_size);
 
 	/* the records that need a key: new ones, and live ones (their key may have changed) */
-	ret = SPI_execute_with_args("SELECT s.id FROM morango.store s"
-								" WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
-								"   AND NOT s.hard_deleted AND (s.app_key IS NULL OR NOT s.deleted)"
-								"   AND " FILTER_PRED(3),
-								3, argtypes, values, nulls, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	ids = spi_uuid_array(&n);
-
-	if (n > 0)
+	for (;;)
 	{
-		StringInfoData k;
-		ListCell   *lc;
-		bool		first = true;
+		MemoryContext oldcxt = MemoryContextSwitchTo(batchcxt);
+		Datum		ids;
+		int			n;
 
-		initStringInfo(&k);
-		appendStringInfoString(&k, "pg_catalog.jsonb_build_array(");
-		foreach(lc, dm->m->pk_columns)
-		{
-			appendStringInfo(&k, "%spg_catalog.to_jsonb(r.%s)", first ? "" : ", ",
-							 quote_identifier((char *) lfirst(lc)));
-			first = false;
-		}
-		appendStringInfoString(&k, ")::text");
-		typed_key = k.data;
-		/* typed key values: only the key columns are read, other columns may be bad */
-		{
-			StringInfoData obj;
-			bool		f2 = true;
-
-			initStringInfo(&obj);
-			foreach(lc, dm->m->pk_columns)
-			{
-				char	   *lit = quote_literal_cstr((char *) lfirst(lc));
-
-				appendStringInfo(&obj, "%s%s, s.serialized -> %s", f2 ? "" : ", ", lit, lit);
-				f2 = false;
-			}
-			keys_sql = psprintf("SELECT s.id, s.app_key, %s FROM morango.store s,"
-								" pg_catalog.jsonb_populate_record(NULL::%s,"
-								"     pg_catalog.jsonb_build_object(%s)) AS r"
-								" WHERE s.id = ANY($1)",
-								typed_key, dm->qualname, obj.data);
-		}
-
-		/* all at once; one by one if some record's key cannot be read */
-		nestlevel = morango_pin_settings(true);
-		ka.sql = keys_sql;
-		ka.ids = ids;
-		edata = morango_try(keys_run, &ka);
-		if (edata != NULL)
-		{
-			Datum	   *elems;
-			int			nelems;
-			int			ngood = 0;
-			Datum	   *good_ids = palloc(sizeof(Datum) * n);
-			char	  **good_old = palloc(sizeof(char *) * n);
-			char	  **good_new = palloc(sizeof(char *) * n);
-
-			FreeErrorData(edata);
-			deconstruct_array(DatumGetArrayTypeP(ids), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
-							  &elems, NULL, &nelems);
-			for (int i = 0; i < nelems; i++)
-			{
-				KeysArgs	one;
-
-				one.sql = keys_sql;
-				one.ids = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
-														  false, TYPALIGN_CHAR));
-				edata = morango_try(keys_run, &one);
-				if (edata != NULL)
-				{
-					err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
-					err_msgs = lappend(err_msgs, psprintf("its primary key cannot be read: %s",
-														  edata->message));
-					FreeErrorData(edata);
-				}
-				else if (one.n == 1)
-				{
-					good_ids[ngood] = one.out_ids[0];
-					good_old[ngood] = one.out_old[0];
-					good_new[ngood] = one.out_new[0];
-					ngood++;
-				}
-			}
-			ka.n = ngood;
-			ka.out_ids = good_ids;
-			ka.out_old = good_old;
-			ka.out_new = good_new;
-		}
-		morango_unpin_settings(nestlevel);
-
-		/* assign new keys, re-key changed ones, refuse null and taken keys */
-		if (ka.n > 0)
-		{
-			Oid			t5[5] = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID};
-			Datum		v5[5];
-			char	   *sql;
-
-			v5[0] = PointerGetDatum(construct_array(ka.out_ids, ka.n, UUIDOID, UUID_LEN,
-													false, TYPALIGN_CHAR));
-			v5[1] = text_array(ka.out_old, ka.n);
-			v5[2] = text_array(ka.out_new, ka.n);
-			v5[3] = values[0];
-			v5[4] = values[1];
-			sql = psprintf("WITH v AS ("
-						   "  SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]),"
-						   "      pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS v(id, old, k)"
-						   "  WHERE v.old IS DISTINCT FROM v.k"
-						   "), ok AS ("
-						   "  SELECT DISTINCT ON (v.k) v.* FROM v"
-						   "  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v.k::jsonb) AS e"
-						   "                    WHERE e.value = 'null'::jsonb)"
-						   "  ORDER BY v.k, v.id"
-						   "), free AS ("
-						   "  SELECT ok.* FROM ok WHERE NOT EXISTS (SELECT 1 FROM morango.store o"
-						   "    WHERE o.profile = $4 AND o.model_name = $5 AND o.app_key = ok.k AND o.id <> ok.id)"
-						   "), del AS ("
-						   "  DELETE FROM ONLY %s AS t USING free, LATERAL %s AS kr"
-						   "  WHERE free.old IS NOT NULL AND %s"
-						   "), upd AS ("
-						   "  UPDATE morango.store s SET app_key = free.k FROM free WHERE s.id = free.id"
-						   "  RETURNING s.id"
-						   ") UPDATE morango.store s SET deserialization_error ="
-						   "    CASE WHEN v.id IN (SELECT id FROM ok)"
-						   "         THEN 'its primary key ' || v.k || ' is already used by another record of model ' || $5"
-						   "         ELSE 'its primary key ' || v.k || ' is null or repeats another record''s' END"
-						   "  FROM v WHERE s.id = v.id AND v.id NOT IN (SELECT id FROM upd)",
-						   dm->qualname,
-						   morango_key_record_sql(dm->m, dm->qualname, "free.old::jsonb"),
-						   morango_pk_equal_sql(dm->m, "t", "kr"));
-			ret = SPI_execute_with_args(sql, 5, t5, v5, NULL, false, 0);
-			if (ret != SPI_OK_UPDATE)
-				elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-			refused += (int64) SPI_processed;
-		}
+		morango_spi_exec("SELECT s.id FROM morango.store s"
+						 " WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+						 "   AND NOT s.hard_deleted AND (s.app_key IS NULL OR NOT s.deleted)"
+						 "   AND " FILTER_PRED(3)
+						 "   AND ($5::uuid IS NULL OR s.id > $5)"
+						 " ORDER BY s.id LIMIT $6",
+						 6, argtypes, values, nulls, SPI_OK_SELECT);
+		ids = spi_uuid_array(&n, &last);
+		SPI_freetuptable(SPI_tuptable);
+		if (n > 0)
+			refused += prepare_keys_batch(dm, keys_sql, assign_sql, ids, n);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(batchcxt);
+		if (n < morango_batch_size)
+			break;
+		values[4] = UUIDPGetDatum(&last);
+		nulls[4] = ' ';
+		CHECK_FOR_INTERRUPTS();
 	}
+	MemoryContextDelete(batchcxt);
 
-	if (err_ids != NIL)
-	{
-		int			ne = list_length(err_ids);
-		Datum	   *ue = palloc(sizeof(Datum) * ne);
-		Datum	   *me = palloc(sizeof(Datum) * ne);
-
-		for (int i = 0; i < ne; i++)
-		{
-			ue[i] = PointerGetDatum(list_nth(err_ids, i));
-			me[i] = CStringGetTextDatum((char *) list_nth(err_msgs, i));
-		}
-		ret = SPI_execute_with_args(set_errors_sql, 2, (Oid[]) {UUIDARRAYOID, TEXTARRAYOID},
-									(Datum[]) {PointerGetDatum(construct_array(ue, ne, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
-									PointerGetDatum(construct_array(me, ne, TEXTOID, -1, false, TYPALIGN_INT))},
-									NULL, false, 0);
-		if (ret != SPI_OK_UPDATE)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		refused += ne;
-	}
-
-	ret = SPI_execute_with_args("UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
-								" WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
-								"   AND s.app_key IS NULL AND s.hard_deleted AND " FILTER_PRED(3),
-								3, argtypes, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec("UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
+					 " WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+					 "   AND s.app_key IS NULL AND s.hard_deleted AND " FILTER_PRED(3),
+					 3, argtypes, values, nulls, SPI_OK_UPDATE);
 
 	/* live records with columns the table lacks are refused, not truncated */
-	ret = SPI_execute_with_args("UPDATE morango.store s SET deserialization_error ="
-								"  'table has no column ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ' ORDER BY k)"
-								"    FROM pg_catalog.jsonb_object_keys(s.serialized) AS k WHERE k <> ALL ($4::text[]))"
-								"  || ' of the record'"
-								" WHERE s.dirty_bit AND NOT s.deleted AND s.profile = $1 AND s.model_name = $2"
-								"   AND " FILTER_PRED(3)
-								"   AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
-								"               WHERE k <> ALL ($4::text[]))",
-								4, argtypes, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec("UPDATE morango.store s SET deserialization_error ="
+					 "  'table has no column ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ' ORDER BY k)"
+					 "    FROM pg_catalog.jsonb_object_keys(s.serialized) AS k WHERE k <> ALL ($4::text[]))"
+					 "  || ' of the record'"
+					 " WHERE s.dirty_bit AND NOT s.deleted AND s.profile = $1 AND s.model_name = $2"
+					 "   AND " FILTER_PRED(3)
+					 "   AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
+					 "               WHERE k <> ALL ($4::text[]))",
+					 4, argtypes, values, nulls, SPI_OK_UPDATE);
 	refused += (int64) SPI_processed;
 	return refused;
 }
 
 /*
+ * Write one batch: the n records ids of dm (taken and locked by the
+ * candidates query).  Keeps those whose application row we can lock (or
+ * that have none) and that were not changed locally; writes them as one
+ * statement, or one by one if that fails.  fresh: the records had no
+ * error before (records that failed before go one by one at once).
+ */
+static void
+write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *counts)
+{
+	const char *write_sql = deleted ? dm->delete_sql : dm->upsert_sql;
+	Oid			idtype[1] = {UUIDARRAYOID};
+	int			n;
+	Datum	   *elems;
+	char	  **keys;
+	int64		written;
+	int64		nok = 0;
+	List	   *err_ids = NIL;
+	List	   *err_msgs = NIL;
+
+	/* keep only records whose application row we could lock (or that have none) */
+	morango_spi_exec(dm->lock_sql, 1, idtype, &ids, NULL, SPI_OK_SELECT);
+	ids = spi_uuid_array(&n, NULL);
+	SPI_freetuptable(SPI_tuptable);
+	if (n == 0)
+		return;
+
+	/* ... and that were not changed locally (a new snapshot sees every commit) */
+	morango_spi_exec(dm->unchanged_sql, 1, idtype, &ids, NULL, SPI_OK_SELECT);
+	n = (int) SPI_processed;
+	if (n == 0)
+		return;
+	elems = palloc(sizeof(Datum) * n);
+	keys = palloc(sizeof(char *) * n);
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+
+		memcpy(u, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
+			   sizeof(pg_uuid_t));
+		elems[i] = UUIDPGetDatum(u);
+		keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	ids = PointerGetDatum(construct_array(elems, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+
+	if (fresh && try_write_batch(dm, write_sql, ids, keys, n, &written) == NULL)
+	{
+		if (deleted)
+			counts->deleted += written;
+		else
+			counts->applied += written;
+		return;
+	}
+
+	/*
+	 * One by one, to find the records that fail.  Repeat over the failures
+	 * while some succeed: a row whose parent is in the same batch (a
+	 * self-referencing table) goes in once its parent has.
+	 */
+	for (;;)
+	{
+		int			progress = 0;
+		int			nfail = 0;
+
+		list_free(err_ids);
+		list_free(err_msgs);
+		err_ids = NIL;
+		err_msgs = NIL;
+		for (int i = 0; i < n; i++)
+		{
+			Datum		one = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
+															  false, TYPALIGN_CHAR));
+			char	   *err;
+
+			CHECK_FOR_INTERRUPTS();
+			err = try_write_batch(dm, write_sql, one, &keys[i], 1, &written);
+			if (err == NULL)
+			{
+				nok += written;
+				progress++;
+			}
+			else
+			{
+				err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
+				err_msgs = lappend(err_msgs, err);
+				keys[nfail] = keys[i];
+				elems[nfail++] = elems[i];
+			}
+		}
+		n = nfail;
+		if (progress == 0 || n == 0)
+			break;
+	}
+	if (deleted)
+		counts->deleted += nok;
+	else
+		counts->applied += nok;
+	counts->failed += list_length(err_ids);
+	if (err_ids != NIL)
+		set_errors(err_ids, err_msgs);
+}
+
+/*
  * Write the dirty records of dm that are tombstones (deleted) or live
  * (!deleted): first the records that failed before, one by one; then the
- * others as one batch, falling back to one by one if the batch fails.
+ * others in batches of morango.batch_size, each one statement, falling back
+ * to one by one if it fails.  Each batch's memory is freed before the
+ * next.
  */
 static void
 process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 			  DeserCounts *counts)
 {
-	const char *write_sql = deleted ? dm->delete_sql : dm->upsert_sql;
+	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "morango deserialize batch",
+												   ALLOCSET_DEFAULT_SIZES);
 
 	/* records that failed before first, so this run's failures are tried once */
 	for (int pass = 0; pass < 2; pass++)
 	{
 		bool		fresh = (pass == 1);
-		Oid			argtypes[6] = {TEXTOID, TEXTOID, BOOLOID, BOOLOID, TEXTARRAYOID, TEXTARRAYOID};
-		Datum		values[6];
-		char		nulls[6] = {' ', ' ', ' ', ' ', filter_null ? 'n' : ' ', ' '};
-		Oid			idtype[1] = {UUIDARRAYOID};
-		Datum		ids;
-		int			n;
-		int			ret;
-		Datum	   *elems;
-		char	  **keys;
-		int64		written;
-		int64		nok = 0;
-		List	   *err_ids = NIL;
-		List	   *err_msgs = NIL;
+		Oid			argtypes[8] = {TEXTOID, TEXTOID, BOOLOID, BOOLOID, TEXTARRAYOID, TEXTARRAYOID,
+		UUIDOID, INT4OID};
+		Datum		values[8];
+		char		nulls[8] = {' ', ' ', ' ', ' ', filter_null ? 'n' : ' ', ' ', 'n', ' '};
+		pg_uuid_t	last;
 
 		values[0] = CStringGetTextDatum(dm->m->profile);
 		values[1] = CStringGetTextDatum(dm->m->model_name);
@@ -753,116 +894,28 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 		values[3] = BoolGetDatum(fresh);
 		values[4] = filter;
 		values[5] = dm->columns;
-		ret = SPI_execute_with_args(candidates_sql, 6, argtypes, values, nulls, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		ids = spi_uuid_array(&n);
-		if (n == 0)
-			continue;
-
-		/* keep only records whose application row we could lock (or that have none) */
-		ret = SPI_execute_with_args(dm->lock_sql, 1, idtype, &ids, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		ids = spi_uuid_array(&n);
-		if (n == 0)
-			continue;
-
-		/* ... and that were not changed locally (a new snapshot sees every commit) */
-		ret = SPI_execute_with_args(dm->unchanged_sql, 1, idtype, &ids, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		n = (int) SPI_processed;
-		if (n == 0)
-			continue;
-		elems = palloc(sizeof(Datum) * n);
-		keys = palloc(sizeof(char *) * n);
-		for (int i = 0; i < n; i++)
-		{
-			bool		isnull;
-			pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
-
-			memcpy(u, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
-				   sizeof(pg_uuid_t));
-			elems[i] = UUIDPGetDatum(u);
-			keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-		}
-		ids = PointerGetDatum(construct_array(elems, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-
-		if (fresh && try_write_batch(dm, write_sql, ids, keys, n, &written) == NULL)
-		{
-			if (deleted)
-				counts->deleted += written;
-			else
-				counts->applied += written;
-			continue;
-		}
-
-		/*
-		 * One by one, to find the records that fail.  Repeat over the
-		 * failures while some succeed: a row whose parent is in the same
-		 * batch (a self-referencing table) goes in once its parent has.
-		 */
+		values[7] = Int32GetDatum(morango_batch_size);
 		for (;;)
 		{
-			int			progress = 0;
-			int			nfail = 0;
+			MemoryContext oldcxt = MemoryContextSwitchTo(batchcxt);
+			Datum		ids;
+			int			n;
 
-			list_free(err_ids);
-			list_free(err_msgs);
-			err_ids = NIL;
-			err_msgs = NIL;
-			for (int i = 0; i < n; i++)
-			{
-				Datum		one = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
-																  false, TYPALIGN_CHAR));
-				char	   *err;
-
-				CHECK_FOR_INTERRUPTS();
-				err = try_write_batch(dm, write_sql, one, &keys[i], 1, &written);
-				if (err == NULL)
-				{
-					nok += written;
-					progress++;
-				}
-				else
-				{
-					err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
-					err_msgs = lappend(err_msgs, err);
-					keys[nfail] = keys[i];
-					elems[nfail++] = elems[i];
-				}
-			}
-			n = nfail;
-			if (progress == 0 || n == 0)
+			morango_spi_exec(candidates_sql, 8, argtypes, values, nulls, SPI_OK_SELECT);
+			ids = spi_uuid_array(&n, &last);
+			SPI_freetuptable(SPI_tuptable);
+			if (n > 0)
+				write_records(dm, deleted, fresh, ids, counts);
+			MemoryContextSwitchTo(oldcxt);
+			MemoryContextReset(batchcxt);
+			if (n < morango_batch_size)
 				break;
-		}
-		if (deleted)
-			counts->deleted += nok;
-		else
-			counts->applied += nok;
-		counts->failed += list_length(err_ids);
-
-		if (err_ids != NIL)
-		{
-			int			ne = list_length(err_ids);
-			Datum	   *ue = palloc(sizeof(Datum) * ne);
-			Datum	   *me = palloc(sizeof(Datum) * ne);
-			Oid			et[2] = {UUIDARRAYOID, TEXTARRAYOID};
-			Datum		ev[2];
-
-			for (int i = 0; i < ne; i++)
-			{
-				ue[i] = PointerGetDatum(list_nth(err_ids, i));
-				me[i] = CStringGetTextDatum((char *) list_nth(err_msgs, i));
-			}
-			ev[0] = PointerGetDatum(construct_array(ue, ne, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-			ev[1] = PointerGetDatum(construct_array(me, ne, TEXTOID, -1, false, TYPALIGN_INT));
-			ret = SPI_execute_with_args(set_errors_sql, 2, et, ev, NULL, false, 0);
-			if (ret != SPI_OK_UPDATE)
-				elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+			values[6] = UUIDPGetDatum(&last);
+			nulls[6] = ' ';
+			CHECK_FOR_INTERRUPTS();
 		}
 	}
+	MemoryContextDelete(batchcxt);
 }
 
 /*

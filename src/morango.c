@@ -26,6 +26,9 @@ bool		morango_hard_delete_guc = false;
 /* morango.chunk_size: records per chunk of a transfer */
 int			morango_chunk_size = 5000;
 
+/* morango.batch_size: records deserialize writes per statement */
+int			morango_batch_size = 10000;
+
 /* morango.connect_timeout: seconds to wait for a peer connection */
 int			morango_connect_timeout = 30;
 
@@ -69,6 +72,16 @@ _PG_init(void)
 							"Each chunk is one round trip and one statement on each side.",
 							&morango_chunk_size,
 							5000, 1, 100000,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.batch_size",
+							"Records deserialize writes per statement.",
+							"Deserialize works in batches of this many records, freeing each batch's "
+							"memory before the next, so its memory does not grow with the number of records.",
+							&morango_batch_size,
+							10000, 1, 1000000,
 							PGC_USERSET,
 							0,
 							NULL, NULL, NULL);

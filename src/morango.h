@@ -32,6 +32,7 @@
 /* GUC variables (morango.c) */
 extern bool morango_hard_delete_guc;
 extern int	morango_chunk_size;
+extern int	morango_batch_size;
 extern int	morango_connect_timeout;
 extern int	morango_peer_timeout;
 extern int	morango_stage_timeout;
