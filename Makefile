@@ -29,6 +29,7 @@ OBJS = \
 	src/buffer.o \
 	src/dequeue.o \
 	src/transport.o \
+	src/pack.o \
 	src/certify.o \
 	src/sync.o
 
@@ -47,7 +48,7 @@ TAP_TESTS    = 1
 PROVE_TESTS  = $(wildcard test/t/*.pl)
 
 PG_CPPFLAGS  = -I$(libpq_srcdir) -Isrc $(shell pkg-config --cflags json-c)
-SHLIB_LINK   = $(libpq) $(shell pkg-config --libs json-c) -lcrypto
+SHLIB_LINK   = $(libpq) $(shell pkg-config --libs json-c) -lcrypto -lz
 # -Wno-unused-parameter only for PostgreSQL's own headers (ilist.h, bufpage.h)
 PG_CFLAGS    = -Wall -Wextra -Wno-unused-parameter
 

@@ -508,6 +508,26 @@ AS 'MODULE_PATHNAME', 'morango_receive_chunk';
 COMMENT ON FUNCTION morango.receive_chunk(uuid, jsonb) IS
     'validate a chunk of records and add it to the incoming buffer (all or nothing); returns the number added';
 
+/* Chunks on the wire are packed: deflated JSON text in base64 (src/pack.c). */
+CREATE FUNCTION morango.pack_chunk(chunk jsonb)
+RETURNS text
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_pack_chunk';
+COMMENT ON FUNCTION morango.pack_chunk(jsonb) IS 'a chunk as it travels between peers: deflated, base64';
+
+CREATE FUNCTION morango.unpack_chunk(packed text)
+RETURNS jsonb
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_unpack_chunk';
+COMMENT ON FUNCTION morango.unpack_chunk(text) IS 'the chunk a packed chunk holds';
+
+CREATE FUNCTION morango.receive_packed_chunk(transfer_session uuid, packed text)
+RETURNS bigint
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_receive_packed_chunk';
+COMMENT ON FUNCTION morango.receive_packed_chunk(uuid, text) IS
+    'receive_chunk() of a packed chunk; the session counts the packed bytes';
+
 CREATE FUNCTION morango.dequeue(transfer_session uuid,
                                 OUT new bigint, OUT fast_forwards bigint,
                                 OUT conflicts bigint, OUT ignored bigint)
@@ -665,7 +685,7 @@ COMMENT ON FUNCTION morango.cleanup(interval) IS
 CREATE FUNCTION morango.protocol_version()
 RETURNS integer
 LANGUAGE sql IMMUTABLE
-AS $$ SELECT 1 $$;
+AS $$ SELECT 2 $$;
 COMMENT ON FUNCTION morango.protocol_version() IS 'version of the sync protocol this extension speaks';
 
 /* the transfer session of the server side, checked */
@@ -819,6 +839,48 @@ $$;
 COMMENT ON FUNCTION morango.peer_push_chunk(uuid, jsonb) IS
     'peer API: a chunk of a push (validated, all or nothing)';
 
+/* The packed flavours, which the sync driver uses (protocol version 2). */
+CREATE FUNCTION morango.peer_pull_packed(transfer_session uuid, after_seq bigint, max_records integer)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+    packed text;
+BEGIN
+    PERFORM morango.peer_session(transfer_session, false);
+    IF after_seq IS NULL OR after_seq < 0 OR max_records IS NULL OR max_records < 1
+       OR max_records > 100000 THEN
+        RAISE EXCEPTION 'peer_pull_packed: after_seq must be >= 0 and max_records between 1 and 100000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO c FROM morango.read_chunk(transfer_session, after_seq, max_records);
+    packed := morango.pack_chunk(c.chunk);
+    UPDATE morango.transfer_sessions
+    SET stage = 'transferring', status = 'started',
+        records_transferred = GREATEST(records_transferred, c.last_seq),
+        bytes_sent = bytes_sent + length(packed), last_activity_at = now()
+    WHERE id = transfer_session;
+    RETURN jsonb_build_object('packed', packed, 'last_seq', c.last_seq, 'records', c.records);
+END
+$$;
+COMMENT ON FUNCTION morango.peer_pull_packed(uuid, bigint, integer) IS
+    'peer API: the next chunk of a pull, packed';
+
+CREATE FUNCTION morango.peer_push_packed(transfer_session uuid, packed text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM morango.peer_session(transfer_session, true);
+    RETURN morango.receive_packed_chunk(transfer_session, packed);
+END
+$$;
+COMMENT ON FUNCTION morango.peer_push_packed(uuid, text) IS
+    'peer API: a packed chunk of a push (validated, all or nothing)';
+
 /*
  * Finish a transfer on the server side: for a push, check that all
  * records_total records arrived, dequeue and deserialize; for a pull,
@@ -896,6 +958,8 @@ BEGIN
                    'morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb), '
                    'morango.peer_pull_chunk(uuid, bigint, integer), '
                    'morango.peer_push_chunk(uuid, jsonb), '
+                   'morango.peer_pull_packed(uuid, bigint, integer), '
+                   'morango.peer_push_packed(uuid, text), '
                    'morango.peer_finish(uuid, bigint), '
                    'morango.peer_close(uuid, text), '
                    'morango.peer_nonce(), '

@@ -149,7 +149,7 @@ SELECT count(*) AS stranger_notes FROM note;
 \c regress_scope_facility
 SET ROLE regress_scope_peer;
 SET morango.allow_uncertified_sync = on;
-SELECT masked($$SELECT morango.peer_begin(1, gen_random_uuid(), gen_random_uuid(), 'facilitydata', false,
+SELECT masked($$SELECT morango.peer_begin(2, gen_random_uuid(), gen_random_uuid(), 'facilitydata', false,
                                           ARRAY[''], gen_random_uuid(), '{"super": {}, "sub": {}}')$$)
        AS placeholder_set_by_peer;
 SET morango.allow_uncertified_sync = on;
@@ -185,15 +185,15 @@ SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
 SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
               :'ss', 'facilitydata', :'home_chain', :'root', :'nonce', :'sig')) AS reused_nonce;
 -- the session is bound: a push of another learner's partition is refused
-SELECT masked(format($$SELECT morango.peer_begin(1, %L, gen_random_uuid(), 'facilitydata', true, %L,
+SELECT masked(format($$SELECT morango.peer_begin(2, %L, gen_random_uuid(), 'facilitydata', true, %L,
                                                  gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
               :'ss', ARRAY[:'ds' || ':user-rw:u2'])) AS push_outside_write_scope;
-SELECT masked(format($$SELECT morango.peer_begin(1, %L, gen_random_uuid(), 'facilitydata', false, %L,
+SELECT masked(format($$SELECT morango.peer_begin(2, %L, gen_random_uuid(), 'facilitydata', false, %L,
                                                  gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
               :'ss', ARRAY[:'ds'])) AS pull_outside_read_scope;
 -- inside its scope a push opens, but a chunk carrying a record of another
 -- learner's partition is refused whole, naming the record
-SELECT masked(format($$SELECT morango.peer_begin(1, %L, '22222222-2222-2222-2222-222222222222',
+SELECT masked(format($$SELECT morango.peer_begin(2, %L, '22222222-2222-2222-2222-222222222222',
                                                  'facilitydata', true, %L, gen_random_uuid(),
                                                  '{"super": {}, "sub": {}}')->>'stage'$$,
               :'ss', ARRAY[:'ds' || ':user-rw:u1'])) AS push_inside_scope;
@@ -217,7 +217,7 @@ SELECT masked(format('SELECT morango.peer_finish(%L, 0)', '22222222-2222-2222-22
 -- the session is bound to the role that authenticated it: another login
 -- that learns its id cannot use it
 \c regress_scope_facility regress_scope_admin
-SELECT masked(format($$SELECT morango.peer_begin(1, %L, gen_random_uuid(), 'facilitydata', false, %L,
+SELECT masked(format($$SELECT morango.peer_begin(2, %L, gen_random_uuid(), 'facilitydata', false, %L,
                                                  gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
               :'ss', ARRAY[:'ds' || ':user-rw:u1'])) AS session_of_another_role;
 \c regress_scope_facility :me

@@ -241,7 +241,7 @@ SELECT * FROM note ORDER BY id;
 \c regress_morango_a
 SELECT morango.instance_id() AS a_instance \gset
 \c regress_morango_b
-SELECT morango.peer_begin(1, '55555555-5555-5555-5555-555555555555', '66666666-6666-6666-6666-666666666666',
+SELECT morango.peer_begin(2, '55555555-5555-5555-5555-555555555555', '66666666-6666-6666-6666-666666666666',
                           'notes', true, ARRAY[''], 'bbbbbbbb-0000-0000-0000-000000000000',
                           jsonb_build_object('super', '{}'::jsonb, 'sub',
                               jsonb_build_object('', jsonb_build_object(:'a_instance', 9000000000000000000))))->>'stage';
@@ -292,7 +292,7 @@ SELECT count(*) FROM bulk WHERE id > 100;
 -- its whole chunk and nothing changes
 \c regress_morango_b
 SELECT count(*) AS store_before FROM morango.store \gset
-SELECT morango.peer_begin(1, '11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222',
+SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222',
                           'facilitydata', true, ARRAY['f1'], 'aaaaaaaa-0000-0000-0000-000000000000',
                           '{"super": {}, "sub": {}}')->>'stage' AS stage;
 CREATE FUNCTION good_record(seq integer, part text, src text) RETURNS jsonb LANGUAGE sql AS $$
@@ -330,6 +330,30 @@ SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"sour
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"id": "not a uuid"}'));
 SELECT try_chunk('{"not": "an array"}');
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"hard_deleted": true}'));
+-- packed chunks (how chunks travel): the same checks, plus the packing
+SELECT morango.unpack_chunk(morango.pack_chunk('[{"name": "École Élémentaire ✓"}]')) AS round_trip;
+SELECT length(morango.pack_chunk(jsonb_agg(good_record(g, 'f1:user:v' || g, 'v' || g))))
+       < length(jsonb_agg(good_record(g, 'f1:user:v' || g, 'v' || g))::text) / 4 AS compresses
+FROM generate_series(1, 100) g;
+CREATE FUNCTION try_packed(packed text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM morango.peer_push_packed('22222222-2222-2222-2222-222222222222', packed);
+    RETURN 'accepted';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SELECT try_packed(morango.pack_chunk(jsonb_build_array(good_record(1, 'f2:user:v1', 'v1'))));
+SELECT try_packed('not base64 at all!');
+SELECT try_packed('');
+SELECT try_packed(encode('\x00000010789c'::bytea, 'base64'));
+-- a header that lies about the size, small or huge
+SELECT try_packed(encode(overlay(decode(morango.pack_chunk('[1, 2, 3]'), 'base64')
+                                 placing '\x00000002'::bytea from 1 for 4), 'base64'));
+SELECT try_packed(encode(overlay(decode(morango.pack_chunk('[1, 2, 3]'), 'base64')
+                                 placing '\x7fffffff'::bytea from 1 for 4), 'base64'));
+-- valid packing of text that is not json, or not UTF-8
+SELECT try_packed(encode('\x00000003'::bytea || '\x789c4b4c4a0600024d0127'::bytea, 'base64'));
+SELECT morango.unpack_chunk(encode('\x00000002'::bytea || '\x789c3bac010001b000ec'::bytea, 'base64'));
 -- nothing landed
 SELECT count(*) = :store_before AS store_unchanged FROM morango.store;
 SELECT count(*) AS buffered FROM morango.buffer WHERE transfer_session_id = '22222222-2222-2222-2222-222222222222';
@@ -341,7 +365,7 @@ SELECT morango.peer_push_chunk('22222222-2222-2222-2222-222222222222',
 SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v''); DROP TABLE member; --', 'x'')--')));
 SELECT try_chunk(jsonb_build_array(good_record(2, 'f1:user:v9', 'v9')));
 -- a filter with LIKE wildcards matches them literally
-SELECT morango.peer_begin(1, '11111111-1111-1111-1111-111111111111', '44444444-4444-4444-4444-444444444444',
+SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '44444444-4444-4444-4444-444444444444',
                           'facilitydata', true, ARRAY['f_'], 'aaaaaaaa-0000-0000-0000-000000000000',
                           '{"super": {}, "sub": {}}')->>'stage' AS stage;
 SELECT morango.peer_push_chunk('44444444-4444-4444-4444-444444444444',
@@ -356,9 +380,9 @@ SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v3', 'v3')));
 SELECT morango.peer_push_chunk('33333333-3333-3333-3333-333333333333', '[]');
 SELECT morango.peer_begin(99, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
                           'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}');
-SELECT morango.peer_begin(1, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, '{}',
+SELECT morango.peer_begin(2, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, '{}',
                           'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}');
-SELECT morango.peer_begin(1, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
+SELECT morango.peer_begin(2, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
                           'aaaaaaaa-0000-0000-0000-000000000000', '{"sub": {}}');
 DROP FUNCTION try_chunk(jsonb);
 DROP FUNCTION good_record(integer, text, text);

@@ -27,7 +27,7 @@
 #include "utils/uuid.h"
 
 /* the version of the sync protocol (doc/protocol.md); both sides check it */
-#define MORANGO_PROTOCOL_VERSION 1
+#define MORANGO_PROTOCOL_VERSION 2
 
 /* GUC variables (morango.c) */
 extern bool morango_hard_delete_guc;

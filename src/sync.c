@@ -413,11 +413,12 @@ run_push(Driver *d, const char *ts)
 
 		CHECK_FOR_INTERRUPTS();
 		local_step(d, "morango sync: read chunk",
-				   "SELECT chunk::text, last_seq, records FROM morango.read_chunk($1::uuid, $2::bigint, $3::integer)",
+				   "SELECT morango.pack_chunk(chunk), last_seq, records"
+				   " FROM morango.read_chunk($1::uuid, $2::bigint, $3::integer)",
 				   3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
 		if (atoi64_or(c[2], 0) == 0)
 			break;
-		remote_call(d, "SELECT morango.peer_push_chunk($1::uuid, $2::jsonb)", 2,
+		remote_call(d, "SELECT morango.peer_push_packed($1::uuid, $2)", 2,
 					(const char *[]) {ts, c[0]}, 1, n);
 		local_begin("morango sync: chunk sent");
 		local_exec(d, "UPDATE morango.transfer_sessions"
@@ -533,13 +534,13 @@ run_pull(Driver *d, const char *ts)
 			char	   *c[3];
 
 			CHECK_FOR_INTERRUPTS();
-			remote_call(d, "SELECT (r->'chunk')::text, r->>'last_seq', r->>'records'"
-						" FROM morango.peer_pull_chunk($1::uuid, $2::bigint, $3::integer) AS r",
+			remote_call(d, "SELECT r->>'packed', r->>'last_seq', r->>'records'"
+						" FROM morango.peer_pull_packed($1::uuid, $2::bigint, $3::integer) AS r",
 						3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
 			if (atoi64_or(c[2], 0) == 0)
 				break;
 			local_begin("morango sync: receive chunk");
-			local_exec(d, "SELECT morango.receive_chunk($1::uuid, $2::jsonb)",
+			local_exec(d, "SELECT morango.receive_packed_chunk($1::uuid, $2)",
 					   2, (const char *[]) {ts, c[0]}, 0, NULL);
 			notify(d, ts, "transferring", "in_progress");
 			local_commit();

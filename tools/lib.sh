@@ -5,7 +5,7 @@
 # unprivileged system user (MG_USER) in a throwaway directory, on a free
 # loopback port, and stop them on exit.
 
-MG_PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-cron libjson-c-dev libpq-dev libssl-dev libipc-run-perl openssl pkg-config make gcc"
+MG_PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-cron libjson-c-dev libpq-dev libssl-dev zlib1g-dev libipc-run-perl openssl pkg-config make gcc"
 MG_USER=${MG_USER:-morango_ci}
 MG_PGBIN=/usr/lib/postgresql/15/bin
 MG_CLUSTERS=()
