@@ -806,6 +806,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     c record;
+    packed text;
 BEGIN
     PERFORM morango.peer_session(transfer_session, false);
     IF after_seq IS NULL OR after_seq < 0 OR max_records IS NULL OR max_records < 1
@@ -814,49 +815,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT * INTO c FROM morango.read_chunk(transfer_session, after_seq, max_records);
-    -- queue numbers records 1..records_total, so the last one sent is the count
-    UPDATE morango.transfer_sessions
-    SET stage = 'transferring', status = 'started',
-        records_transferred = GREATEST(records_transferred, c.last_seq),
-        bytes_sent = bytes_sent + length(c.chunk::text), last_activity_at = now()
-    WHERE id = transfer_session;
-    RETURN jsonb_build_object('chunk', c.chunk, 'last_seq', c.last_seq, 'records', c.records);
-END
-$$;
-COMMENT ON FUNCTION morango.peer_pull_chunk(uuid, bigint, integer) IS
-    'peer API: the next chunk of a pull';
-
-CREATE FUNCTION morango.peer_push_chunk(transfer_session uuid, chunk jsonb)
-RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM morango.peer_session(transfer_session, true);
-    RETURN morango.receive_chunk(transfer_session, chunk);
-END
-$$;
-COMMENT ON FUNCTION morango.peer_push_chunk(uuid, jsonb) IS
-    'peer API: a chunk of a push (validated, all or nothing)';
-
-/* The packed flavours, which the sync driver uses (protocol version 2). */
-CREATE FUNCTION morango.peer_pull_packed(transfer_session uuid, after_seq bigint, max_records integer)
-RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    c record;
-    packed text;
-BEGIN
-    PERFORM morango.peer_session(transfer_session, false);
-    IF after_seq IS NULL OR after_seq < 0 OR max_records IS NULL OR max_records < 1
-       OR max_records > 100000 THEN
-        RAISE EXCEPTION 'peer_pull_packed: after_seq must be >= 0 and max_records between 1 and 100000'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT * INTO c FROM morango.read_chunk(transfer_session, after_seq, max_records);
     packed := morango.pack_chunk(c.chunk);
+    -- queue numbers records 1..records_total, so the last one sent is the count
     UPDATE morango.transfer_sessions
     SET stage = 'transferring', status = 'started',
         records_transferred = GREATEST(records_transferred, c.last_seq),
@@ -865,10 +825,10 @@ BEGIN
     RETURN jsonb_build_object('packed', packed, 'last_seq', c.last_seq, 'records', c.records);
 END
 $$;
-COMMENT ON FUNCTION morango.peer_pull_packed(uuid, bigint, integer) IS
+COMMENT ON FUNCTION morango.peer_pull_chunk(uuid, bigint, integer) IS
     'peer API: the next chunk of a pull, packed';
 
-CREATE FUNCTION morango.peer_push_packed(transfer_session uuid, packed text)
+CREATE FUNCTION morango.peer_push_chunk(transfer_session uuid, packed text)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -878,7 +838,7 @@ BEGIN
     RETURN morango.receive_packed_chunk(transfer_session, packed);
 END
 $$;
-COMMENT ON FUNCTION morango.peer_push_packed(uuid, text) IS
+COMMENT ON FUNCTION morango.peer_push_chunk(uuid, text) IS
     'peer API: a packed chunk of a push (validated, all or nothing)';
 
 /*
@@ -957,9 +917,7 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION morango.protocol_version(), '
                    'morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb), '
                    'morango.peer_pull_chunk(uuid, bigint, integer), '
-                   'morango.peer_push_chunk(uuid, jsonb), '
-                   'morango.peer_pull_packed(uuid, bigint, integer), '
-                   'morango.peer_push_packed(uuid, text), '
+                   'morango.peer_push_chunk(uuid, text), '
                    'morango.peer_finish(uuid, bigint), '
                    'morango.peer_close(uuid, text), '
                    'morango.peer_nonce(), '

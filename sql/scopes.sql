@@ -209,10 +209,11 @@ CREATE FUNCTION crafted(seq integer, part text, src text) RETURNS jsonb LANGUAGE
         'conflicting_serialized_data', '[]'::jsonb,
         'rmcs', jsonb_build_object('aaaaaaaa-0000-0000-0000-000000000000', 9))
 $$;
+SELECT morango.pack_chunk(jsonb_build_array(crafted(1, :'ds' || ':user-rw:u1', 'n8'),
+                                           crafted(2, :'ds' || ':user-rw:u2', 'n4'))) AS crafted_chunk \gset
 SET ROLE regress_scope_peer;
 SELECT masked(format('SELECT morango.peer_push_chunk(%L, %L)', '22222222-2222-2222-2222-222222222222',
-              jsonb_build_array(crafted(1, :'ds' || ':user-rw:u1', 'n8'),
-                                crafted(2, :'ds' || ':user-rw:u2', 'n4')))) AS outside_write_scope;
+              :'crafted_chunk')) AS outside_write_scope;
 SELECT masked(format('SELECT morango.peer_finish(%L, 0)', '22222222-2222-2222-2222-222222222222')) AS finished;
 -- the session is bound to the role that authenticated it: another login
 -- that learns its id cannot use it

@@ -305,13 +305,16 @@ CREATE FUNCTION good_record(seq integer, part text, src text) RETURNS jsonb LANG
         'conflicting_serialized_data', '[]'::jsonb,
         'rmcs', jsonb_build_object('aaaaaaaa-0000-0000-0000-000000000000', 5))
 $$;
-CREATE FUNCTION try_chunk(chunk jsonb) RETURNS text LANGUAGE plpgsql AS $$
+CREATE FUNCTION try_packed(packed text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM morango.peer_push_chunk('22222222-2222-2222-2222-222222222222', chunk);
+    PERFORM morango.peer_push_chunk('22222222-2222-2222-2222-222222222222', packed);
     RETURN 'accepted';
 EXCEPTION WHEN OTHERS THEN
     RETURN SQLSTATE || ': ' || SQLERRM;
 END $$;
+CREATE FUNCTION try_chunk(chunk jsonb) RETURNS text LANGUAGE sql AS $$
+    SELECT try_packed(morango.pack_chunk(chunk))
+$$;
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'),
                                    good_record(2, 'f1:user:v2', 'v2') || '{"id": "00000000-0000-0000-0000-000000000001"}'));
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f2:user:v1', 'v1')));
@@ -335,13 +338,6 @@ SELECT morango.unpack_chunk(morango.pack_chunk('[{"name": "École Élémentaire 
 SELECT length(morango.pack_chunk(jsonb_agg(good_record(g, 'f1:user:v' || g, 'v' || g))))
        < length(jsonb_agg(good_record(g, 'f1:user:v' || g, 'v' || g))::text) / 4 AS compresses
 FROM generate_series(1, 100) g;
-CREATE FUNCTION try_packed(packed text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM morango.peer_push_packed('22222222-2222-2222-2222-222222222222', packed);
-    RETURN 'accepted';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 SELECT try_packed(morango.pack_chunk(jsonb_build_array(good_record(1, 'f2:user:v1', 'v1'))));
 SELECT try_packed('not base64 at all!');
 SELECT try_packed('');
@@ -361,7 +357,7 @@ SELECT count(*) AS buffered FROM morango.buffer WHERE transfer_session_id = '222
 -- metacharacters are data
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'), good_record(2, 'f1:user:v2', 'v2')));
 SELECT morango.peer_push_chunk('22222222-2222-2222-2222-222222222222',
-                               jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))) AS added_again;
+                               morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1')))) AS added_again;
 SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v''); DROP TABLE member; --', 'x'')--')));
 SELECT try_chunk(jsonb_build_array(good_record(2, 'f1:user:v9', 'v9')));
 -- a filter with LIKE wildcards matches them literally
@@ -369,7 +365,7 @@ SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '44444444-4
                           'facilitydata', true, ARRAY['f_'], 'aaaaaaaa-0000-0000-0000-000000000000',
                           '{"super": {}, "sub": {}}')->>'stage' AS stage;
 SELECT morango.peer_push_chunk('44444444-4444-4444-4444-444444444444',
-                               jsonb_build_array(good_record(1, 'f1:user:v1', 'v1')));
+                               morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))));
 -- finishing with a wrong total is refused; the right one merges
 SELECT morango.peer_finish('22222222-2222-2222-2222-222222222222', 4);
 SELECT morango.peer_finish('22222222-2222-2222-2222-222222222222', 3)->>'new' AS new_records;
@@ -377,7 +373,7 @@ SELECT id, username FROM member WHERE id LIKE 'v%' OR id LIKE 'x%' ORDER BY id;
 -- the wrong direction, a finished session, an unknown session, a bad protocol version
 SELECT morango.peer_pull_chunk('22222222-2222-2222-2222-222222222222', 0, 10);
 SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v3', 'v3')));
-SELECT morango.peer_push_chunk('33333333-3333-3333-3333-333333333333', '[]');
+SELECT morango.peer_push_chunk('33333333-3333-3333-3333-333333333333', morango.pack_chunk('[]'));
 SELECT morango.peer_begin(99, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
                           'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}');
 SELECT morango.peer_begin(2, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, '{}',

@@ -418,7 +418,7 @@ run_push(Driver *d, const char *ts)
 				   3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
 		if (atoi64_or(c[2], 0) == 0)
 			break;
-		remote_call(d, "SELECT morango.peer_push_packed($1::uuid, $2)", 2,
+		remote_call(d, "SELECT morango.peer_push_chunk($1::uuid, $2)", 2,
 					(const char *[]) {ts, c[0]}, 1, n);
 		local_begin("morango sync: chunk sent");
 		local_exec(d, "UPDATE morango.transfer_sessions"
@@ -535,7 +535,7 @@ run_pull(Driver *d, const char *ts)
 
 			CHECK_FOR_INTERRUPTS();
 			remote_call(d, "SELECT r->>'packed', r->>'last_seq', r->>'records'"
-						" FROM morango.peer_pull_packed($1::uuid, $2::bigint, $3::integer) AS r",
+						" FROM morango.peer_pull_chunk($1::uuid, $2::bigint, $3::integer) AS r",
 						3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
 			if (atoi64_or(c[2], 0) == 0)
 				break;
