@@ -730,6 +730,7 @@ CREATE FUNCTION morango.peer_begin(protocol integer, sync_session uuid, transfer
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     st      jsonb;
@@ -803,6 +804,7 @@ CREATE FUNCTION morango.peer_pull_chunk(transfer_session uuid, after_seq bigint,
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     c record;
@@ -832,6 +834,7 @@ CREATE FUNCTION morango.peer_push_chunk(transfer_session uuid, packed text)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
     PERFORM morango.peer_session(transfer_session, true);
@@ -850,6 +853,7 @@ CREATE FUNCTION morango.peer_finish(transfer_session uuid, records_total bigint)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     ts      morango.transfer_sessions;

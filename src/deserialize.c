@@ -104,6 +104,15 @@ static const char *candidates_sql =
  * deserialize's memory does not grow with the number of records.
  */
 
+/*
+ * The keys of a model (oid in the format) changed locally since the last
+ * serialize, read once per statement: morango.changes has no index (the
+ * capture trigger only appends), so a lookup per record would scan it per
+ * record.
+ */
+#define CHANGED_KEYS \
+	"SELECT c.key FROM morango.changes c WHERE c.model = %u::oid::regclass"
+
 static const char *set_errors_sql =
 "UPDATE morango.store s SET deserialization_error = e.msg"
 " FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[])) AS e(id, msg)"
@@ -214,19 +223,22 @@ build_model(MorangoModel *m)
 	/*
 	 * upsert: UPDATE existing rows (keeping columns the record lacks),
 	 * INSERT the rest (a row inserted meanwhile is left alone), mark clean
-	 * what was written.  Records with a local change are left out.
+	 * what was written.  Records with a local change are left out.  $1
+	 * holds candidates this transaction locked FOR UPDATE while dirty, so
+	 * they still are: no dirty_bit test, which would make the planner walk
+	 * the whole store_dirty index instead of probing the primary key.
 	 */
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "WITH src AS ("
+					 "WITH ch AS MATERIALIZED (" CHANGED_KEYS
+					 "), src AS ("
 					 "  SELECT s.id AS _morango_id, s.serialized AS _morango_j, r.*"
 					 "  FROM morango.store s,"
 					 "       pg_catalog.jsonb_populate_record(NULL::%s, s.serialized) AS r"
-					 "  WHERE s.id = ANY($1) AND s.dirty_bit"
-					 "    AND NOT EXISTS (SELECT 1 FROM morango.changes c"
-					 "                    WHERE c.model = %u::oid::regclass AND c.key = s.app_key)"
+					 "  WHERE s.id = ANY($1)"
+					 "    AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)"
 					 "), upd AS (",
-					 dm->qualname, m->relid);
+					 m->relid, dm->qualname);
 	if (nset > 0)
 		appendStringInfo(&sql, "UPDATE ONLY %s AS t SET %s FROM src WHERE %s RETURNING %s",
 						 dm->qualname, set.data, morango_pk_equal_sql(m, "t", "src"),
@@ -259,16 +271,16 @@ build_model(MorangoModel *m)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "WITH k AS ("
+					 "WITH ch AS MATERIALIZED (" CHANGED_KEYS
+					 "), k AS ("
 					 "  SELECT s.id AS _morango_id, r.* FROM morango.store s, %s AS r"
-					 "  WHERE s.id = ANY($1) AND s.dirty_bit"
-					 "    AND NOT EXISTS (SELECT 1 FROM morango.changes c"
-					 "                    WHERE c.model = %u::oid::regclass AND c.key = s.app_key)"
+					 "  WHERE s.id = ANY($1)"
+					 "    AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)"
 					 "), del AS ("
 					 "  DELETE FROM ONLY %s AS t USING k WHERE %s"
 					 ") UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
 					 " FROM k WHERE s.id = k._morango_id RETURNING s.id",
-					 keyrec, m->relid, dm->qualname, pkeq_tk);
+					 m->relid, keyrec, dm->qualname, pkeq_tk);
 	dm->delete_sql = sql.data;
 
 	initStringInfo(&sql);
@@ -285,10 +297,10 @@ build_model(MorangoModel *m)
 					 keyrec, dm->qualname, pkeq_tk, dm->qualname, pkeq_tk);
 	dm->lock_sql = sql.data;
 
-	dm->unchanged_sql = psprintf("SELECT s.id, s.app_key FROM morango.store s"
-								 " WHERE s.id = ANY($1) AND NOT EXISTS"
-								 "  (SELECT 1 FROM morango.changes c"
-								 "   WHERE c.model = %u::oid::regclass AND c.key = s.app_key)",
+	dm->unchanged_sql = psprintf("WITH ch AS MATERIALIZED (" CHANGED_KEYS ")"
+								 " SELECT s.id, s.app_key FROM morango.store s"
+								 " WHERE s.id = ANY($1)"
+								 "   AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)",
 								 m->relid);
 	return dm;
 }
@@ -386,12 +398,10 @@ write_batch_run(void *arg)
 {
 	WriteArgs  *a = (WriteArgs *) arg;
 	Oid			argtypes[1] = {UUIDARRAYOID};
-	int			ret;
 
-	ret = SPI_execute_with_args(a->sql, 1, argtypes, &a->ids, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	a->written = (int64) SPI_processed;
+	a->written = (int64) morango_spi_exec(a->sql, 1, argtypes, &a->ids, NULL,
+										  SPI_OK_UPDATE_RETURNING);
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*
@@ -494,12 +504,8 @@ keys_run(void *arg)
 {
 	KeysArgs   *a = (KeysArgs *) arg;
 	Oid			argtypes[1] = {UUIDARRAYOID};
-	int			ret;
 
-	ret = SPI_execute_with_args(a->sql, 1, argtypes, &a->ids, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	a->n = (int) SPI_processed;
+	a->n = (int) morango_spi_exec(a->sql, 1, argtypes, &a->ids, NULL, SPI_OK_SELECT);
 	a->out_ids = palloc(sizeof(Datum) * Max(a->n, 1));
 	a->out_old = palloc(sizeof(char *) * Max(a->n, 1));
 	a->out_new = palloc(sizeof(char *) * Max(a->n, 1));
@@ -514,6 +520,7 @@ keys_run(void *arg)
 		a->out_old[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 		a->out_new[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
 	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 static Datum
@@ -951,6 +958,9 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	 */
 	nestlevel = NewGUCNestLevel();
 	(void) set_config_option("lock_timeout", "100ms", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	/* a few large statements per batch: JIT compiling them costs more than it saves */
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	PG_TRY();
 	{

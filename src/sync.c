@@ -52,6 +52,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -818,6 +819,12 @@ morango_sync_worker_main(Datum main_arg)
 	args = dsm_segment_address(seg);
 
 	BackgroundWorkerInitializeConnectionByOid(args->dboid, args->useroid, 0);
+
+	/*
+	 * The steps are a few large statements: compiling them costs tens of
+	 * milliseconds each and gains nothing measurable.
+	 */
+	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_SESSION);
 
 	memset(&d, 0, sizeof(d));
 	d.cxt = AllocSetContextCreate(TopMemoryContext, "morango sync", ALLOCSET_DEFAULT_SIZES);
