@@ -477,21 +477,23 @@ COMMENT ON FUNCTION morango.queue(uuid) IS
  * the last sequence number in it.
  */
 CREATE FUNCTION morango.read_chunk(transfer_session uuid, after_seq bigint, max_records integer,
-                                   OUT chunk jsonb, OUT last_seq bigint, OUT records integer)
+                                   OUT chunk json, OUT last_seq bigint, OUT records integer)
 LANGUAGE sql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT COALESCE(jsonb_agg(jsonb_build_object(
+    -- json, not jsonb: the chunk is sent as text, and building text is
+    -- about twice as fast as building a jsonb value and printing it
+    SELECT COALESCE(json_agg(json_build_object(
                'id', b.record_id, 'seq', b.seq, 'profile', b.profile,
                'model_name', b.model_name, 'partition', b.partition, 'source_id', b.source_id,
                'serialized', b.serialized, 'deleted', b.deleted, 'hard_deleted', b.hard_deleted,
                'last_saved_instance', b.last_saved_instance,
                'last_saved_counter', b.last_saved_counter,
                'conflicting_serialized_data', b.conflicting_serialized_data,
-               'rmcs', (SELECT jsonb_object_agg(x.instance_id, x.counter)
+               'rmcs', (SELECT json_object_agg(x.instance_id, x.counter)
                         FROM morango.record_max_counter_buffer x
                         WHERE x.transfer_session_id = b.transfer_session_id
-                          AND x.record_id = b.record_id)) ORDER BY b.seq), '[]'::jsonb),
+                          AND x.record_id = b.record_id)) ORDER BY b.seq), '[]'::json),
            COALESCE(max(b.seq), after_seq),
            count(*)::integer
     FROM (SELECT * FROM morango.buffer
@@ -499,7 +501,14 @@ AS $$
           ORDER BY seq LIMIT $3) AS b
 $$;
 COMMENT ON FUNCTION morango.read_chunk(uuid, bigint, integer) IS
-    'the next chunk of a transfer session''s buffer, as the jsonb array sent over the wire';
+    'the next chunk of a transfer session''s buffer, as the json array sent over the wire (packed)';
+
+CREATE FUNCTION morango.version_vector_check(rmcs jsonb, last_saved_instance uuid, last_saved_counter bigint)
+RETURNS text
+LANGUAGE C IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_version_vector_check';
+COMMENT ON FUNCTION morango.version_vector_check(jsonb, uuid, bigint) IS
+    'NULL if a received version vector is well formed and holds the last saved version, else why not';
 
 CREATE FUNCTION morango.receive_chunk(transfer_session uuid, chunk jsonb)
 RETURNS bigint
@@ -509,11 +518,11 @@ COMMENT ON FUNCTION morango.receive_chunk(uuid, jsonb) IS
     'validate a chunk of records and add it to the incoming buffer (all or nothing); returns the number added';
 
 /* Chunks on the wire are packed: deflated JSON text in base64 (src/pack.c). */
-CREATE FUNCTION morango.pack_chunk(chunk jsonb)
+CREATE FUNCTION morango.pack_chunk(chunk json)
 RETURNS text
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'morango_pack_chunk';
-COMMENT ON FUNCTION morango.pack_chunk(jsonb) IS 'a chunk as it travels between peers: deflated, base64';
+COMMENT ON FUNCTION morango.pack_chunk(json) IS 'a chunk as it travels between peers: deflated, base64';
 
 CREATE FUNCTION morango.unpack_chunk(packed text)
 RETURNS jsonb

@@ -210,7 +210,7 @@ CREATE FUNCTION crafted(seq integer, part text, src text) RETURNS jsonb LANGUAGE
         'rmcs', jsonb_build_object('aaaaaaaa-0000-0000-0000-000000000000', 9))
 $$;
 SELECT morango.pack_chunk(jsonb_build_array(crafted(1, :'ds' || ':user-rw:u1', 'n8'),
-                                           crafted(2, :'ds' || ':user-rw:u2', 'n4'))) AS crafted_chunk \gset
+                                           crafted(2, :'ds' || ':user-rw:u2', 'n4'))::json) AS crafted_chunk \gset
 SET ROLE regress_scope_peer;
 SELECT masked(format('SELECT morango.peer_push_chunk(%L, %L)', '22222222-2222-2222-2222-222222222222',
               :'crafted_chunk')) AS outside_write_scope;

@@ -313,7 +313,7 @@ EXCEPTION WHEN OTHERS THEN
     RETURN SQLSTATE || ': ' || SQLERRM;
 END $$;
 CREATE FUNCTION try_chunk(chunk jsonb) RETURNS text LANGUAGE sql AS $$
-    SELECT try_packed(morango.pack_chunk(chunk))
+    SELECT try_packed(morango.pack_chunk(chunk::json))
 $$;
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'),
                                    good_record(2, 'f1:user:v2', 'v2') || '{"id": "00000000-0000-0000-0000-000000000001"}'));
@@ -335,10 +335,10 @@ SELECT try_chunk('{"not": "an array"}');
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1') || '{"hard_deleted": true}'));
 -- packed chunks (how chunks travel): the same checks, plus the packing
 SELECT morango.unpack_chunk(morango.pack_chunk('[{"name": "École Élémentaire ✓"}]')) AS round_trip;
-SELECT length(morango.pack_chunk(jsonb_agg(good_record(g, 'f1:user:v' || g, 'v' || g))))
+SELECT length(morango.pack_chunk(jsonb_agg(good_record(g, 'f1:user:v' || g, 'v' || g))::json))
        < length(jsonb_agg(good_record(g, 'f1:user:v' || g, 'v' || g))::text) / 4 AS compresses
 FROM generate_series(1, 100) g;
-SELECT try_packed(morango.pack_chunk(jsonb_build_array(good_record(1, 'f2:user:v1', 'v1'))));
+SELECT try_packed(morango.pack_chunk(jsonb_build_array(good_record(1, 'f2:user:v1', 'v1'))::json));
 SELECT try_packed('not base64 at all!');
 SELECT try_packed('');
 SELECT try_packed(encode('\x00000010789c'::bytea, 'base64'));
@@ -350,6 +350,24 @@ SELECT try_packed(encode(overlay(decode(morango.pack_chunk('[1, 2, 3]'), 'base64
 -- valid packing of text that is not json, or not UTF-8
 SELECT try_packed(encode('\x00000003'::bytea || '\x789c4b4c4a0600024d0127'::bytea, 'base64'));
 SELECT morango.unpack_chunk(encode('\x00000002'::bytea || '\x789c3bac010001b000ec'::bytea, 'base64'));
+-- version vectors, checked in C: entries must be (instance uuid: positive
+-- bigint) and hold the last saved version
+SELECT v AS rmcs, morango.version_vector_check(v::jsonb, 'aaaaaaaa-0000-0000-0000-000000000000', 5) AS problem
+FROM unnest(ARRAY[
+    '{"aaaaaaaa-0000-0000-0000-000000000000": 5}',
+    '{"aaaaaaaa000000000000000000000000": 7, "bbbbbbbb-0000-0000-0000-000000000000": 1}',
+    '{"aaaaaaaa-0000-0000-0000-000000000000": 5.0}',
+    '{"aaaaaaaa-0000-0000-0000-000000000000": 9223372036854775807}',
+    '{"aaaaaaaa-0000-0000-0000-000000000000": 9223372036854775808}',
+    '{"aaaaaaaa-0000-0000-0000-000000000000": 0}',
+    '{"aaaaaaaa-0000-0000-0000-000000000000": -5}',
+    '{"aaaaaaaa-0000-0000-0000-000000000000": 5.5}',
+    '{"aaaaaaaa-0000-0000-0000-000000000000": "5"}',
+    '{"AAAAAAAA-0000-0000-0000-000000000000": 5}',
+    '{"aaaaaaaa-0000-0000-0000-00000000000": 5}',
+    '{"aaaaaaaa-0000-0000-0000-000000000000": 4}',
+    '{"bbbbbbbb-0000-0000-0000-000000000000": 9}',
+    '{}', '[]', 'null']) AS v;
 -- nothing landed
 SELECT count(*) = :store_before AS store_unchanged FROM morango.store;
 SELECT count(*) AS buffered FROM morango.buffer WHERE transfer_session_id = '22222222-2222-2222-2222-222222222222';
@@ -357,7 +375,7 @@ SELECT count(*) AS buffered FROM morango.buffer WHERE transfer_session_id = '222
 -- metacharacters are data
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'), good_record(2, 'f1:user:v2', 'v2')));
 SELECT morango.peer_push_chunk('22222222-2222-2222-2222-222222222222',
-                               morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1')))) AS added_again;
+                               morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))::json)) AS added_again;
 SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v''); DROP TABLE member; --', 'x'')--')));
 SELECT try_chunk(jsonb_build_array(good_record(2, 'f1:user:v9', 'v9')));
 -- a filter with LIKE wildcards matches them literally
@@ -365,7 +383,7 @@ SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '44444444-4
                           'facilitydata', true, ARRAY['f_'], 'aaaaaaaa-0000-0000-0000-000000000000',
                           '{"super": {}, "sub": {}}')->>'stage' AS stage;
 SELECT morango.peer_push_chunk('44444444-4444-4444-4444-444444444444',
-                               morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))));
+                               morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))::json));
 -- finishing with a wrong total is refused; the right one merges
 SELECT morango.peer_finish('22222222-2222-2222-2222-222222222222', 4);
 SELECT morango.peer_finish('22222222-2222-2222-2222-222222222222', 3)->>'new' AS new_records;

@@ -5,7 +5,7 @@
  *		producer goes into the receiver's incoming buffer, after every
  *		record in it has been validated.
  *
- * A chunk is a jsonb array of records as morango.read_chunk() makes them
+ * A chunk is a json array of records as morango.read_chunk() makes them
  * (see doc/protocol.md).  Nothing from a chunk lands unless all of it is
  * valid: each record's id must follow the id rule over (partition, source
  * id, model name), its partition must lie under the transfer session's
@@ -26,10 +26,13 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "utils/uuid.h"
 
 #include "morango.h"
 
 PG_FUNCTION_INFO_V1(morango_receive_chunk);
+PG_FUNCTION_INFO_V1(morango_version_vector_check);
 
 /* the chunk as rows; $2 is the chunk */
 #define CHUNK_ROWS \
@@ -38,8 +41,6 @@ PG_FUNCTION_INFO_V1(morango_receive_chunk);
 	"  serialized jsonb, deleted boolean, hard_deleted boolean," \
 	"  last_saved_instance uuid, last_saved_counter bigint," \
 	"  conflicting_serialized_data jsonb, rmcs jsonb)"
-
-#define UUID_RE "'^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'"
 
 /*
  * $1 ts, $2 chunk, $3 profile, $4 filter: one pass over the chunk.  The
@@ -72,19 +73,8 @@ static const char *receive_sql =
 "    WHEN c.conflicting_serialized_data IS NOT NULL"
 "         AND pg_catalog.jsonb_typeof(c.conflicting_serialized_data) <> 'array'"
 "      THEN 'its conflict history is not a json array'"
-"    WHEN pg_catalog.jsonb_typeof(c.rmcs) IS DISTINCT FROM 'object'"
-"      THEN 'its version vector is missing or not a json object'"
-"    WHEN EXISTS (SELECT 1 FROM pg_catalog.jsonb_each(c.rmcs) AS e"
-"                 WHERE e.key !~ " UUID_RE
-"                    OR pg_catalog.jsonb_typeof(e.value) <> 'number'"
-"                    OR (e.value)::numeric <= 0"
-"                    OR (e.value)::numeric <> pg_catalog.trunc((e.value)::numeric)"
-"                    OR (e.value)::numeric > 9223372036854775807)"
-"      THEN 'its version vector has an entry that is not (instance uuid: positive integer)'"
-"    WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_each_text(c.rmcs) AS e"
-"                     WHERE e.key::uuid = c.last_saved_instance"
-"                       AND (e.value)::bigint >= c.last_saved_counter)"
-"      THEN 'its version vector does not contain its last saved version'"
+"    WHEN morango.version_vector_check(c.rmcs, c.last_saved_instance, c.last_saved_counter) IS NOT NULL"
+"      THEN morango.version_vector_check(c.rmcs, c.last_saved_instance, c.last_saved_counter)"
 "    END AS reason"
 "  FROM c"
 "), dup AS ("
@@ -118,6 +108,119 @@ static const char *receive_sql =
 ")"
 " SELECT (SELECT count(*) FROM ins), bad.id, bad.seq, bad.reason"
 " FROM (SELECT) AS one LEFT JOIN bad ON true";
+
+/*
+ * Parse a version vector key: 32 lowercase hex digits in groups of 8, 4,
+ * 4, 4 and 12, each group optionally preceded by a dash (as the uuid type
+ * reads them).  Returns false if key (len bytes, not NUL-terminated) is not
+ * one; else fills *u.
+ */
+static bool
+parse_instance_key(const char *key, int len, pg_uuid_t *u)
+{
+	static const int groups[5] = {8, 4, 4, 4, 12};
+	int			pos = 0;
+	int			byte = 0;
+
+	for (int g = 0; g < 5; g++)
+	{
+		if (g > 0 && pos < len && key[pos] == '-')
+			pos++;
+		for (int i = 0; i < groups[g]; i += 2)
+		{
+			int			hi,
+						lo;
+
+			if (pos + 2 > len)
+				return false;
+			hi = (key[pos] >= '0' && key[pos] <= '9') ? key[pos] - '0' :
+				(key[pos] >= 'a' && key[pos] <= 'f') ? key[pos] - 'a' + 10 : -1;
+			lo = (key[pos + 1] >= '0' && key[pos + 1] <= '9') ? key[pos + 1] - '0' :
+				(key[pos + 1] >= 'a' && key[pos + 1] <= 'f') ? key[pos + 1] - 'a' + 10 : -1;
+			if (hi < 0 || lo < 0)
+				return false;
+			u->data[byte++] = (unsigned char) (hi << 4 | lo);
+			pos += 2;
+		}
+	}
+	return pos == len;
+}
+
+/*
+ * Read a version vector counter: a json number written as a positive
+ * integer no larger than a bigint (not "5.0").  Returns false otherwise.
+ */
+static bool
+parse_counter(Numeric num, int64 *counter)
+{
+	char	   *str = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
+	char	   *p = str;
+	int			ndigits;
+	uint64		value = 0;
+
+	while (*p >= '0' && *p <= '9')
+		p++;
+	ndigits = p - str;
+	if (*p != '\0' || ndigits == 0 || ndigits > 19 || str[0] == '0')
+		return false;
+	for (int i = 0; i < ndigits; i++)
+		value = value * 10 + (uint64) (str[i] - '0');
+	if (value > (uint64) PG_INT64_MAX)
+		return false;
+	*counter = (int64) value;
+	return true;
+}
+
+/*
+ * morango.version_vector_check(rmcs jsonb, last_saved_instance uuid,
+ *                              last_saved_counter bigint) -> text
+ *		NULL if rmcs is a json object of (instance uuid: positive integer)
+ *		entries holding the record's last saved version (an entry for that
+ *		instance at least that counter); else why not, as receive_chunk()
+ *		reports it.  One pass over the object, no SQL.
+ */
+Datum
+morango_version_vector_check(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *jb;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	pg_uuid_t	key;
+	bool		key_is_last = false;
+	bool		found = false;
+	pg_uuid_t  *last = PG_ARGISNULL(1) ? NULL : PG_GETARG_UUID_P(1);
+	int64		last_counter = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT64(2);
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_TEXT_P(cstring_to_text("its version vector is missing or not a json object"));
+	jb = PG_GETARG_JSONB_P(0);
+	if (!JB_ROOT_IS_OBJECT(jb))
+		PG_RETURN_TEXT_P(cstring_to_text("its version vector is missing or not a json object"));
+
+	it = JsonbIteratorInit(&jb->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			if (!parse_instance_key(v.val.string.val, v.val.string.len, &key))
+				PG_RETURN_TEXT_P(cstring_to_text("its version vector has an entry that is not (instance uuid: positive integer)"));
+			key_is_last = (last != NULL && memcmp(key.data, last->data, UUID_LEN) == 0);
+		}
+		else if (tok == WJB_VALUE)
+		{
+			int64		counter;
+
+			if (v.type != jbvNumeric || !parse_counter(v.val.numeric, &counter))
+				PG_RETURN_TEXT_P(cstring_to_text("its version vector has an entry that is not (instance uuid: positive integer)"));
+			if (key_is_last && counter >= last_counter)
+				found = true;
+		}
+	}
+	if (!found)
+		PG_RETURN_TEXT_P(cstring_to_text("its version vector does not contain its last saved version"));
+	PG_RETURN_NULL();
+}
 
 /* the largest chunk we accept, in records */
 #define MAX_CHUNK_RECORDS 100000

@@ -126,17 +126,20 @@ json_to_jsonb(char *json)
 }
 
 /*
- * morango.pack_chunk(chunk jsonb) -> text
- *		The packed form of a chunk, as it travels.
+ * morango.pack_chunk(chunk json) -> text
+ *		The packed form of a chunk (json text, as read_chunk() makes it), as
+ *		it travels.  The text is packed as it is: the receiver parses and
+ *		validates it.
  */
 Datum
 morango_pack_chunk(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *jb = PG_GETARG_JSONB_P(0);
-	char	   *json = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
-	char	   *utf8 = pg_server_to_any(json, strlen(json), PG_UTF8);
+	text	   *json = PG_GETARG_TEXT_PP(0);
+	int			len = VARSIZE_ANY_EXHDR(json);
+	char	   *utf8 = pg_server_to_any(VARDATA_ANY(json), len, PG_UTF8);
 
-	PG_RETURN_TEXT_P(morango_pack(utf8, strlen(utf8)));
+	/* pg_server_to_any returns its input unconverted when no conversion is needed */
+	PG_RETURN_TEXT_P(morango_pack(utf8, utf8 == VARDATA_ANY(json) ? (size_t) len : strlen(utf8)));
 }
 
 /*
