@@ -25,6 +25,7 @@
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "lib/stringinfo.h"
 #include "utils/jsonb.h"
 
 #include "fsic.h"
@@ -32,32 +33,60 @@
 
 PG_FUNCTION_INFO_V1(morango_queue);
 
-static const char *queue_sql =
-"WITH d AS ("
-"  SELECT p.key AS part, i.key::uuid AS inst, (i.value)::bigint AS ctr"
-"  FROM pg_catalog.jsonb_each($2) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
-"), sel AS ("
-"  SELECT DISTINCT s.id FROM d JOIN morango.store s"
-"    ON s.last_saved_instance = d.inst AND s.last_saved_counter > d.ctr"
-"   AND pg_catalog.starts_with(s.partition, d.part)"
-"  WHERE s.profile = $3"
-"    AND EXISTS (SELECT 1 FROM pg_catalog.unnest($4::text[]) AS f(prefix)"
-"                WHERE pg_catalog.starts_with(s.partition, f.prefix))"
-"), ins AS ("
-"  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
-"      partition, source_id, serialized, deleted, hard_deleted,"
-"      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
-"  SELECT $1, row_number() OVER (ORDER BY s.id), s.id, s.profile, s.model_name,"
-"         s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,"
-"         s.last_saved_instance, s.last_saved_counter, s.conflicting_serialized_data"
-"  FROM sel JOIN morango.store s ON s.id = sel.id"
-"  RETURNING record_id"
-"), rm AS ("
-"  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
-"  SELECT $1, r.record_id, r.instance_id, r.counter"
-"  FROM morango.record_max_counters r JOIN ins ON ins.record_id = r.record_id"
-")"
-" SELECT count(*) FROM ins";
+/*
+ * The queue statement, for a diff naming ninst instances.  $1 ts, $2 the
+ * FSIC diff {partition: {instance: counter}}, $3 profile, $4 filter; then
+ * per instance i, $(5+2i) the instance and $(6+2i) the lowest counter any
+ * partition needs of it.  The candidates are read by those (instance,
+ * counter) ranges, written as constants so that the planner sees how many
+ * records each range holds: an index scan of store_version for the few
+ * records an incremental sync needs, a sequential scan for a full one.
+ * The exact per-partition test follows on the candidates only.
+ */
+static char *
+queue_sql(int ninst)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql,
+						   "WITH d AS ("
+						   "  SELECT p.key AS part, i.key::uuid AS inst, (i.value)::bigint AS ctr"
+						   "  FROM pg_catalog.jsonb_each($2) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
+						   "), cand AS MATERIALIZED ("
+						   "  SELECT s.id, s.partition, s.last_saved_instance, s.last_saved_counter"
+						   "  FROM morango.store s"
+						   "  WHERE s.profile = $3 AND (");
+	for (int i = 0; i < ninst; i++)
+		appendStringInfo(&sql, "%s(s.last_saved_instance = $%d AND s.last_saved_counter > $%d)",
+						 i ? " OR " : "", 5 + 2 * i, 6 + 2 * i);
+	if (ninst == 0)
+		appendStringInfoString(&sql, "false");
+	appendStringInfoString(&sql,
+						   ")"
+						   "), sel AS ("
+						   "  SELECT DISTINCT c.id FROM d JOIN cand c"
+						   "    ON c.last_saved_instance = d.inst AND c.last_saved_counter > d.ctr"
+						   "   AND pg_catalog.starts_with(c.partition, d.part)"
+						   "  WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest($4::text[]) AS f(prefix)"
+						   "                WHERE pg_catalog.starts_with(c.partition, f.prefix))"
+						   "), ins AS ("
+						   "  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
+						   "      partition, source_id, serialized, deleted, hard_deleted,"
+						   "      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
+						   "  SELECT $1, row_number() OVER (ORDER BY s.id), s.id, s.profile, s.model_name,"
+						   "         s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,"
+						   "         s.last_saved_instance, s.last_saved_counter, s.conflicting_serialized_data"
+						   "  FROM sel JOIN morango.store s ON s.id = sel.id"
+						   "  RETURNING record_id"
+						   "), rm AS ("
+						   "  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
+						   "  SELECT $1, r.record_id, r.instance_id, r.counter"
+						   "  FROM morango.record_max_counters r JOIN ins ON ins.record_id = r.record_id"
+						   ")"
+						   " SELECT count(*) FROM ins");
+	return sql.data;
+}
 
 /*
  * morango_queue_internal
@@ -68,8 +97,10 @@ static const char *queue_sql =
 int64
 morango_queue_internal(Datum ts)
 {
-	Oid			argtypes[4] = {UUIDOID, JSONBOID, TEXTOID, TEXTARRAYOID};
-	Datum		values[4];
+	Oid		   *argtypes = (Oid[]) {UUIDOID};
+	Datum	   *values = palloc(sizeof(Datum) * 4);
+	int			ninst;
+	int			nargs;
 	bool		isnull;
 	MorangoTransfer *t = morango_transfer_fetch(ts);
 	char	   *diff;
@@ -95,11 +126,30 @@ morango_queue_internal(Datum ts)
 	morango_spi_exec("DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1",
 					 1, argtypes, &ts, NULL, SPI_OK_DELETE);
 
-	values[0] = ts;
+	/* per instance, the lowest counter the receiver needs of it */
 	values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(diff));
+	ninst = (int) morango_spi_exec("SELECT i.key::uuid, min((i.value)::bigint)"
+								   " FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
+								   " GROUP BY 1",
+								   1, (Oid[]) {JSONBOID}, &values[1], NULL, SPI_OK_SELECT);
+	nargs = 4 + 2 * ninst;
+	argtypes = palloc(sizeof(Oid) * nargs);
+	values = (Datum *) repalloc(values, sizeof(Datum) * nargs);
+	for (int i = 0; i < ninst; i++)
+	{
+		argtypes[4 + 2 * i] = UUIDOID;
+		argtypes[5 + 2 * i] = INT8OID;
+		values[4 + 2 * i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		values[5 + 2 * i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+	}
+	argtypes[0] = UUIDOID;
+	argtypes[1] = JSONBOID;
+	argtypes[2] = TEXTOID;
+	argtypes[3] = TEXTARRAYOID;
+	values[0] = ts;
 	values[2] = t->profile;
 	values[3] = t->filter;
-	morango_spi_exec(queue_sql, 4, argtypes, values, NULL, SPI_OK_SELECT);
+	morango_spi_exec(queue_sql(ninst), nargs, argtypes, values, NULL, SPI_OK_SELECT);
 	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
 	morango_spi_exec("UPDATE morango.transfer_sessions"
