@@ -25,7 +25,10 @@
 #   incr      1% of the records change on the server (0.8% updated, 0.1%
 #             deleted, 0.1% inserted), then the laptop pulls; next to
 #             "full 1%": a fresh peer pulling a dataset of N/100 records.
-#   noop      the same pull again, nothing changed.
+#   noop      the same pull again, nothing changed (right after the full
+#             sync: it walks the dead index entries the full sync left).
+#   noop_vacuumed  a no-op pull at the end of the run, after VACUUM ANALYZE
+#             of both databases (what autovacuum does a minute later).
 #   memory    peak private (RssAnon) memory of any process of the server
 #             cluster (the backend serving the sync) and of the laptop
 #             cluster (the sync worker), sampled every 50 ms.
@@ -204,6 +207,16 @@ for N in $NS; do
         record "$N" full_small_s "$(secs "$t8" "$t9")"
         record "$N" incr_over_full "$(awk -v a="$(secs "$t6" "$t7")" -v b="$(secs "$t8" "$t9")" 'BEGIN { printf "%.2f", a / b }')"
 
+        # no-op again once (auto)vacuum has cleaned what the syncs left:
+        # the first no-op after a large sync walks the index entries of the
+        # store rows that sync rewrote
+        on "$p1" "$s" -c "VACUUM ANALYZE"
+        on "$p2" "$l" -c "VACUUM ANALYZE"
+        t10=$(now)
+        val "$p2" "$l" -c "SELECT morango.sync('$(peer "$s")', 'facilitydata', direction => 'pull')" >/dev/null
+        t11=$(now)
+        record "$N" noop_vacuumed_ms "$(awk -v a="$t10" -v b="$t11" 'BEGIN { printf "%.0f", (b - a) * 1000 }')"
+
         for db in "$s" "$t"; do val "$p1" postgres -c "DROP DATABASE $db" >/dev/null; done
         for db in "$l" "$m" "$c"; do val "$p2" postgres -c "DROP DATABASE $db" >/dev/null; done
         echo "N=$N run $run: full ${full}s, copy ${copy}s" >&2
@@ -212,7 +225,7 @@ done
 
 # the table: median [min-max] per metric and N
 echo "machine: $(nproc) cpus, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), PostgreSQL $(val "$p1" postgres -c 'SHOW server_version'), $RUNS run(s) each"
-metrics="records full_s full_rps serialize_s queue_s transfer_s dequeue_s deserialize_s copy_s sync_over_copy incr_s full_small_s incr_over_full noop_ms memory_server_mb memory_laptop_mb wire_ratio"
+metrics="records full_s full_rps serialize_s queue_s transfer_s dequeue_s deserialize_s copy_s sync_over_copy incr_s full_small_s incr_over_full noop_ms noop_vacuumed_ms memory_server_mb memory_laptop_mb wire_ratio"
 printf '%-16s' metric
 for N in $NS; do printf '%28s' "N=$N"; done
 echo
