@@ -224,20 +224,17 @@ call_timeout(Driver *d)
 }
 
 /*
- * Run sql on the peer with text parameters; copy the first row's columns
- * into out[] (NULL stays NULL) in the driver's context.
+ * Send sql to the peer with text parameters, without waiting for its
+ * result (remote_result() reads it).  The wire is UTF8 (transport.c):
+ * parameters are converted from the database encoding (conversions need a
+ * transaction for their catalog lookups).
  */
 static void
-remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, char **out)
+remote_send(Driver *d, const char *sql, int nargs, const char **args)
 {
-	PGresult   *volatile res = NULL;
 	const char **wire = palloc(sizeof(char *) * Max(nargs, 1));
 	bool		convert = GetDatabaseEncoding() != PG_UTF8;
 
-	/*
-	 * The wire is UTF8 (transport.c); convert from and to the database
-	 * encoding (conversions need a transaction for their catalog lookups).
-	 */
 	if (convert)
 		StartTransactionCommand();
 	for (int i = 0; i < nargs; i++)
@@ -248,9 +245,23 @@ remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, 
 		CommitTransactionCommand();
 
 	pgstat_report_activity(STATE_RUNNING, sql);
+	morango_peer_send(d->conn, sql, nargs, NULL, wire);
+}
+
+/*
+ * Wait for the result of the statement remote_send() sent (sql, for
+ * messages); copy the first row's columns into out[] (NULL stays NULL),
+ * converted to the database encoding, in the driver's context.
+ */
+static void
+remote_result(Driver *d, const char *sql, int nout, char **out)
+{
+	PGresult   *volatile res = NULL;
+	bool		convert = GetDatabaseEncoding() != PG_UTF8;
+
 	PG_TRY();
 	{
-		res = morango_peer_exec(d->conn, sql, nargs, NULL, wire, call_timeout(d));
+		res = morango_peer_result(d->conn, sql, call_timeout(d));
 		for (int i = 0; i < nout; i++)
 		{
 			if (PQntuples(res) > 0 && i < PQnfields(res) && !PQgetisnull(res, 0, i))
@@ -277,6 +288,14 @@ remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, 
 	}
 	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Run sql on the peer and read its first row (remote_send + remote_result). */
+static void
+remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, char **out)
+{
+	remote_send(d, sql, nargs, args);
+	remote_result(d, sql, nout, out);
 }
 
 static int64
@@ -332,6 +351,10 @@ static const char *begin_remote_sql =
 static void
 run_push(Driver *d, const char *ts)
 {
+	const char *read_sql = "SELECT morango.pack_chunk(chunk), last_seq, records"
+		" FROM morango.read_chunk($1::uuid, $2::bigint, $3::integer)";
+	const char *push_sql = "SELECT morango.peer_push_chunk($1::uuid, $2)";
+	char	   *c[3];
 	char	   *st[4];
 	char	   *r[7];
 	char	   *local_fsic;
@@ -403,24 +426,25 @@ run_push(Driver *d, const char *ts)
 		notify_step(d, ts, "queuing", "completed");
 	}
 
-	/* send the chunks the peer does not hold yet */
+	/*
+	 * send the chunks the peer does not hold yet, pipelined: while the
+	 * peer validates and stores one chunk, we read the next
+	 */
 	notify_step(d, ts, "transferring", "started");
 	stage_begin(d);
 	last_seq = r[4] ? r[4] : "0";
-	for (;;)
+	local_step(d, "morango sync: read chunk", read_sql,
+			   3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
+	while (atoi64_or(c[2], 0) > 0)
 	{
-		char	   *c[3];
+		char	   *next[3];
 		char	   *n[1];
 
 		CHECK_FOR_INTERRUPTS();
-		local_step(d, "morango sync: read chunk",
-				   "SELECT morango.pack_chunk(chunk), last_seq, records"
-				   " FROM morango.read_chunk($1::uuid, $2::bigint, $3::integer)",
-				   3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
-		if (atoi64_or(c[2], 0) == 0)
-			break;
-		remote_call(d, "SELECT morango.peer_push_chunk($1::uuid, $2)", 2,
-					(const char *[]) {ts, c[0]}, 1, n);
+		remote_send(d, push_sql, 2, (const char *[]) {ts, c[0]});
+		local_step(d, "morango sync: read chunk", read_sql,
+				   3, (const char *[]) {ts, c[1], chunk_size}, 3, next);
+		remote_result(d, push_sql, 1, n);
 		local_begin("morango sync: chunk sent");
 		local_exec(d, "UPDATE morango.transfer_sessions"
 				   " SET records_transferred = $2::bigint, bytes_sent = bytes_sent + $3::bigint,"
@@ -429,8 +453,8 @@ run_push(Driver *d, const char *ts)
 				   3, (const char *[]) {ts, c[1], psprintf("%zu", strlen(c[0]))}, 0, NULL);
 		notify(d, ts, "transferring", "in_progress");
 		local_commit();
-		last_seq = c[1];
 		pfree(c[0]);
+		memcpy(c, next, sizeof(c));
 	}
 
 	notify_step(d, ts, "transferring", "completed");
@@ -452,6 +476,8 @@ run_push(Driver *d, const char *ts)
 static void
 run_pull(Driver *d, const char *ts)
 {
+	const char *pull_sql = "SELECT r->>'packed', r->>'last_seq', r->>'records'"
+		" FROM morango.peer_pull_chunk($1::uuid, $2::bigint, $3::integer) AS r";
 	char	   *st[5];
 	char	   *r[7];
 	char	   *local_fsic;
@@ -530,16 +556,20 @@ run_pull(Driver *d, const char *ts)
 		/* fetch the chunks we do not hold yet */
 		notify_step(d, ts, "transferring", "started");
 		stage_begin(d);
+		/*
+		 * Pipelined: as soon as a chunk arrives, ask for the next one, so
+		 * that the peer reads it while we store this one.
+		 */
+		remote_send(d, pull_sql, 3, (const char *[]) {ts, last_seq, chunk_size});
 		for (;;)
 		{
 			char	   *c[3];
 
 			CHECK_FOR_INTERRUPTS();
-			remote_call(d, "SELECT r->>'packed', r->>'last_seq', r->>'records'"
-						" FROM morango.peer_pull_chunk($1::uuid, $2::bigint, $3::integer) AS r",
-						3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
+			remote_result(d, pull_sql, 3, c);
 			if (atoi64_or(c[2], 0) == 0)
 				break;
+			remote_send(d, pull_sql, 3, (const char *[]) {ts, c[1], chunk_size});
 			local_begin("morango sync: receive chunk");
 			local_exec(d, "SELECT morango.receive_packed_chunk($1::uuid, $2)",
 					   2, (const char *[]) {ts, c[0]}, 0, NULL);

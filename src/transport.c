@@ -1075,9 +1075,21 @@ PGresult *
 morango_peer_exec(PGconn *conn, const char *sql, int nparams, const Oid *types,
 				  const char *const *values, int timeout_ms)
 {
-	TimestampTz deadline = 0;
-	PGresult   *res;
-	bool		timed_out;
+	morango_peer_send(conn, sql, nparams, types, values);
+	return morango_peer_result(conn, sql, timeout_ms);
+}
+
+/*
+ * morango_peer_send
+ *		The first half of morango_peer_exec(): send the statement and
+ *		return without waiting, so that the caller can work while the peer
+ *		runs it.  Exactly one morango_peer_result() must follow before the
+ *		connection is used again (or the connection is closed).
+ */
+void
+morango_peer_send(PGconn *conn, const char *sql, int nparams, const Oid *types,
+				  const char *const *values)
+{
 	uint64		bytes_out;
 
 	Assert(conn != NULL && sql != NULL);
@@ -1088,8 +1100,6 @@ morango_peer_exec(PGconn *conn, const char *sql, int nparams, const Oid *types,
 	for (int i = 0; i < nparams; i++)
 		if (values[i] != NULL)
 			bytes_out += strlen(values[i]);
-	if (timeout_ms > 0)
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
 	if (PQstatus(conn) != CONNECTION_OK)
 		peer_lost(conn, sql);
@@ -1105,6 +1115,24 @@ morango_peer_exec(PGconn *conn, const char *sql, int nparams, const Oid *types,
 	}
 	morango_peer_stats.calls++;
 	morango_peer_stats.bytes_out += bytes_out;
+}
+
+/*
+ * morango_peer_result
+ *		The second half of morango_peer_exec(): wait for the result of the
+ *		statement sent by morango_peer_send() (sql, for messages), at most
+ *		timeout_ms from now (0: no limit).  Returns and throws as
+ *		morango_peer_exec().
+ */
+PGresult *
+morango_peer_result(PGconn *conn, const char *sql, int timeout_ms)
+{
+	TimestampTz deadline = 0;
+	PGresult   *res;
+	bool		timed_out;
+
+	if (timeout_ms > 0)
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
 	res = peer_wait_result(conn, sql, deadline, true, &timed_out);
 	if (timed_out)
@@ -1150,14 +1178,17 @@ morango_peer_exec(PGconn *conn, const char *sql, int nparams, const Oid *types,
 /*
  * morango_peer_disconnect
  *		Close a connection made by morango_peer_connect(); NULL does
- *		nothing.  Never throws.  (morango_peer_exec() has already
- *		cancelled any statement it left running on the peer.)
+ *		nothing.  Never throws.  A statement still running there (sent by
+ *		morango_peer_send(), its result never read) is cancelled first.
  */
 void
 morango_peer_disconnect(PGconn *conn)
 {
 	if (conn == NULL)
 		return;
+	/* a statement sent by morango_peer_send() may still run there */
+	if (PQtransactionStatus(conn) == PQTRANS_ACTIVE)
+		(void) peer_send_cancel(conn);
 	PQfinish(conn);
 	ReleaseExternalFD();
 }

@@ -55,6 +55,9 @@ extern PGconn *morango_peer_connect(const char *peer, const char *application_na
 extern PGresult *morango_peer_exec(PGconn *conn, const char *sql, int nparams,
 								   const Oid *types, const char *const *values,
 								   int timeout_ms);
+extern void morango_peer_send(PGconn *conn, const char *sql, int nparams,
+							  const Oid *types, const char *const *values);
+extern PGresult *morango_peer_result(PGconn *conn, const char *sql, int timeout_ms);
 extern void morango_peer_disconnect(PGconn *conn);
 
 #endif							/* MORANGO_TRANSPORT_H */
