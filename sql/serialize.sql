@@ -108,3 +108,14 @@ SELECT morango.serialize() AS stamped;
 SELECT morango.serialize(filter => '{}');
 SELECT morango.serialize(filter => ARRAY[NULL]::text[]);
 SELECT morango.serialize(filter => ARRAY[['a'], ['b']]);
+
+-- a serialize that writes a large part of the store analyzes it, so the
+-- next steps plan on real statistics (the rows are not even committed
+-- yet: only our own ANALYZE can have counted them)
+BEGIN;
+CREATE TABLE stats_demo (id integer PRIMARY KEY, v text);
+SELECT FROM morango.register_model('stats_demo', 'statsdata', partition => $$'s'$$);
+INSERT INTO stats_demo SELECT g, 'v' || g FROM generate_series(1, 1500) g;
+SELECT morango.serialize('statsdata') AS stamped;
+SELECT reltuples >= 1500 AS store_analyzed FROM pg_class WHERE oid = 'morango.store'::regclass;
+ROLLBACK;

@@ -582,9 +582,15 @@ assign_query(DeserModel *dm)
 					"  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v.k::jsonb) AS e"
 					"                    WHERE e.value = 'null'::jsonb)"
 					"  ORDER BY v.k, v.id"
-					"), taken AS MATERIALIZED ("	/* probes of the key index, never a scan */
-					"  SELECT o.id, o.app_key FROM morango.store o"
-					"  WHERE o.profile = $4 AND o.model_name = $5 AND o.app_key = ANY ($3::text[])"
+					"), taken AS MATERIALIZED ("
+	/*
+	 * one probe of the unique key index per key, whatever the statistics
+	 * say (a store that just received its records has none, or stale ones)
+	 */
+					"  SELECT o.id, o.app_key FROM ok,"
+					"    LATERAL (SELECT o.id, o.app_key FROM morango.store o"
+					"             WHERE o.profile = $4 AND o.model_name = $5 AND o.app_key = ok.k"
+					"             LIMIT 1) AS o"	/* the limit keeps the planner from flattening it into a join */
 					"), free AS ("
 					"  SELECT ok.* FROM ok WHERE NOT EXISTS (SELECT 1 FROM taken o"
 					"    WHERE o.app_key = ok.k AND o.id <> ok.id)"

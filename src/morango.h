@@ -115,6 +115,7 @@ typedef struct MorangoTransfer
 } MorangoTransfer;
 
 extern pg_uuid_t *morango_lock_instance(int64 *counter);
+extern void morango_analyze_store(int64 written);
 extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 							   const char *nulls, int expected);
 extern MorangoTransfer *morango_transfer_fetch(Datum ts);

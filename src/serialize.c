@@ -332,6 +332,7 @@ morango_serialize_internal(Datum profile, bool profile_null,
 			stamped += stamp_model(m, filter, filter_null, UUIDPGetDatum(instance), counter + 1);
 	}
 	morango_unpin_settings(nestlevel);
+	morango_analyze_store(stamped);
 
 	if (stamped > 0)
 	{
