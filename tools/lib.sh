@@ -73,7 +73,12 @@ mg_cluster_start() {
         echo "fsync = off"
         [ -n "$conf" ] && cat "$conf"
     } >>"$data/postgresql.conf"
-    mg_as_user pg_ctl -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
+    if ! mg_as_user pg_ctl -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null; then
+        # say why (a port taken meanwhile, shared memory ...), then give up
+        echo "could not start the cluster in $data on port $port; its log:" >&2
+        tail -n 20 "$data/server.log" >&2 || true
+        return 1
+    fi
     MG_CLUSTERS+=("$data")
 }
 
