@@ -67,6 +67,7 @@ typedef struct DeserModel
 	MorangoModel *m;
 	char	   *qualname;
 	char	   *upsert_sql;		/* $1 uuid[]: write these live records */
+	char	   *insert_sql;		/* the same when none of them has a row yet */
 	char	   *delete_sql;		/* $1 uuid[]: delete these tombstones' rows */
 	char	   *lock_sql;		/* $1 uuid[] -> ids whose app row is ours to write */
 	char	   *unchanged_sql;	/* $1 uuid[] -> (id, app_key) without local changes */
@@ -227,44 +228,59 @@ build_model(MorangoModel *m)
 	 * holds candidates this transaction locked FOR UPDATE while dirty, so
 	 * they still are: no dirty_bit test, which would make the planner walk
 	 * the whole store_dirty index instead of probing the primary key.
+	 *
+	 * The insert-only variant serves batches none of whose records has an
+	 * application row (a first sync): joining the batch to a table that
+	 * grows batch after batch is what the planner would otherwise do.
 	 */
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "WITH ch AS MATERIALIZED (" CHANGED_KEYS
-					 "), src AS ("
-					 "  SELECT s.id AS _morango_id, s.serialized AS _morango_j, r.*"
-					 "  FROM morango.store s,"
-					 "       pg_catalog.jsonb_populate_record(NULL::%s, s.serialized) AS r"
-					 "  WHERE s.id = ANY($1)"
-					 "    AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)"
-					 "), upd AS (",
-					 m->relid, dm->qualname);
-	if (nset > 0)
-		appendStringInfo(&sql, "UPDATE ONLY %s AS t SET %s FROM src WHERE %s RETURNING %s",
-						 dm->qualname, set.data, morango_pk_equal_sql(m, "t", "src"),
-						 upd_ret.data);
-	else
-		appendStringInfo(&sql, "SELECT %s FROM ONLY %s AS t JOIN src ON %s",
-						 upd_ret.data, dm->qualname, morango_pk_equal_sql(m, "t", "src"));
-	appendStringInfo(&sql,
-					 "), ins AS ("
-					 "  INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE"
-					 "  SELECT %s FROM src"
-					 "  WHERE NOT EXISTS (SELECT 1 FROM upd AS t WHERE %s)"
-					 "  ON CONFLICT (%s) DO NOTHING"
-					 "  RETURNING %s"
-					 "), done AS ("
-					 "  SELECT src._morango_id FROM src"
-					 "  WHERE EXISTS (SELECT 1 FROM upd AS t WHERE %s)"
-					 "     OR EXISTS (SELECT 1 FROM ins AS t WHERE %s)"
-					 ") UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
-					 " FROM done WHERE s.id = done._morango_id RETURNING s.id",
-					 dm->qualname, cols.data, sel.data,
-					 morango_pk_equal_sql(m, "t", "src"),
-					 pk_list.data, upd_ret.data,
-					 morango_pk_equal_sql(m, "t", "src"),
-					 morango_pk_equal_sql(m, "t", "src"));
-	dm->upsert_sql = sql.data;
+	for (int variant = 0; variant < 2; variant++)
+	{
+		bool		insert_only = (variant == 1);
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "WITH ch AS MATERIALIZED (" CHANGED_KEYS
+						 "), src AS ("
+						 "  SELECT s.id AS _morango_id, s.serialized AS _morango_j, r.*"
+						 "  FROM morango.store s,"
+						 "       pg_catalog.jsonb_populate_record(NULL::%s, s.serialized) AS r"
+						 "  WHERE s.id = ANY($1)"
+						 "    AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)"
+						 "), upd AS (",
+						 m->relid, dm->qualname);
+		if (insert_only)
+			appendStringInfo(&sql, "SELECT %s FROM ONLY %s AS t WHERE false",
+							 upd_ret.data, dm->qualname);
+		else if (nset > 0)
+			appendStringInfo(&sql, "UPDATE ONLY %s AS t SET %s FROM src WHERE %s RETURNING %s",
+							 dm->qualname, set.data, morango_pk_equal_sql(m, "t", "src"),
+							 upd_ret.data);
+		else
+			appendStringInfo(&sql, "SELECT %s FROM ONLY %s AS t JOIN src ON %s",
+							 upd_ret.data, dm->qualname, morango_pk_equal_sql(m, "t", "src"));
+		appendStringInfo(&sql,
+						 "), ins AS ("
+						 "  INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE"
+						 "  SELECT %s FROM src"
+						 "  WHERE NOT EXISTS (SELECT 1 FROM upd AS t WHERE %s)"
+						 "  ON CONFLICT (%s) DO NOTHING"
+						 "  RETURNING %s"
+						 "), done AS ("
+						 "  SELECT src._morango_id FROM src"
+						 "  WHERE EXISTS (SELECT 1 FROM upd AS t WHERE %s)"
+						 "     OR EXISTS (SELECT 1 FROM ins AS t WHERE %s)"
+						 ") UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
+						 " FROM done WHERE s.id = done._morango_id RETURNING s.id",
+						 dm->qualname, cols.data, sel.data,
+						 morango_pk_equal_sql(m, "t", "src"),
+						 pk_list.data, upd_ret.data,
+						 morango_pk_equal_sql(m, "t", "src"),
+						 morango_pk_equal_sql(m, "t", "src"));
+		if (insert_only)
+			dm->insert_sql = sql.data;
+		else
+			dm->upsert_sql = sql.data;
+	}
 
 	keyrec = morango_key_record_sql(m, dm->qualname, "s.app_key::jsonb");
 	pkeq_tk = morango_pk_equal_sql(m, "t", "k");
@@ -284,16 +300,21 @@ build_model(MorangoModel *m)
 	dm->delete_sql = sql.data;
 
 	initStringInfo(&sql);
+	/*
+	 * (id, has_row) of the records whose application row we could lock or
+	 * that have none.  One primary key probe per record for each (the
+	 * limits keep the planner from turning them into joins with the whole
+	 * table, which grows batch after batch in a first sync).
+	 */
 	appendStringInfo(&sql,
 					 "WITH k AS ("
 					 "  SELECT s.id AS _morango_id, r.* FROM morango.store s, %s AS r"
 					 "  WHERE s.id = ANY($1)"
-					 "), locked AS ("
-					 "  SELECT k._morango_id FROM k JOIN ONLY %s AS t ON %s"
-					 "  FOR UPDATE OF t SKIP LOCKED"
-					 ") SELECT k._morango_id FROM k"
-					 " WHERE k._morango_id IN (SELECT _morango_id FROM locked)"
-					 "    OR NOT EXISTS (SELECT 1 FROM ONLY %s AS t WHERE %s)",
+					 ") SELECT k._morango_id, lk.x IS NOT NULL FROM k"
+					 " LEFT JOIN LATERAL (SELECT 1 AS x FROM ONLY %s AS t WHERE %s"
+					 "                    LIMIT 1 FOR UPDATE OF t SKIP LOCKED) AS lk ON true"
+					 " LEFT JOIN LATERAL (SELECT 1 AS x FROM ONLY %s AS t WHERE %s LIMIT 1) AS ex ON true"
+					 " WHERE lk.x IS NOT NULL OR ex.x IS NULL",
 					 keyrec, dm->qualname, pkeq_tk, dm->qualname, pkeq_tk);
 	dm->lock_sql = sql.data;
 
@@ -784,6 +805,7 @@ write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *
 {
 	const char *write_sql = deleted ? dm->delete_sql : dm->upsert_sql;
 	Oid			idtype[1] = {UUIDARRAYOID};
+	bool		have_rows = false;
 	int			n;
 	Datum	   *elems;
 	char	  **keys;
@@ -794,10 +816,19 @@ write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *
 
 	/* keep only records whose application row we could lock (or that have none) */
 	morango_spi_exec(dm->lock_sql, 1, idtype, &ids, NULL, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull)))
+			have_rows = true;
+	}
 	ids = spi_uuid_array(&n, NULL);
 	SPI_freetuptable(SPI_tuptable);
 	if (n == 0)
 		return;
+	if (!deleted && !have_rows)
+		write_sql = dm->insert_sql;
 
 	/* ... and that were not changed locally (a new snapshot sees every commit) */
 	morango_spi_exec(dm->unchanged_sql, 1, idtype, &ids, NULL, SPI_OK_SELECT);
@@ -849,7 +880,8 @@ write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *
 			char	   *err;
 
 			CHECK_FOR_INTERRUPTS();
-			err = try_write_batch(dm, write_sql, one, &keys[i], 1, &written);
+			err = try_write_batch(dm, deleted ? dm->delete_sql : dm->upsert_sql,
+								  one, &keys[i], 1, &written);
 			if (err == NULL)
 			{
 				nok += written;
