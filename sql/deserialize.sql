@@ -124,5 +124,16 @@ SELECT model_name, source_id, partition, error FROM store_view
 WHERE dirty AND (source_id LIKE 'r3_' OR source_id LIKE '30_') ORDER BY 1, 2, 3;
 RESET morango.batch_size;
 
+-- a re-key onto a key another record holds is refused, and retrying the
+-- refused record never writes over the other record's row
+SELECT receive('room', 'school', 'rk1', '{"id": "rk1", "name": "one"}', profile => 'school') IS NOT NULL;
+SELECT receive('room', 'school', 'rk2', '{"id": "rk2", "name": "two"}', profile => 'school') IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT receive('room', 'school', 'rk1', '{"id": "rk2", "name": "one, renamed onto two"}', profile => 'school', ctr => 2) IS NOT NULL;
+SELECT * FROM morango.deserialize('school');
+SELECT * FROM morango.deserialize('school');
+SELECT id, name FROM room WHERE id IN ('rk1', 'rk2') ORDER BY id;
+SELECT source_id, error FROM store_view WHERE model_name = 'room' AND source_id IN ('rk1', 'rk2') AND dirty;
+
 -- bad filters
 SELECT * FROM morango.deserialize('school', '{}');

@@ -229,6 +229,10 @@ build_model(MorangoModel *m)
 	 * they still are: no dirty_bit test, which would make the planner walk
 	 * the whole store_dirty index instead of probing the primary key.
 	 *
+	 * Only records whose data carries the key they hold are written: a
+	 * record whose re-key was refused (the new key is another record's)
+	 * keeps its old key and must not write over the other record's row.
+	 *
 	 * The insert-only variant serves batches none of whose records has an
 	 * application row (a first sync): joining the batch to a table that
 	 * grows batch after batch is what the planner would otherwise do.
@@ -243,11 +247,15 @@ build_model(MorangoModel *m)
 						 "), src AS ("
 						 "  SELECT s.id AS _morango_id, s.serialized AS _morango_j, r.*"
 						 "  FROM morango.store s,"
-						 "       pg_catalog.jsonb_populate_record(NULL::%s, s.serialized) AS r"
+						 "       pg_catalog.jsonb_populate_record(NULL::%s, s.serialized) AS r,"
+						 "       %s AS kr"
 						 "  WHERE s.id = ANY($1)"
 						 "    AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)"
+						 "    AND %s"
 						 "), upd AS (",
-						 m->relid, dm->qualname);
+						 m->relid, dm->qualname,
+						 morango_key_record_sql(m, dm->qualname, "s.app_key::jsonb"),
+						 morango_pk_equal_sql(m, "r", "kr"));
 		if (insert_only)
 			appendStringInfo(&sql, "SELECT %s FROM ONLY %s AS t WHERE false",
 							 upd_ret.data, dm->qualname);
@@ -766,7 +774,7 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 			refused += prepare_keys_batch(dm, keys_sql, assign_sql, ids, n);
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(batchcxt);
-		if (n < morango_batch_size)
+		if (n < DatumGetInt32(values[5]))
 			break;
 		values[4] = UUIDPGetDatum(&last);
 		nulls[4] = ' ';
@@ -834,7 +842,10 @@ write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *
 	morango_spi_exec(dm->unchanged_sql, 1, idtype, &ids, NULL, SPI_OK_SELECT);
 	n = (int) SPI_processed;
 	if (n == 0)
+	{
+		SPI_freetuptable(SPI_tuptable);
 		return;
+	}
 	elems = palloc(sizeof(Datum) * n);
 	keys = palloc(sizeof(char *) * n);
 	for (int i = 0; i < n; i++)
@@ -953,7 +964,7 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 				write_records(dm, deleted, fresh, ids, counts);
 			MemoryContextSwitchTo(oldcxt);
 			MemoryContextReset(batchcxt);
-			if (n < morango_batch_size)
+			if (n < DatumGetInt32(values[7]))
 				break;
 			values[6] = UUIDPGetDatum(&last);
 			nulls[6] = ' ';

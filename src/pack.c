@@ -43,6 +43,14 @@ PG_FUNCTION_INFO_V1(morango_receive_packed_chunk);
 #define PACK_LEVEL 1
 
 /*
+ * The most JSON a chunk may hold, packed or unpacked: deflate inflates up
+ * to about 1000 times, so without a bound a megabyte from a peer could make
+ * us allocate and parse a gigabyte.  A 5,000-record chunk of ordinary rows
+ * is a few megabytes.
+ */
+#define MORANGO_MAX_CHUNK_BYTES (256 * 1024 * 1024)
+
+/*
  * morango_pack
  *		Pack the JSON text json (len bytes) as described above; returns a
  *		palloc'd text datum.
@@ -50,16 +58,19 @@ PG_FUNCTION_INFO_V1(morango_receive_packed_chunk);
 static text *
 morango_pack(const char *json, size_t len)
 {
-	uLongf		zlen = compressBound((uLong) len);
-	unsigned char *raw = palloc(4 + zlen);
+	uLongf		zlen;
+	unsigned char *raw;
 	int			rc;
 	int			enclen;
 	text	   *out;
 
-	if (len > MaxAllocSize)
+	if (len > MORANGO_MAX_CHUNK_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("chunk of %zu bytes is too large to send", len)));
+				 errmsg("chunk of %zu bytes is too large to send", len),
+				 errhint("Lower morango.chunk_size.")));
+	zlen = compressBound((uLong) len);
+	raw = palloc(4 + zlen);
 	raw[0] = (len >> 24) & 0xff;
 	raw[1] = (len >> 16) & 0xff;
 	raw[2] = (len >> 8) & 0xff;
@@ -87,24 +98,34 @@ static char *
 morango_unpack(text *p)
 {
 	int			plen = VARSIZE_ANY_EXHDR(p);
-	int			maxlen = pg_b64_dec_len(plen);
-	unsigned char *raw = palloc(Max(maxlen, 4));
+	int			maxlen;
+	unsigned char *raw;
 	int			rawlen;
 	uLongf		len;
 	uLongf		got;
 	char	   *json;
 
+	if (plen > MORANGO_MAX_CHUNK_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("packed chunk of %d bytes is too large", plen)));
+	maxlen = pg_b64_dec_len(plen);
+	raw = palloc(Max(maxlen, 4));
 	rawlen = pg_b64_decode(VARDATA_ANY(p), plen, (char *) raw, maxlen);
 	if (rawlen < 4)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("packed chunk is not valid base64 or is too short")));
 	len = ((uLongf) raw[0] << 24) | ((uLongf) raw[1] << 16) | ((uLongf) raw[2] << 8) | raw[3];
-	if (len == 0 || len >= MaxAllocSize)
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("packed chunk declares no records")));
+	if (len > MORANGO_MAX_CHUNK_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("packed chunk declares %lu bytes of records", (unsigned long) len),
-				 errdetail("A chunk must hold between 1 byte and 1 GB of JSON.")));
+				 errdetail("A chunk may hold at most %d MB of JSON.", MORANGO_MAX_CHUNK_BYTES >> 20)));
 	json = palloc(len + 1);
 	got = len;
 	if (uncompress((Bytef *) json, &got, raw + 4, (uLong) (rawlen - 4)) != Z_OK || got != len)

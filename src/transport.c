@@ -1179,16 +1179,15 @@ morango_peer_result(PGconn *conn, const char *sql, int timeout_ms)
  * morango_peer_disconnect
  *		Close a connection made by morango_peer_connect(); NULL does
  *		nothing.  Never throws.  A statement still running there (sent by
- *		morango_peer_send(), its result never read) is cancelled first.
+ *		morango_peer_send(), its result never read) is not cancelled: a
+ *		cancel request can block on an unreachable peer; the peer ends the
+ *		statement when it finds the connection closed.
  */
 void
 morango_peer_disconnect(PGconn *conn)
 {
 	if (conn == NULL)
 		return;
-	/* a statement sent by morango_peer_send() may still run there */
-	if (PQtransactionStatus(conn) == PQTRANS_ACTIVE)
-		(void) peer_send_cancel(conn);
 	PQfinish(conn);
 	ReleaseExternalFD();
 }
