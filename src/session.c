@@ -52,7 +52,11 @@ morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
  *		plan their statements on these statistics, and an empty store that
  *		just received a million records would otherwise be scanned whole
  *		where an index probe is meant.  Skipped (silently) when the current
- *		role does not own the store.  Runs inside SPI.
+ *		role does not own the store.  Runs inside SPI, in the caller's
+ *		transaction: until it ends, the store and the version vectors hold
+ *		ANALYZE's SHARE UPDATE EXCLUSIVE lock (a manual VACUUM or CREATE
+ *		INDEX CONCURRENTLY on them waits), and an error in it aborts the
+ *		caller's step.
  */
 void
 morango_analyze_store(int64 written)
