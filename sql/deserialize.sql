@@ -137,3 +137,20 @@ SELECT source_id, error FROM store_view WHERE model_name = 'room' AND source_id 
 
 -- bad filters
 SELECT * FROM morango.deserialize('school', '{}');
+
+-- the invariants hold (doc/invariants.md) ...
+SELECT * FROM morango.check_invariants();
+-- ... and the checker reports broken ones
+BEGIN;
+UPDATE morango.store SET last_saved_counter = last_saved_counter + 1000
+WHERE id = (SELECT id FROM morango.store WHERE NOT hard_deleted ORDER BY id LIMIT 1);
+UPDATE morango.instances SET counter = 0;
+UPDATE morango.store SET source_id = source_id || '-moved'
+WHERE id = (SELECT id FROM morango.store WHERE NOT hard_deleted ORDER BY id DESC LIMIT 1);
+UPDATE morango.store SET hard_deleted = true, deleted = false
+WHERE id = (SELECT id FROM morango.store WHERE NOT hard_deleted ORDER BY id DESC LIMIT 1);
+INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)
+VALUES ('99999999-9999-9999-9999-999999999999', '99999999-9999-9999-9999-999999999999',
+        'aaaaaaaa-0000-0000-0000-000000000000', 1);
+SELECT DISTINCT invariant FROM morango.check_invariants() ORDER BY 1;
+ROLLBACK;

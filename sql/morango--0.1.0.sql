@@ -2086,6 +2086,79 @@ $$;
 CREATE EVENT TRIGGER morango_sql_drop ON sql_drop EXECUTE FUNCTION morango.on_sql_drop();
 
 -- -------------------------------------------------------------------------
+-- Invariants (doc/invariants.md): what must hold between steps, whatever
+-- failed or crashed before.  Tests run this after they change things.
+-- -------------------------------------------------------------------------
+
+CREATE FUNCTION morango.check_invariants(OUT invariant text, OUT detail text)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    (SELECT 'I1 a store record''s version vector holds its last saved version',
+            'record ' || s.id
+     FROM morango.store s
+     WHERE NOT EXISTS (SELECT 1 FROM morango.record_max_counters r
+                       WHERE r.record_id = s.id AND r.instance_id = s.last_saved_instance
+                         AND r.counter >= s.last_saved_counter)
+     ORDER BY s.id LIMIT 5)
+    UNION ALL
+    (SELECT 'I2 no counter of a local instance above the instance''s counter',
+            'instance ' || i.id || ' at ' || i.counter || ' has counter ' || r.counter
+            || ' in the version vector of record ' || r.record_id
+     FROM morango.record_max_counters r JOIN morango.instances i ON i.id = r.instance_id
+     WHERE r.counter > i.counter
+     ORDER BY r.record_id LIMIT 5)
+    UNION ALL
+    (SELECT 'I2 no counter of a local instance above the instance''s counter',
+            'instance ' || i.id || ' at ' || i.counter || ' has database max counter ' || d.counter
+            || ' for partition ' || quote_literal(d.partition)
+     FROM morango.database_max_counters d JOIN morango.instances i ON i.id = d.instance_id
+     WHERE d.counter > i.counter
+     ORDER BY d.partition LIMIT 5)
+    UNION ALL
+    (SELECT 'I3 a store record''s id follows the id rule',
+            'record ' || s.id
+     FROM morango.store s
+     WHERE morango.record_id(s.partition, s.source_id, s.model_name) <> s.id
+     ORDER BY s.id LIMIT 5)
+    UNION ALL
+    (SELECT 'I4 a hard-deleted record is deleted and keeps no data',
+            'record ' || s.id
+     FROM morango.store s
+     WHERE s.hard_deleted AND (NOT s.deleted OR s.serialized <> '{}'
+                               OR s.conflicting_serialized_data <> '[]')
+     ORDER BY s.id LIMIT 5)
+    UNION ALL
+    (SELECT 'I5 no buffered record without an active transfer session',
+            'transfer session ' || o.ts || ': ' || o.what
+     FROM (SELECT b.transfer_session_id AS ts, count(*) || ' records' AS what
+           FROM morango.buffer b GROUP BY 1
+           UNION ALL
+           SELECT x.transfer_session_id, count(*) || ' version vector entries'
+           FROM morango.record_max_counter_buffer x GROUP BY 1) AS o
+     WHERE NOT EXISTS (SELECT 1 FROM morango.transfer_sessions t WHERE t.id = o.ts AND t.active)
+     ORDER BY 2 LIMIT 5)
+    UNION ALL
+    (SELECT 'I6 a buffered version vector belongs to a buffered record',
+            'transfer session ' || x.transfer_session_id || ', record ' || x.record_id
+     FROM morango.record_max_counter_buffer x
+     WHERE NOT EXISTS (SELECT 1 FROM morango.buffer b
+                       WHERE b.transfer_session_id = x.transfer_session_id
+                         AND b.record_id = x.record_id)
+     ORDER BY 2 LIMIT 5)
+    UNION ALL
+    (SELECT 'I7 a finished transfer session moved every record it counted',
+            'transfer session ' || t.id || ': ' || t.records_transferred || ' of ' || t.records_total
+     FROM morango.transfer_sessions t
+     WHERE NOT t.active AND t.stage = 'cleanup' AND t.status = 'completed'
+       AND t.records_total >= 0 AND t.records_transferred <> t.records_total
+     ORDER BY t.id LIMIT 5)
+$$;
+COMMENT ON FUNCTION morango.check_invariants() IS
+    'the invariants of doc/invariants.md that do not hold, with examples (no rows: all hold)';
+
+-- -------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC but the identity getters, the id rule and
 -- the protocol version.  Firing a trigger needs no EXECUTE right, so the
 -- trigger function is not granted: only those who may register tables can

@@ -238,6 +238,17 @@ SELECT masked('SELECT count(*) FROM morango.certificates') AS read_certificates,
 RESET ROLE;
 SELECT * FROM notes;
 
+-- the invariants hold in every database the syncs touched (doc/invariants.md)
+\c regress_scope_facility :me
+SELECT * FROM morango.check_invariants();
+\c regress_scope_home :me
+SELECT * FROM morango.check_invariants();
+\c regress_scope_city :me
+SELECT * FROM morango.check_invariants();
+\c regress_scope_cloud :me
+SELECT * FROM morango.check_invariants();
+\c regress_scope_city2 :me
+SELECT * FROM morango.check_invariants();
 \c contrib_regression
 SET client_min_messages = warning;
 DROP DATABASE regress_scope_facility;

@@ -32,17 +32,24 @@ CREATE FUNCTION receive(model text, part text, src text, data jsonb,
                         is_deleted boolean DEFAULT false, is_hard boolean DEFAULT false,
                         profile text DEFAULT 'facilitydata', ctr bigint DEFAULT 1)
 RETURNS uuid LANGUAGE sql AS $$
-    INSERT INTO morango.store AS s (id, profile, model_name, partition, source_id, serialized,
-                                    deleted, hard_deleted, last_saved_instance, last_saved_counter,
-                                    dirty_bit)
-    VALUES (morango.record_id(part, src, model), profile, model, part, src,
-            CASE WHEN is_hard THEN '{}' ELSE data END, is_deleted OR is_hard, is_hard,
-            'aaaaaaaa-0000-0000-0000-000000000000', ctr, true)
-    ON CONFLICT (id) DO UPDATE SET serialized = EXCLUDED.serialized, deleted = EXCLUDED.deleted,
-        hard_deleted = EXCLUDED.hard_deleted, last_saved_instance = EXCLUDED.last_saved_instance,
-        last_saved_counter = EXCLUDED.last_saved_counter, dirty_bit = true,
-        deserialization_error = NULL
-    RETURNING id
+    WITH s AS (
+        INSERT INTO morango.store AS s (id, profile, model_name, partition, source_id, serialized,
+                                        deleted, hard_deleted, last_saved_instance, last_saved_counter,
+                                        dirty_bit)
+        VALUES (morango.record_id(part, src, model), profile, model, part, src,
+                CASE WHEN is_hard THEN '{}' ELSE data END, is_deleted OR is_hard, is_hard,
+                'aaaaaaaa-0000-0000-0000-000000000000', ctr, true)
+        ON CONFLICT (id) DO UPDATE SET serialized = EXCLUDED.serialized, deleted = EXCLUDED.deleted,
+            hard_deleted = EXCLUDED.hard_deleted, last_saved_instance = EXCLUDED.last_saved_instance,
+            last_saved_counter = EXCLUDED.last_saved_counter, dirty_bit = true,
+            deserialization_error = NULL
+        RETURNING id
+    )
+    -- and its version vector holds that version, as after a dequeue
+    INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)
+    SELECT id, 'aaaaaaaa-0000-0000-0000-000000000000', ctr FROM s
+    ON CONFLICT (record_id, instance_id) DO UPDATE SET counter = GREATEST(r.counter, EXCLUDED.counter)
+    RETURNING record_id
 $$;
 
 -- Test helper: the store as a readable table (no random ids); "changed"

@@ -428,6 +428,15 @@ SELECT morango.cleanup('1 hour') AS cleaned;
 SELECT morango.cleanup('0 seconds') AS cleaned;
 SELECT count(*) AS open_transfers FROM morango.transfer_sessions WHERE active;
 SELECT count(*) AS buffered FROM morango.buffer;
+-- the invariants hold in every database the syncs touched (doc/invariants.md)
+\c regress_morango_a
+SELECT * FROM morango.check_invariants();
+\c regress_morango_b
+SELECT * FROM morango.check_invariants();
+\c regress_morango_c
+SELECT * FROM morango.check_invariants();
+\c regress_morango_d
+SELECT * FROM morango.check_invariants();
 \c contrib_regression
 SET client_min_messages = warning;
 DROP DATABASE regress_morango_a WITH (FORCE);

@@ -89,6 +89,13 @@ SELECT name FROM facility ORDER BY id;
 \c regress_morango_w2
 SELECT name FROM facility WHERE id = 'f9';
 
+-- the invariants hold in every database the syncs touched (doc/invariants.md)
+\c regress_morango_w1
+SELECT * FROM morango.check_invariants();
+\c regress_morango_w2
+SELECT * FROM morango.check_invariants();
+\c regress_morango_w3
+SELECT * FROM morango.check_invariants();
 \c contrib_regression
 SET client_min_messages = warning;
 DROP DATABASE regress_morango_w1 WITH (FORCE);

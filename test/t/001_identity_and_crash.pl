@@ -99,5 +99,9 @@ is($a->safe_psql('db1',
       FROM morango.store WHERE last_saved_instance = morango.instance_id()}),
     't', 'no stamped counter is above the instance counter');
 
+# the invariants hold after all that (doc/invariants.md)
+is($a->safe_psql('db1', 'SELECT invariant || \': \' || detail FROM morango.check_invariants()'), '',
+    'invariants hold on a');
+
 $a->stop;
 done_testing();

@@ -109,6 +109,12 @@ $b->safe_psql('postgres', q{SELECT morango.sync('school', 'facilitydata')});
 is($a->safe_psql('postgres', q{SELECT item FROM log WHERE id = 5000}), 'from the laptop',
     'once it is back, the sync goes through');
 
+# the invariants hold after all that (doc/invariants.md)
+is($a->safe_psql('postgres', 'SELECT invariant || \': \' || detail FROM morango.check_invariants()'), '',
+    'invariants hold on a');
+is($b->safe_psql('postgres', 'SELECT invariant || \': \' || detail FROM morango.check_invariants()'), '',
+    'invariants hold on b');
+
 $b->stop;
 $a->stop;
 done_testing();

@@ -152,6 +152,12 @@ is($b->safe_psql('postgres', q{SELECT item FROM log WHERE id = 9999}), 'schedule
 is($b->safe_psql('postgres', qq{SELECT morango.unschedule('$peer', 'facilitydata', direction => 'pull')}), 't',
     'unscheduled');
 
+# the invariants hold after all that (doc/invariants.md)
+is($a->safe_psql('postgres', 'SELECT invariant || \': \' || detail FROM morango.check_invariants()'), '',
+    'invariants hold on a');
+is($b->safe_psql('postgres', 'SELECT invariant || \': \' || detail FROM morango.check_invariants()'), '',
+    'invariants hold on b');
+
 $b->stop;
 $a->stop;
 done_testing();
