@@ -245,7 +245,7 @@ remote_send(Driver *d, const char *sql, int nargs, const char **args)
 		CommitTransactionCommand();
 
 	pgstat_report_activity(STATE_RUNNING, sql);
-	morango_peer_send(d->conn, sql, nargs, NULL, wire);
+	morango_peer_send(d->conn, sql, nargs, NULL, wire, call_timeout(d));
 }
 
 /*

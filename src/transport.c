@@ -1075,22 +1075,29 @@ PGresult *
 morango_peer_exec(PGconn *conn, const char *sql, int nparams, const Oid *types,
 				  const char *const *values, int timeout_ms)
 {
-	morango_peer_send(conn, sql, nparams, types, values);
+	morango_peer_send(conn, sql, nparams, types, values, timeout_ms);
 	return morango_peer_result(conn, sql, timeout_ms);
 }
 
 /*
  * morango_peer_send
- *		The first half of morango_peer_exec(): send the statement and
- *		return without waiting, so that the caller can work while the peer
- *		runs it.  Exactly one morango_peer_result() must follow before the
- *		connection is used again (or the connection is closed).
+ *		The first half of morango_peer_exec(): send the statement, all of
+ *		it (the connection is non-blocking: libpq would otherwise keep what
+ *		the socket did not take until the result is awaited, and the peer
+ *		could not start), and return without waiting for the result, so
+ *		that the caller can work while the peer runs it.  Sending takes at
+ *		most timeout_ms (0: no limit); past that, or on an interrupt, it
+ *		throws and the connection must be closed.  Exactly one
+ *		morango_peer_result() must follow before the connection is used
+ *		again (or the connection is closed).
  */
 void
 morango_peer_send(PGconn *conn, const char *sql, int nparams, const Oid *types,
-				  const char *const *values)
+				  const char *const *values, int timeout_ms)
 {
 	uint64		bytes_out;
+	TimestampTz deadline = 0;
+	int			r;
 
 	Assert(conn != NULL && sql != NULL);
 	if (nparams < 0 || (nparams > 0 && values == NULL))
@@ -1115,6 +1122,37 @@ morango_peer_send(PGconn *conn, const char *sql, int nparams, const Oid *types,
 	}
 	morango_peer_stats.calls++;
 	morango_peer_stats.bytes_out += bytes_out;
+
+	if (timeout_ms > 0)
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	while ((r = PQflush(conn)) > 0)
+	{
+		long		timeout = -1;
+		int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | WL_SOCKET_WRITEABLE |
+			WL_SOCKET_READABLE;
+		int			rc;
+
+		if (deadline != 0)
+		{
+			timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+			if (timeout <= 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("remote call to peer timed out after %d ms while sending", timeout_ms),
+						 peer_errcontext(sql)));
+			events |= WL_TIMEOUT;
+		}
+		rc = WaitLatchOrSocket(MyLatch, events, PQsocket(conn), timeout, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		if ((rc & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
+			peer_lost(conn, sql);
+	}
+	if (r < 0)
+		peer_lost(conn, sql);
 }
 
 /*

@@ -56,7 +56,7 @@ extern PGresult *morango_peer_exec(PGconn *conn, const char *sql, int nparams,
 								   const Oid *types, const char *const *values,
 								   int timeout_ms);
 extern void morango_peer_send(PGconn *conn, const char *sql, int nparams,
-							  const Oid *types, const char *const *values);
+							  const Oid *types, const char *const *values, int timeout_ms);
 extern PGresult *morango_peer_result(PGconn *conn, const char *sql, int timeout_ms);
 extern void morango_peer_disconnect(PGconn *conn);
 
