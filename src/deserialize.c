@@ -498,6 +498,28 @@ spi_uuid_array(int *n, pg_uuid_t *last)
 	return PointerGetDatum(construct_array(elems, *n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 }
 
+/*
+ * Run page query sql, whose parameter values[cursor] is the last id of the
+ * previous page (NULL for the first) and values[cursor + 1] the page size,
+ * ordered by id; *ids gets the ids of this page as a uuid[] (in the
+ * current memory context) and *n their number.  Moves the cursor past
+ * them (*last holds the id it points to, so it must outlive the page's
+ * memory) and returns whether another page may follow.
+ */
+static bool
+next_page(const char *sql, int nargs, Oid *argtypes, Datum *values, char *nulls,
+		  int cursor, pg_uuid_t *last, Datum *ids, int *n)
+{
+	morango_spi_exec(sql, nargs, argtypes, values, nulls, SPI_OK_SELECT);
+	*ids = spi_uuid_array(n, last);
+	SPI_freetuptable(SPI_tuptable);
+	if (*n == 0)
+		return false;
+	values[cursor] = UUIDPGetDatum(last);
+	nulls[cursor] = ' ';
+	return *n == DatumGetInt32(values[cursor + 1]);
+}
+
 /* Set deserialization_error of records ids (list of pg_uuid_t *) to msgs (list of char *). */
 static void
 set_errors(List *ids, List *msgs)
@@ -755,29 +777,23 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 	values[5] = Int32GetDatum(morango_batch_size);
 
 	/* the records that need a key: new ones, and live ones (their key may have changed) */
-	for (;;)
+	for (bool more = true; more;)
 	{
 		MemoryContext oldcxt = MemoryContextSwitchTo(batchcxt);
 		Datum		ids;
 		int			n;
 
-		morango_spi_exec("SELECT s.id FROM morango.store s"
+		more = next_page("SELECT s.id FROM morango.store s"
 						 " WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
 						 "   AND NOT s.hard_deleted AND (s.app_key IS NULL OR NOT s.deleted)"
 						 "   AND " FILTER_PRED(3)
 						 "   AND ($5::uuid IS NULL OR s.id > $5)"
 						 " ORDER BY s.id LIMIT $6",
-						 6, argtypes, values, nulls, SPI_OK_SELECT);
-		ids = spi_uuid_array(&n, &last);
-		SPI_freetuptable(SPI_tuptable);
+						 6, argtypes, values, nulls, 4, &last, &ids, &n);
 		if (n > 0)
 			refused += prepare_keys_batch(dm, keys_sql, assign_sql, ids, n);
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(batchcxt);
-		if (n < DatumGetInt32(values[5]))
-			break;
-		values[4] = UUIDPGetDatum(&last);
-		nulls[4] = ' ';
 		CHECK_FOR_INTERRUPTS();
 	}
 	MemoryContextDelete(batchcxt);
@@ -951,23 +967,17 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 		values[4] = filter;
 		values[5] = dm->columns;
 		values[7] = Int32GetDatum(morango_batch_size);
-		for (;;)
+		for (bool more = true; more;)
 		{
 			MemoryContext oldcxt = MemoryContextSwitchTo(batchcxt);
 			Datum		ids;
 			int			n;
 
-			morango_spi_exec(candidates_sql, 8, argtypes, values, nulls, SPI_OK_SELECT);
-			ids = spi_uuid_array(&n, &last);
-			SPI_freetuptable(SPI_tuptable);
+			more = next_page(candidates_sql, 8, argtypes, values, nulls, 6, &last, &ids, &n);
 			if (n > 0)
 				write_records(dm, deleted, fresh, ids, counts);
 			MemoryContextSwitchTo(oldcxt);
 			MemoryContextReset(batchcxt);
-			if (n < DatumGetInt32(values[7]))
-				break;
-			values[6] = UUIDPGetDatum(&last);
-			nulls[6] = ' ';
 			CHECK_FOR_INTERRUPTS();
 		}
 	}

@@ -23,9 +23,9 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "lib/stringinfo.h"
 #include "utils/jsonb.h"
 
 #include "fsic.h"
@@ -97,8 +97,10 @@ queue_sql(int ninst)
 int64
 morango_queue_internal(Datum ts)
 {
-	Oid		   *argtypes = (Oid[]) {UUIDOID};
-	Datum	   *values = palloc(sizeof(Datum) * 4);
+	Oid			tstype[1] = {UUIDOID};
+	Oid		   *argtypes;
+	Datum	   *values;
+	Datum		diffjson;
 	int			ninst;
 	int			nargs;
 	bool		isnull;
@@ -119,36 +121,38 @@ morango_queue_internal(Datum ts)
 
 	diff = morango_fsic_diff(morango_fsic_expand(t->local_fsic, t->prefixes, t->nfilter),
 							 morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter));
+	diffjson = DirectFunctionCall1(jsonb_in, CStringGetDatum(diff));
 
 	/* start from scratch: a resumed session may have queued before */
 	morango_spi_exec("DELETE FROM morango.buffer WHERE transfer_session_id = $1",
-					 1, argtypes, &ts, NULL, SPI_OK_DELETE);
+					 1, tstype, &ts, NULL, SPI_OK_DELETE);
 	morango_spi_exec("DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1",
-					 1, argtypes, &ts, NULL, SPI_OK_DELETE);
+					 1, tstype, &ts, NULL, SPI_OK_DELETE);
 
 	/* per instance, the lowest counter the receiver needs of it */
-	values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(diff));
 	ninst = (int) morango_spi_exec("SELECT i.key::uuid, min((i.value)::bigint)"
 								   " FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
 								   " GROUP BY 1",
-								   1, (Oid[]) {JSONBOID}, &values[1], NULL, SPI_OK_SELECT);
+								   1, (Oid[]) {JSONBOID}, &diffjson, NULL, SPI_OK_SELECT);
 	nargs = 4 + 2 * ninst;
 	argtypes = palloc(sizeof(Oid) * nargs);
-	values = (Datum *) repalloc(values, sizeof(Datum) * nargs);
+	values = palloc(sizeof(Datum) * nargs);
+	argtypes[0] = UUIDOID;
+	values[0] = ts;
+	argtypes[1] = JSONBOID;
+	values[1] = diffjson;
+	argtypes[2] = TEXTOID;
+	values[2] = t->profile;
+	argtypes[3] = TEXTARRAYOID;
+	values[3] = t->filter;
 	for (int i = 0; i < ninst; i++)
 	{
 		argtypes[4 + 2 * i] = UUIDOID;
-		argtypes[5 + 2 * i] = INT8OID;
 		values[4 + 2 * i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		argtypes[5 + 2 * i] = INT8OID;
 		values[5 + 2 * i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
 	}
-	argtypes[0] = UUIDOID;
-	argtypes[1] = JSONBOID;
-	argtypes[2] = TEXTOID;
-	argtypes[3] = TEXTARRAYOID;
-	values[0] = ts;
-	values[2] = t->profile;
-	values[3] = t->filter;
+	/* (the instance ids point into that result, kept until SPI_finish) */
 	morango_spi_exec(queue_sql(ninst), nargs, argtypes, values, NULL, SPI_OK_SELECT);
 	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
