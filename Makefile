@@ -12,6 +12,7 @@ EXTVERSION   = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION
 MODULE_big   = morango
 OBJS = \
 	src/morango.o \
+	src/fault.o \
 	src/idrule.o \
 	src/filter.o \
 	src/scope.o \

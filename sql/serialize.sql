@@ -120,5 +120,25 @@ SELECT morango.serialize('statsdata') AS stamped;
 SELECT reltuples >= 1500 AS store_analyzed FROM pg_class WHERE oid = 'morango.store'::regclass;
 ROLLBACK;
 
+-- fault injection (src/fault.c): superuser only, checked when set, and a
+-- serialize that fails at its end changes nothing
+SET morango.fault_injection = 'nowhere:error';
+SET morango.fault_injection = 'serialize:0:error';
+SET morango.fault_injection = 'serialize:explode';
+SET morango.fault_injection = 'serialize:1:2:error';
+SET ROLE regress_morango_app;
+SET morango.fault_injection = 'serialize:error';
+RESET ROLE;
+UPDATE learner SET score = score + 1 WHERE id = 20;
+CREATE TEMP TABLE before_fault AS SELECT counter FROM morango.instances WHERE current;
+SET morango.fault_injection = 'serialize:2:error';
+SELECT morango.serialize() AS stamped_once;  -- the first time passes
+UPDATE learner SET score = score + 1 WHERE id = 20;
+SELECT morango.serialize();                  -- the second fails
+SELECT count(*) AS still_pending FROM morango.changes;
+SELECT counter - (SELECT counter FROM before_fault) AS advanced_by FROM morango.instances WHERE current;
+SELECT morango.serialize() AS third_passes;
+RESET morango.fault_injection;
+
 -- the invariants hold (doc/invariants.md)
 SELECT * FROM morango.check_invariants();

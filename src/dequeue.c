@@ -249,6 +249,7 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	counts[0] = spi_count(1);
 	counts[1] = spi_count(2);
+	morango_fault("dequeue");
 
 	ret = SPI_execute_with_args(empty_sql, 1, t1, &ts, NULL, false, 0);
 	if (ret != SPI_OK_DELETE)

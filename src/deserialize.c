@@ -975,7 +975,10 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 
 			more = next_page(candidates_sql, 8, argtypes, values, nulls, 6, &last, &ids, &n);
 			if (n > 0)
+			{
 				write_records(dm, deleted, fresh, ids, counts);
+				morango_fault("deserialize");
+			}
 			MemoryContextSwitchTo(oldcxt);
 			MemoryContextReset(batchcxt);
 			CHECK_FOR_INTERRUPTS();

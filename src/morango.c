@@ -149,6 +149,8 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	morango_fault_init();
+
 	MarkGUCPrefixReserved("morango");
 
 	morango_capture_init();

@@ -40,6 +40,10 @@ extern int	morango_retry_limit;
 extern int	morango_retry_delay;
 extern int	morango_retry_max_delay;
 
+/* fault.c: fault injection for the reliability tests (off by default) */
+extern void morango_fault_init(void);
+extern void morango_fault(const char *point);
+
 /* idrule.c: the record id rule (pure, no SPI) */
 extern void morango_compute_record_id(const char *partition, const char *source_id,
 									  const char *model_name, pg_uuid_t *out);

@@ -159,6 +159,7 @@ morango_pack_chunk(PG_FUNCTION_ARGS)
 	int			len = VARSIZE_ANY_EXHDR(json);
 	char	   *utf8 = pg_server_to_any(VARDATA_ANY(json), len, PG_UTF8);
 
+	morango_fault("send_chunk");
 	/* pg_server_to_any returns its input unconverted when no conversion is needed */
 	PG_RETURN_TEXT_P(morango_pack(utf8, utf8 == VARDATA_ANY(json) ? (size_t) len : strlen(utf8)));
 }

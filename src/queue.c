@@ -162,6 +162,7 @@ morango_queue_internal(Datum ts)
 					 " WHERE id = $1",
 					 2, (Oid[]) {UUIDOID, INT8OID}, (Datum[]) {ts, Int64GetDatum(total)},
 					 NULL, SPI_OK_UPDATE);
+	morango_fault("queue");
 	return total;
 }
 

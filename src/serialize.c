@@ -372,6 +372,7 @@ morango_serialize_internal(Datum profile, bool profile_null,
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	}
+	morango_fault("serialize");
 	return stamped;
 }
 
