@@ -433,8 +433,17 @@ run_push(Driver *d, const char *ts)
 	notify_step(d, ts, "transferring", "started");
 	stage_begin(d);
 	last_seq = r[4] ? r[4] : "0";
-	local_step(d, "morango sync: read chunk", read_sql,
-			   3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
+
+	/*
+	 * What the peer holds counts as sent, also when an earlier attempt
+	 * failed after the peer stored a chunk but before we recorded it.
+	 */
+	local_begin("morango sync: read chunk");
+	local_exec(d, "UPDATE morango.transfer_sessions SET records_transferred = $2::bigint"
+			   " WHERE id = $1::uuid",
+			   2, (const char *[]) {ts, last_seq}, 0, NULL);
+	local_exec(d, read_sql, 3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
+	local_commit();
 	while (atoi64_or(c[2], 0) > 0)
 	{
 		char	   *next[3];

@@ -157,6 +157,23 @@ for my $action (qw(error kill kill_after_commit))
 	}
 }
 
+# A push that fails after the peer stored its last chunk but before the
+# laptop recorded it as sent: the retry has nothing left to send, and must
+# still count what the peer holds (found by 008_convergence.pl).
+$laptop->safe_psql('postgres', q{INSERT INTO log VALUES (99001, 'f1', 'last'), (99003, 'f1', 'chunk')});
+$laptop->safe_psql('postgres', q{ALTER DATABASE postgres SET morango.fault_injection = 'send_chunk:2:error'});
+my ($ret) = $laptop->psql('postgres',
+	qq{SELECT morango.sync('$peer', 'facilitydata', direction => 'push', chunk_size => 100)});
+isnt($ret, 0, 'a one-chunk push fails after sending its chunk');
+$laptop->safe_psql('postgres', 'ALTER DATABASE postgres RESET morango.fault_injection');
+$laptop->safe_psql('postgres',
+	qq{SELECT morango.sync('$peer', 'facilitydata', direction => 'push', chunk_size => 100)});
+is($laptop->safe_psql('postgres', q{
+    SELECT records_transferred || ' of ' || records_total FROM morango.transfer_sessions
+    WHERE push ORDER BY started_at DESC LIMIT 1}), '2 of 2', 'the retry counts what the peer holds as sent');
+is($laptop->safe_psql('postgres', q{SELECT string_agg(invariant, ',') FROM morango.check_invariants()}),
+	'', 'and the invariants hold');
+
 $laptop->stop;
 $server->stop;
 done_testing();
