@@ -757,8 +757,8 @@ BEGIN
        OR push IS NULL OR client_instance IS NULL THEN
         RAISE EXCEPTION 'peer_begin: an argument is missing' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF filter IS NULL OR cardinality(filter) = 0 OR array_position(filter, NULL) IS NOT NULL
-       OR array_ndims(filter) > 1 THEN
+    IF filter IS NULL OR array_ndims(filter) IS DISTINCT FROM 1  -- before array_position(), which raises on 2-D
+       OR cardinality(filter) = 0 OR array_position(filter, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'peer_begin: filter must be a non-empty array of partition prefixes'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -847,6 +847,9 @@ SET jit = off
 AS $$
 BEGIN
     PERFORM morango.peer_session(transfer_session, true);
+    IF packed IS NULL THEN
+        RAISE EXCEPTION 'peer_push_chunk: the chunk is missing' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     RETURN morango.receive_packed_chunk(transfer_session, packed);
 END
 $$;
@@ -909,6 +912,11 @@ RETURNS void
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+    -- a transfer still open ends with its sync session: no chunk or finish
+    -- is taken for it any more (a peer_begin with the same ids starts it over)
+    SELECT morango.transfer_close(t.id, 'its sync session was closed before it finished')
+    FROM morango.transfer_sessions t JOIN morango.sync_sessions s ON s.id = t.sync_session_id
+    WHERE t.sync_session_id = peer_close.sync_session AND t.active AND s.is_server AND s.active;
     UPDATE morango.sync_sessions
     SET active = false, status = CASE WHEN error IS NULL THEN 'completed' ELSE 'errored' END,
         last_error = left(error, 1000), ended_at = now(), last_activity_at = now()

@@ -7,8 +7,9 @@
  *
  * A chunk is a json array of records as morango.read_chunk() makes them
  * (see doc/protocol.md).  Nothing from a chunk lands unless all of it is
- * valid: each record's id must follow the id rule over (partition, source
- * id, model name), its partition must lie under the transfer session's
+ * valid: each record must be a json object whose fields have their json
+ * types (check_chunk_types), its id must follow the id rule over
+ * (partition, source id, model name), its partition must lie under the transfer session's
  * filter, its profile must be the session's, its counters positive, its
  * version vector must contain its last saved version, its serialized data
  * a jsonb object ('{}' for a hard delete), and no record may appear twice.
@@ -222,6 +223,172 @@ morango_version_vector_check(PG_FUNCTION_ARGS)
 	PG_RETURN_NULL();
 }
 
+/*
+ * The JSON type each field of a record must have, checked before the
+ * chunk is cast to rows: a string where a number belongs, 5.5 or 1e30 for
+ * a counter, "yes" for a boolean or a malformed uuid is named here rather
+ * than failing a cast (or, for "yes" or "5", slipping through one).  A
+ * json null, or an absent field, is let through: receive_sql names it.
+ * serialized, conflicting_serialized_data and rmcs are checked there.
+ */
+typedef enum
+{
+	FIELD_UUID,
+	FIELD_TEXT,
+	FIELD_BIGINT,
+	FIELD_BOOL
+} FieldKind;
+
+static const struct
+{
+	const char *name;
+	FieldKind	kind;
+}			record_fields[] =
+{
+	{"id", FIELD_UUID},
+	{"seq", FIELD_BIGINT},
+	{"profile", FIELD_TEXT},
+	{"model_name", FIELD_TEXT},
+	{"partition", FIELD_TEXT},
+	{"source_id", FIELD_TEXT},
+	{"deleted", FIELD_BOOL},
+	{"hard_deleted", FIELD_BOOL},
+	{"last_saved_instance", FIELD_UUID},
+	{"last_saved_counter", FIELD_BIGINT},
+};
+
+/* a json value's type, for an error message */
+static const char *
+json_type_name(JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			return "a string";
+		case jbvNumeric:
+			return "a number";
+		case jbvBool:
+			return "a boolean";
+		case jbvNull:
+			return "null";
+		case jbvBinary:
+			return JsonContainerIsObject(v->val.binary.data) ? "an object" : "an array";
+		default:
+			return "not a json value";
+	}
+}
+
+/* Is s (len bytes) a uuid as the uuid type reads it (string_to_uuid)? */
+static bool
+is_uuid_text(const char *s, int len)
+{
+	int			pos = 0;
+	bool		braces = false;
+
+	if (pos < len && s[pos] == '{')
+	{
+		braces = true;
+		pos++;
+	}
+	for (int i = 0; i < UUID_LEN; i++)
+	{
+		if (pos + 2 > len || !isxdigit((unsigned char) s[pos]) || !isxdigit((unsigned char) s[pos + 1]))
+			return false;
+		pos += 2;
+		if (pos < len && s[pos] == '-' && (i % 2) == 1 && i < UUID_LEN - 1)
+			pos++;
+	}
+	if (braces)
+	{
+		if (pos >= len || s[pos] != '}')
+			return false;
+		pos++;
+	}
+	return pos == len;
+}
+
+/* Is num an integer within the range of bigint (sign left to receive_sql)? */
+static bool
+is_bigint(Numeric num)
+{
+	char	   *str = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
+	char	   *p = str;
+	int			ndigits;
+	uint64		value = 0;
+
+	if (*p == '-')
+		p++;
+	for (ndigits = 0; p[ndigits] >= '0' && p[ndigits] <= '9'; ndigits++)
+		;
+	if (p[ndigits] != '\0' || ndigits == 0 || ndigits > 19)
+		return false;
+	for (int i = 0; i < ndigits; i++)
+		value = value * 10 + (uint64) (p[i] - '0');
+	return value <= (uint64) PG_INT64_MAX;
+}
+
+/*
+ * check_chunk_types
+ *		Every element of chunk jb is a json object whose fields have the
+ *		types a record's fields must have; else raise, naming the first bad
+ *		record by its position in the chunk (it may have no usable id).
+ */
+static void
+check_chunk_types(Jsonb *jb, const char *tsname)
+{
+	JsonbIterator *it = JsonbIteratorInit(&jb->root);
+	JsonbValue	elem;
+	JsonbIteratorToken tok;
+	int			pos = 0;
+
+	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+	{
+		char	   *problem = NULL;
+
+		if (tok != WJB_ELEM)
+			continue;
+		pos++;
+		if (elem.type != jbvBinary || !JsonContainerIsObject(elem.val.binary.data))
+			problem = psprintf("is %s, not a json object", json_type_name(&elem));
+		for (int i = 0; i < (int) lengthof(record_fields) && problem == NULL; i++)
+		{
+			const char *field = record_fields[i].name;
+			JsonbValue *f = getKeyJsonValueFromContainer(elem.val.binary.data, field,
+														 strlen(field), NULL);
+			const char *want;
+
+			if (f == NULL || f->type == jbvNull)
+				continue;
+			switch (record_fields[i].kind)
+			{
+				case FIELD_BOOL:
+					want = "a boolean";
+					break;
+				case FIELD_BIGINT:
+					want = "a number";
+					break;
+				default:
+					want = "a string";
+					break;
+			}
+			if (strcmp(json_type_name(f), want) != 0)
+				problem = psprintf("has \"%s\": %s, not %s", field, json_type_name(f), want);
+			else if (record_fields[i].kind == FIELD_UUID &&
+					 !is_uuid_text(f->val.string.val, f->val.string.len))
+				problem = psprintf("has \"%s\": a string that is not a uuid", field);
+			else if (record_fields[i].kind == FIELD_BIGINT && !is_bigint(f->val.numeric))
+				problem = psprintf("has \"%s\": a number that is not an integer within the range of bigint",
+								   field);
+		}
+		if (problem != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("rejected a chunk for transfer session %s: the record at position %d %s",
+							tsname, pos, problem),
+					 errdetail("Nothing from this chunk was stored.")));
+	}
+}
+
 /* the largest chunk we accept, in records */
 #define MAX_CHUNK_RECORDS 100000
 
@@ -268,6 +435,7 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s is past transferring (stage %s)", tsname, t->stage)));
+	check_chunk_types(jb, tsname);
 	values[2] = t->profile;
 	values[3] = t->filter;
 

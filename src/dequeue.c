@@ -197,6 +197,11 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s was dequeued already", tsname)));
+	if (t->records_total >= 0 && t->records_transferred > t->records_total)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s received " INT64_FORMAT " records, more than the " INT64_FORMAT " sent",
+						tsname, t->records_transferred, t->records_total)));
 	if (t->records_total < 0 || t->records_transferred != t->records_total)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -14,8 +14,10 @@
  * Records repeat their field names, profile, model name and partition
  * prefixes, so a chunk compresses several times; base64 keeps it text,
  * which is how every remote call travels (doc/protocol.md).  Unpacking
- * trusts nothing: the declared length is capped, the stream must inflate
- * to exactly that length, and the result is parsed as any jsonb input.
+ * trusts nothing: the declared length is capped, and must be one the
+ * stream could inflate to (deflate expands at most 1032 times) before it is
+ * allocated; the stream must inflate to exactly that length, and the result
+ * is parsed as any jsonb input.
  *
  * IDENTIFICATION
  *		src/pack.c
@@ -126,6 +128,17 @@ morango_unpack(text *p)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("packed chunk declares %lu bytes of records", (unsigned long) len),
 				 errdetail("A chunk may hold at most %d MB of JSON.", MORANGO_MAX_CHUNK_BYTES >> 20)));
+	/*
+	 * Deflate expands at most 1032 times (a long run of one byte; the zlib
+	 * wrapper's 6 bytes only add slack): a declared length the stream cannot
+	 * reach is refused before it is allocated, so 30 bytes cannot make us
+	 * allocate 256 MB.
+	 */
+	if (len > (uLongf) (rawlen - 4) * 1032)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("packed chunk declares %lu bytes, more than its %d bytes of deflated data can hold",
+						(unsigned long) len, rawlen - 4)));
 	json = palloc(len + 1);
 	got = len;
 	if (uncompress((Bytef *) json, &got, raw + 4, (uLong) (rawlen - 4)) != Z_OK || got != len)
