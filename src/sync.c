@@ -346,9 +346,11 @@ static const char *begin_remote_sql =
 "                         $7::uuid, $8::jsonb) AS r";
 
 /*
- * Push transfer session ts: we produce, the peer receives.
+ * Push transfer session ts: we produce, the peer receives.  Returns true
+ * if ts was begun by an earlier attempt (it sends what was serialized and
+ * queued then, not what changed since).
  */
-static void
+static bool
 run_push(Driver *d, const char *ts)
 {
 	const char *read_sql = "SELECT morango.pack_chunk(chunk), last_seq, records"
@@ -358,6 +360,7 @@ run_push(Driver *d, const char *ts)
 	char	   *st[4];
 	char	   *r[7];
 	char	   *local_fsic;
+	bool		continued;
 	char		version[16];
 	char		chunk_size[16];
 	int64		total;
@@ -373,7 +376,8 @@ run_push(Driver *d, const char *ts)
 			   6, (const char *[]) {d->session, ts, d->profile, d->filter, d->peer_display,
 				   d->args->direction}, 4, st);
 	if (!is_true(st[0]))
-		return;
+		return false;
+	continued = st[2] != NULL && strcmp(st[2], "null") != 0;
 	notify_step(d, ts, "queuing", "started");
 	stage_begin(d);
 
@@ -403,7 +407,7 @@ run_push(Driver *d, const char *ts)
 		/* the peer finished this transfer before we heard of it */
 		local_step(d, "morango sync: close push", "SELECT morango.transfer_close($1::uuid)",
 				   1, (const char *[]) {ts}, 0, NULL);
-		return;
+		return continued;
 	}
 
 	/* queue once; again if the peer started this transfer afresh */
@@ -477,12 +481,15 @@ run_push(Driver *d, const char *ts)
 	local_exec(d, "SELECT morango.transfer_close($1::uuid)", 1, (const char *[]) {ts}, 0, NULL);
 	notify(d, ts, "dequeuing", "completed");
 	local_commit();
+	return continued;
 }
 
 /*
- * Pull transfer session ts: the peer produces, we receive.
+ * Pull transfer session ts: the peer produces, we receive.  Returns true
+ * if ts was begun by an earlier attempt (the peer queued what it held
+ * then, not what changed since).
  */
-static void
+static bool
 run_pull(Driver *d, const char *ts)
 {
 	const char *pull_sql = "SELECT r->>'packed', r->>'last_seq', r->>'records'"
@@ -490,6 +497,7 @@ run_pull(Driver *d, const char *ts)
 	char	   *st[5];
 	char	   *r[7];
 	char	   *local_fsic;
+	bool		continued = false;
 	char		version[16];
 	char		chunk_size[16];
 	char	   *last_seq;
@@ -505,7 +513,8 @@ run_pull(Driver *d, const char *ts)
 			   6, (const char *[]) {d->session, ts, d->profile, d->filter, d->peer_display,
 				   d->args->direction}, 5, st);
 	if (!is_true(st[0]))
-		return;
+		return false;
+	continued = st[2] != NULL && strcmp(st[2], "null") != 0;
 
 	if (strcmp(st[1], "deserializing") != 0 && strcmp(st[1], "cleanup") != 0)
 	{
@@ -535,7 +544,7 @@ run_pull(Driver *d, const char *ts)
 		{
 			local_step(d, "morango sync: close pull", "SELECT morango.transfer_close($1::uuid)",
 					   1, (const char *[]) {ts}, 0, NULL);
-			return;
+			return continued;
 		}
 
 		/*
@@ -611,6 +620,7 @@ run_pull(Driver *d, const char *ts)
 				(const char *[]) {ts}, 0, NULL);
 	local_step(d, "morango sync: close pull", "SELECT morango.transfer_close($1::uuid)",
 			   1, (const char *[]) {ts}, 0, NULL);
+	return continued;
 }
 
 /*
@@ -651,6 +661,24 @@ authenticate(Driver *d)
 				   d->args->peer_certificate, theirs[0], theirs[1], nonce[0]}, 0, NULL);
 }
 
+/* the unfinished transfer of a direction ($2: push) of sync session $1, or a new id */
+static const char *transfer_sql =
+"SELECT COALESCE((SELECT id FROM morango.transfer_sessions"
+"                 WHERE sync_session_id = $1::uuid AND push = $2::boolean AND active"
+"                 ORDER BY started_at DESC LIMIT 1),"
+"                pg_catalog.gen_random_uuid())";
+
+/* A fresh transfer session id. */
+static char *
+new_transfer_id(Driver *d)
+{
+	char	   *out[1];
+
+	local_step(d, "morango sync: new transfer", "SELECT pg_catalog.gen_random_uuid()",
+			   0, NULL, 1, out);
+	return out[0];
+}
+
 static void
 sync_run(Driver *d)
 {
@@ -665,23 +693,25 @@ sync_run(Driver *d)
 	CommitTransactionCommand();
 	authenticate(d);
 
+	/*
+	 * Each direction goes on with its unfinished transfer, if an earlier
+	 * attempt left one.  That transfer carries the snapshot it was queued
+	 * from, so the direction then runs once more from a fresh one: what
+	 * changed since the earlier attempt is not left for the next sync.
+	 */
 	if (pull)
 	{
-		local_step(d, "morango sync: pull",
-				   "SELECT COALESCE((SELECT id FROM morango.transfer_sessions"
-				   "                 WHERE sync_session_id = $1::uuid AND NOT push),"
-				   "                pg_catalog.gen_random_uuid())",
-				   1, (const char *[]) {d->session}, 1, out);
-		run_pull(d, out[0]);
+		local_step(d, "morango sync: pull", transfer_sql, 2,
+				   (const char *[]) {d->session, "false"}, 1, out);
+		if (run_pull(d, out[0]))
+			run_pull(d, new_transfer_id(d));
 	}
 	if (push)
 	{
-		local_step(d, "morango sync: push",
-				   "SELECT COALESCE((SELECT id FROM morango.transfer_sessions"
-				   "                 WHERE sync_session_id = $1::uuid AND push),"
-				   "                pg_catalog.gen_random_uuid())",
-				   1, (const char *[]) {d->session}, 1, out);
-		run_push(d, out[0]);
+		local_step(d, "morango sync: push", transfer_sql, 2,
+				   (const char *[]) {d->session, "true"}, 1, out);
+		if (run_push(d, out[0]))
+			run_push(d, new_transfer_id(d));
 	}
 
 	local_begin("morango sync: done");

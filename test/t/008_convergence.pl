@@ -34,6 +34,7 @@
 # number of steps from MORANGO_STEPS.  A failing seed is printed so that it
 # can be replayed:
 #   MORANGO_SEEDS=<seed> make installcheck PROVE_TESTS=test/t/008_convergence.pl
+# (MORANGO_KEEP_DIR=<dir> also keeps a copy of the failing seed's cluster).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -341,11 +342,20 @@ sub run_seed
 		diag("schedule:\n" . join("\n", @log));
 		for my $db (@dbs)
 		{
-			diag("$db transfer sessions:\n" . q1($db, q{
+			diag("$db (instance $instance{$db}) transfer sessions:\n" . q1($db, q{
                 SELECT t.sync_session_id, t.id, t.push, t.filter, t.stage, t.status, t.active,
-                       t.records_total, t.records_transferred, t.last_error
+                       t.records_total, t.records_transferred, t.last_error, t.local_fsic, t.remote_fsic
                 FROM morango.transfer_sessions t ORDER BY t.started_at}));
+			diag("$db database max counters:\n" . q1($db, q{
+                SELECT partition, instance_id, counter FROM morango.database_max_counters ORDER BY 1, 2}));
 		}
+	}
+	if (@failures && $ENV{MORANGO_KEEP_DIR})
+	{
+		# keep the databases of the failing seed for a closer look
+		$node->stop;
+		system('cp', '-a', $node->data_dir, $ENV{MORANGO_KEEP_DIR}) == 0 or die 'cannot keep the cluster';
+		$node->start;
 	}
 	ok(!@failures, "seed $seed: $records records, $nversions versions, $nsyncs syncs ($nfailed failed), $nconflicts records with conflicts: converged");
 }
