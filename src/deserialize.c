@@ -30,9 +30,9 @@
  * committed local change and rows inserted meanwhile (ON CONFLICT DO
  * NOTHING); only the records actually written are marked clean.  Waits on
  * application transactions (an insert of the same new key) are bounded by
- * a short lock_timeout, so deserialize gives up on that record for this
- * run rather than ever making an application transaction a deadlock
- * victim.
+ * a short lock_timeout, and deadlock checks run 1ms into a wait, so
+ * deserialize gives up on that record for this run rather than make an
+ * application transaction a deadlock victim (doc/design.md, section 6).
  *
  * No echo.  Each write statement tells the capture trigger which keys it
  * writes; rows it changes by cascade, and rows application triggers
@@ -1017,9 +1017,19 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	/*
 	 * Never wait long on an application transaction (an insert of the same
 	 * new key): give up on that record for this run instead.
+	 *
+	 * And if the application already waits for a row this transaction
+	 * wrote, such a wait is a deadlock: find it at once (deadlock_timeout's
+	 * minimum), so that deserialize is the victim.  Left to the default,
+	 * the application's own deadlock check (deadlock_timeout after it
+	 * started waiting) could fall inside our wait and pick the application
+	 * (test/isolation/specs/deserialize_insert_deadlock.spec).  A
+	 * superuser setting: only this backend's checks run sooner.
 	 */
 	nestlevel = NewGUCNestLevel();
 	(void) set_config_option("lock_timeout", "100ms", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("deadlock_timeout", "1ms", PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	/* a few large statements per batch: JIT compiling them costs more than it saves */
 	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
