@@ -41,7 +41,7 @@ REGRESS      = setup idrule identity register capture serialize deserialize fsic
                transport sync scopes worker hostile
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
-ISOLATION      = serialize_commit_order deserialize_vs_local_edit
+ISOLATION      = serialize_commit_order deserialize_vs_local_edit deserialize_insert_deadlock
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION)
 
 # TAP tests with real clusters (test/t/*.pl)
