@@ -59,3 +59,9 @@ override with_llvm := no
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# make memcheck: the pg_regress suite and the isolation specs against a server
+# under valgrind memcheck (as root; tools/memcheck.sh, doc/testing.md)
+.PHONY: memcheck
+memcheck:
+	bash tools/memcheck.sh
