@@ -6,8 +6,10 @@
 # Installs the Debian packages it needs, builds and installs the extension,
 # starts a throwaway cluster as an unprivileged user on a free loopback port,
 # runs pg_regress (sql/), the isolation specs (test/isolation/), the TAP
-# tests (test/t/) and the benchmark smoke run (test/bench/), stops
-# everything, and ends with the line "N passed, N failed".
+# tests (test/t/), the benchmark smoke run (test/bench/) and a quick
+# valgrind memory check (tools/memcheck.sh; MORANGO_MEMCHECK=full for the
+# whole regression suite, =0 for none), stops everything, and ends with the
+# line "N passed, N failed".
 #
 # CI_KEEP=1 keeps the work directory.
 set -u
@@ -102,6 +104,26 @@ if [ -f "$work/test/bench/sync_bench.sh" ]; then
         passed=$((passed + 1)); tail -n 20 "$work/suite-syncbench.log"
     else
         failed=$((failed + 1)); tail -n 40 "$work/suite-syncbench.log"
+    fi
+fi
+
+# Memory check (doc/testing.md): by default a quick valgrind run of part of
+# the regression suite and the isolation specs (about 3 minutes);
+# MORANGO_MEMCHECK=full runs the whole regression suite under valgrind (about
+# 30 minutes), MORANGO_MEMCHECK=0 none.
+memcheck=${MORANGO_MEMCHECK:-quick}
+if [ "$memcheck" != 0 ]; then
+    if ! unshare --mount --propagation private true 2>/dev/null; then
+        mg_log "memcheck skipped: this machine does not allow mount namespaces (unshare)"
+    else
+        mg_log "memcheck ($memcheck)"
+        quick="setup idrule identity register capture serialize deserialize edges hostile"
+        [ "$memcheck" = full ] && quick=
+        if MEMCHECK_REGRESS="$quick" bash "$here/tools/memcheck.sh" >"$work/suite-memcheck.log" 2>&1; then
+            passed=$((passed + 1)); tail -n 2 "$work/suite-memcheck.log"
+        else
+            failed=$((failed + 1)); tail -n 80 "$work/suite-memcheck.log"
+        fi
     fi
 fi
 
