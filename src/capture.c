@@ -449,7 +449,7 @@ hard_delete(MorangoModel *m, const char *app_key)
 	Oid			ktypes[1] = {TEXTOID};
 	Datum		kvalues[1] = {CStringGetTextDatum(app_key)};
 	bool		save = morango_hard_delete_guc;
-	int			ret;
+	volatile int ret;		/* set inside PG_TRY, read after it */
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "DELETE FROM ONLY %s AS t USING %s AS k WHERE %s",
