@@ -148,28 +148,33 @@ parse_instance_key(const char *key, int len, pg_uuid_t *u)
 }
 
 /*
- * Read a version vector counter: a json number written as a positive
- * integer no larger than a bigint (not "5.0").  Returns false otherwise.
+ * Read a json number written as an integer within the range of bigint
+ * (not "5.0", not 1e30) into *value.  Returns false if it is not one.
  */
 static bool
-parse_counter(Numeric num, int64 *counter)
+numeric_to_int64(Numeric num, int64 *value)
 {
 	char	   *str = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
 	char	   *p = str;
+	bool		negative = (*p == '-');
 	int			ndigits;
-	uint64		value = 0;
+	uint64		magnitude = 0;
 
-	while (*p >= '0' && *p <= '9')
+	if (negative)
 		p++;
-	ndigits = p - str;
-	if (*p != '\0' || ndigits == 0 || ndigits > 19 || str[0] == '0')
+	for (ndigits = 0; p[ndigits] >= '0' && p[ndigits] <= '9'; ndigits++)
+		magnitude = magnitude * 10 + (uint64) (p[ndigits] - '0');
+	if (p[ndigits] != '\0' || ndigits == 0 || ndigits > 19 || magnitude > (uint64) PG_INT64_MAX)
 		return false;
-	for (int i = 0; i < ndigits; i++)
-		value = value * 10 + (uint64) (str[i] - '0');
-	if (value > (uint64) PG_INT64_MAX)
-		return false;
-	*counter = (int64) value;
+	*value = negative ? -(int64) magnitude : (int64) magnitude;
 	return true;
+}
+
+/* A version vector counter: a positive integer no larger than a bigint. */
+static bool
+parse_counter(Numeric num, int64 *counter)
+{
+	return numeric_to_int64(num, counter) && *counter > 0;
 }
 
 /*
@@ -307,26 +312,6 @@ is_uuid_text(const char *s, int len)
 	return pos == len;
 }
 
-/* Is num an integer within the range of bigint (sign left to receive_sql)? */
-static bool
-is_bigint(Numeric num)
-{
-	char	   *str = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
-	char	   *p = str;
-	int			ndigits;
-	uint64		value = 0;
-
-	if (*p == '-')
-		p++;
-	for (ndigits = 0; p[ndigits] >= '0' && p[ndigits] <= '9'; ndigits++)
-		;
-	if (p[ndigits] != '\0' || ndigits == 0 || ndigits > 19)
-		return false;
-	for (int i = 0; i < ndigits; i++)
-		value = value * 10 + (uint64) (p[i] - '0');
-	return value <= (uint64) PG_INT64_MAX;
-}
-
 /*
  * check_chunk_types
  *		Every element of chunk jb is a json object whose fields have the
@@ -340,6 +325,7 @@ check_chunk_types(Jsonb *jb, const char *tsname)
 	JsonbValue	elem;
 	JsonbIteratorToken tok;
 	int			pos = 0;
+	int64		integer;
 
 	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
 	{
@@ -376,7 +362,8 @@ check_chunk_types(Jsonb *jb, const char *tsname)
 			else if (record_fields[i].kind == FIELD_UUID &&
 					 !is_uuid_text(f->val.string.val, f->val.string.len))
 				problem = psprintf("has \"%s\": a string that is not a uuid", field);
-			else if (record_fields[i].kind == FIELD_BIGINT && !is_bigint(f->val.numeric))
+			else if (record_fields[i].kind == FIELD_BIGINT &&
+					 !numeric_to_int64(f->val.numeric, &integer))
 				problem = psprintf("has \"%s\": a number that is not an integer within the range of bigint",
 								   field);
 		}
