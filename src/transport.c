@@ -617,6 +617,36 @@ peer_notice_receiver(void *arg, const PGresult *res)
 }
 
 /*
+ * peer_wait_socket
+ *		Wait until conn's socket is ready for one of io_events
+ *		(WL_SOCKET_*), the latch is set (then process interrupts, which may
+ *		throw) or deadline (0: none) passes.  Returns WaitLatchOrSocket()'s
+ *		result, or 0 if the deadline has passed.
+ */
+static int
+peer_wait_socket(PGconn *conn, int io_events, TimestampTz deadline)
+{
+	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | io_events;
+	long		timeout = -1;
+	int			rc;
+
+	if (deadline != 0)
+	{
+		timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (timeout <= 0)
+			return 0;
+		events |= WL_TIMEOUT;
+	}
+	rc = WaitLatchOrSocket(MyLatch, events, PQsocket(conn), timeout, PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
+	{
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	return rc;
+}
+
+/*
  * peer_connect_wait
  *		Drive PQconnectPoll() until the connection is made or has failed,
  *		waiting on the socket and our latch.  Throws on interrupt and when
@@ -630,8 +660,6 @@ peer_connect_wait(PGconn *conn, const char *display, TimestampTz deadline, int t
 	while (status != PGRES_POLLING_OK && status != PGRES_POLLING_FAILED)
 	{
 		int			io_flag;
-		int			events;
-		long		timeout = -1;
 		int			rc;
 
 		if (status == PGRES_POLLING_READING)
@@ -642,28 +670,15 @@ peer_connect_wait(PGconn *conn, const char *display, TimestampTz deadline, int t
 #endif
 		else
 			io_flag = WL_SOCKET_WRITEABLE;
-		events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | io_flag;
 
-		if (deadline != 0)
-		{
-			timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-			if (timeout <= 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
-						 errmsg("could not connect to peer \"%s\"", display),
-						 errdetail_plural("The connection attempt timed out after %d second.",
-										  "The connection attempt timed out after %d seconds.",
-										  timeout_s, timeout_s)));
-			events |= WL_TIMEOUT;
-		}
-
-		rc = WaitLatchOrSocket(MyLatch, events, PQsocket(conn), timeout,
-							   PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
-		{
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-		}
+		rc = peer_wait_socket(conn, io_flag, deadline);
+		if (rc == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+					 errmsg("could not connect to peer \"%s\"", display),
+					 errdetail_plural("The connection attempt timed out after %d second.",
+									  "The connection attempt timed out after %d seconds.",
+									  timeout_s, timeout_s)));
 		if (rc & io_flag)
 			status = PQconnectPoll(conn);
 	}
@@ -872,9 +887,6 @@ peer_wait_loop(PGconn *conn, const char *sql, TimestampTz deadline, bool *timed_
 
 		while (!done)
 		{
-			pgsocket	sock;
-			int			events;
-			long		timeout = -1;
 			int			rc;
 
 			if (flushing)
@@ -909,28 +921,14 @@ peer_wait_loop(PGconn *conn, const char *sql, TimestampTz deadline, bool *timed_
 			if (done)
 				break;
 
-			sock = PQsocket(conn);
-			if (sock == PGINVALID_SOCKET)
+			if (PQsocket(conn) == PGINVALID_SOCKET)
 				peer_lost(conn, sql);
-			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | WL_SOCKET_READABLE;
-			if (flushing)
-				events |= WL_SOCKET_WRITEABLE;
-			if (deadline != 0)
+			rc = peer_wait_socket(conn, WL_SOCKET_READABLE | (flushing ? WL_SOCKET_WRITEABLE : 0),
+								  deadline);
+			if (rc == 0)
 			{
-				timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-				if (timeout <= 0)
-				{
-					*timed_out = true;
-					break;
-				}
-				events |= WL_TIMEOUT;
-			}
-
-			rc = WaitLatchOrSocket(MyLatch, events, sock, timeout, PG_WAIT_EXTENSION);
-			if (rc & WL_LATCH_SET)
-			{
-				ResetLatch(MyLatch);
-				CHECK_FOR_INTERRUPTS();
+				*timed_out = true;
+				break;
 			}
 			if ((rc & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
 				peer_lost(conn, sql);
@@ -1127,27 +1125,13 @@ morango_peer_send(PGconn *conn, const char *sql, int nparams, const Oid *types,
 		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	while ((r = PQflush(conn)) > 0)
 	{
-		long		timeout = -1;
-		int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | WL_SOCKET_WRITEABLE |
-			WL_SOCKET_READABLE;
-		int			rc;
+		int			rc = peer_wait_socket(conn, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE, deadline);
 
-		if (deadline != 0)
-		{
-			timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-			if (timeout <= 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_QUERY_CANCELED),
-						 errmsg("remote call to peer timed out after %d ms while sending", timeout_ms),
-						 peer_errcontext(sql)));
-			events |= WL_TIMEOUT;
-		}
-		rc = WaitLatchOrSocket(MyLatch, events, PQsocket(conn), timeout, PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
-		{
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-		}
+		if (rc == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("remote call to peer timed out after %d ms while sending", timeout_ms),
+					 peer_errcontext(sql)));
 		if ((rc & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
 			peer_lost(conn, sql);
 	}
