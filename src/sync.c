@@ -52,6 +52,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -310,6 +311,13 @@ is_true(const char *s)
 	return s != NULL && (strcmp(s, "t") == 0 || strcmp(s, "true") == 0);
 }
 
+/* Is a json value read as text (s) there, neither SQL NULL nor json null? */
+static bool
+is_present(const char *s)
+{
+	return s != NULL && strcmp(s, "null") != 0;
+}
+
 /*
  * Send a progress event (NOTIFY on PROGRESS_CHANNEL, delivered when the
  * step commits): {"session", "transfer", "direction", "event", "status",
@@ -377,13 +385,13 @@ run_push(Driver *d, const char *ts)
 				   d->args->direction}, 4, st);
 	if (!is_true(st[0]))
 		return false;
-	continued = st[2] != NULL && strcmp(st[2], "null") != 0;
+	continued = is_present(st[2]);
 	notify_step(d, ts, "queuing", "started");
 	stage_begin(d);
 
 	/* serialize and take our FSIC once; a resumed push keeps them */
 	local_fsic = st[2];
-	if (local_fsic == NULL || strcmp(local_fsic, "null") == 0)
+	if (!is_present(local_fsic))
 	{
 		char	   *out[1];
 
@@ -514,7 +522,7 @@ run_pull(Driver *d, const char *ts)
 				   d->args->direction}, 5, st);
 	if (!is_true(st[0]))
 		return false;
-	continued = st[2] != NULL && strcmp(st[2], "null") != 0;
+	continued = is_present(st[2]);
 
 	if (strcmp(st[1], "deserializing") != 0 && strcmp(st[1], "cleanup") != 0)
 	{
@@ -523,7 +531,7 @@ run_pull(Driver *d, const char *ts)
 
 		/* our FSIC, as receiver, once */
 		local_fsic = st[2];
-		if (local_fsic == NULL || strcmp(local_fsic, "null") == 0)
+		if (!is_present(local_fsic))
 		{
 			char	   *out[1];
 
@@ -668,15 +676,16 @@ static const char *transfer_sql =
 "                 ORDER BY started_at DESC LIMIT 1),"
 "                pg_catalog.gen_random_uuid())";
 
-/* A fresh transfer session id. */
+/* A fresh transfer session id, as text, in the driver's context. */
 static char *
 new_transfer_id(Driver *d)
 {
-	char	   *out[1];
+	MemoryContext oldcxt = MemoryContextSwitchTo(d->cxt);
+	char	   *id = DatumGetCString(DirectFunctionCall1(uuid_out,
+														 OidFunctionCall0(F_GEN_RANDOM_UUID)));
 
-	local_step(d, "morango sync: new transfer", "SELECT pg_catalog.gen_random_uuid()",
-			   0, NULL, 1, out);
-	return out[0];
+	MemoryContextSwitchTo(oldcxt);
+	return id;
 }
 
 static void
