@@ -65,6 +65,10 @@ my $schema = q{
 
 sub q1 { my ($db, $sql) = @_; return $node->safe_psql($db, $sql); }
 
+# a store record's version vector, as a json object (in queries on store s)
+my $vv_sql = q{(SELECT jsonb_object_agg(r.instance_id, r.counter) FROM morango.record_max_counters r
+                WHERE r.record_id = s.id)::text};
+
 sub wait_up
 {
 	$node->poll_query_until('postgres', 'SELECT true') or die 'the cluster did not come back';
@@ -116,10 +120,8 @@ sub run_seed
 	my $capture = sub {
 		for my $db (@_)
 		{
-			my $rows = q1($db, q{
-                SELECT s.id || '/' || s.last_saved_counter, s.serialized::text, s.deleted, s.hard_deleted,
-                       (SELECT jsonb_object_agg(r.instance_id, r.counter) FROM morango.record_max_counters r
-                        WHERE r.record_id = s.id)::text
+			my $rows = q1($db, qq{
+                SELECT s.id || '/' || s.last_saved_counter, s.serialized::text, s.deleted, s.hard_deleted, $vv_sql
                 FROM morango.store s WHERE s.last_saved_instance = morango.instance_id()});
 			for my $line (split /\n/, $rows)
 			{
@@ -241,11 +243,9 @@ sub run_seed
 	my %store;
 	for my $db (@dbs)
 	{
-		my $rows = q1($db, q{
+		my $rows = q1($db, qq{
             SELECT s.id, s.partition, s.source_id, s.serialized::text, s.deleted, s.hard_deleted,
-                   s.last_saved_instance, s.last_saved_counter,
-                   (SELECT jsonb_object_agg(r.instance_id, r.counter) FROM morango.record_max_counters r
-                    WHERE r.record_id = s.id)::text
+                   s.last_saved_instance, s.last_saved_counter, $vv_sql
             FROM morango.store s ORDER BY s.id});
 		for my $line (split /\n/, $rows)
 		{
