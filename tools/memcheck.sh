@@ -119,7 +119,7 @@ export COPT="-Og -g"
 work=$(mg_prepare_tree "$here") || { echo "memcheck: build failed"; echo "memcheck: 0 passed, 1 failed"; exit 1; }
 unset COPT
 data="$work/tmp_check_server"
-port=$(mg_free_port 56300)
+port=$(mg_free_port $(( ${MG_PORT_BASE:-55410} + 890 )))
 
 conf="$priv/memcheck.conf"
 {

@@ -24,7 +24,7 @@ fi
 mg_install_packages
 mg_ensure_user
 work=$(mg_prepare_tree "$here") || exit 1
-port=$(mg_free_port 55410)
+port=$(mg_free_port "${MG_PORT_BASE:-55410}")
 data="$work/tmp_check_server"
 
 cleanup() {

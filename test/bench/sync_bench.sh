@@ -50,7 +50,7 @@ trap 'mg_cluster_stop_all; rm -rf "$work"' EXIT
     echo "shared_preload_libraries = 'pg_stat_statements'"
     echo "pg_stat_statements.track = all"
 } >"$work/bench.conf"
-p1=$(mg_free_port 55700)
+p1=$(mg_free_port $(( ${MG_PORT_BASE:-55410} + 290 )))
 mg_cluster_start "$work/server" "$p1" "$work/bench.conf"
 p2=$(mg_free_port $((p1 + 1)))
 mg_cluster_start "$work/laptop" "$p2" "$work/bench.conf"
