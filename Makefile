@@ -32,6 +32,7 @@ OBJS = \
 	src/transport.o \
 	src/pack.o \
 	src/certify.o \
+	src/peer.o \
 	src/sync.o
 
 DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql

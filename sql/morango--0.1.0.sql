@@ -697,6 +697,16 @@ LANGUAGE sql IMMUTABLE
 AS $$ SELECT 2 $$;
 COMMENT ON FUNCTION morango.protocol_version() IS 'version of the sync protocol this extension speaks';
 
+/*
+ * The role a peer API call acts for: the login role, or the one it SET ROLE
+ * to (inside the SECURITY DEFINER peer functions, session_user ignores SET
+ * ROLE and current_user is the extension owner).
+ */
+CREATE FUNCTION morango.peer_role()
+RETURNS name
+LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'morango_peer_role';
+
 /* the transfer session of the server side, checked */
 CREATE FUNCTION morango.peer_session(transfer_session uuid, want_push boolean DEFAULT NULL)
 RETURNS morango.transfer_sessions

@@ -11,7 +11,11 @@
 # whole regression suite, =0 for none), stops everything, and ends with the
 # line "N passed, N failed".
 #
-# CI_KEEP=1 keeps the work directory.
+# CI_KEEP=1 keeps the work directory.  For development (CI sets none of
+# these): MORANGO_ONLY="regress isolation tap bench memcheck" runs only
+# those parts, MORANGO_REGRESS="setup sync" only those pg_regress files,
+# MORANGO_TAP="test/t/003_sync.pl" only those TAP files; MG_PORT_BASE moves
+# the ports (tools/isolated.sh runs two suites at once).
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/tools/lib.sh"
@@ -64,18 +68,24 @@ run_suite() {
     return $rc
 }
 
-run_suite regress ISOLATION= TAP_TESTS=
-rc_regress=$?
-count_regress "$work/suite-regress.log"
+only=${MORANGO_ONLY:-regress isolation tap bench memcheck}
+wants() { case " $only " in *" $1 "*) return 0 ;; esac; return 1; }
+regress_args=()
+[ -n "${MORANGO_REGRESS:-}" ] && regress_args=("REGRESS=$MORANGO_REGRESS")
+tap_args=()
+[ -n "${MORANGO_TAP:-}" ] && tap_args=("PROVE_TESTS=$MORANGO_TAP")
+
+rc_regress=0
+wants regress && { run_suite regress ISOLATION= TAP_TESTS= "${regress_args[@]}"; rc_regress=$?; }
+wants regress && count_regress "$work/suite-regress.log"
 [ $rc_regress != 0 ] && [ -f "$work/regression.diffs" ] && cat "$work/regression.diffs"
 
-run_suite isolation REGRESS= TAP_TESTS=
-rc_iso=$?
-count_regress "$work/suite-isolation.log"
+rc_iso=0
+wants isolation && { run_suite isolation REGRESS= TAP_TESTS=; rc_iso=$?; count_regress "$work/suite-isolation.log"; }
 [ $rc_iso != 0 ] && [ -f "$work/output_iso/regression.diffs" ] && cat "$work/output_iso/regression.diffs"
 
-if ls "$work"/test/t/*.pl >/dev/null 2>&1; then
-    run_suite tap REGRESS= ISOLATION=
+if wants tap && ls "$work"/test/t/*.pl >/dev/null 2>&1; then
+    run_suite tap REGRESS= ISOLATION= "${tap_args[@]}"
     rc_tap=$?
     # prove prints one line per file: "test/t/x.pl .. ok" or "... Failed n/m subtests"
     p=$(grep -cE '^test/t/\S+ \.+ ok' "$work/suite-tap.log")
@@ -89,7 +99,7 @@ if ls "$work"/test/t/*.pl >/dev/null 2>&1; then
     fi
 fi
 
-if [ -x "$work/test/bench/smoke.sh" ]; then
+if wants bench && [ -x "$work/test/bench/smoke.sh" ]; then
     mg_log "benchmark smoke run"
     if (cd "$work" && MG_PORT=$port bash test/bench/smoke.sh) >"$work/suite-bench.log" 2>&1; then
         passed=$((passed + 1)); cat "$work/suite-bench.log"
@@ -98,7 +108,7 @@ if [ -x "$work/test/bench/smoke.sh" ]; then
     fi
 fi
 
-if [ -f "$work/test/bench/sync_bench.sh" ]; then
+if wants bench && [ -f "$work/test/bench/sync_bench.sh" ]; then
     mg_log "sync benchmark smoke run (N=1000, one run; correctness only, no timing assertions)"
     if (cd "$work" && BENCH_NS=1000 BENCH_RUNS=1 bash test/bench/sync_bench.sh) >"$work/suite-syncbench.log" 2>&1; then
         passed=$((passed + 1)); tail -n 20 "$work/suite-syncbench.log"
@@ -112,6 +122,7 @@ fi
 # MORANGO_MEMCHECK=full runs the whole regression suite under valgrind (about
 # 30 minutes), MORANGO_MEMCHECK=0 none.
 memcheck=${MORANGO_MEMCHECK:-quick}
+wants memcheck || memcheck=0
 if [ "$memcheck" != 0 ]; then
     if ! unshare --mount --propagation private true 2>/dev/null; then
         mg_log "memcheck skipped: this machine does not allow mount namespaces (unshare)"
