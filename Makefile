@@ -20,6 +20,7 @@ OBJS = \
 	src/fsic.o \
 	src/fsic_sql.o \
 	src/subxact.o \
+	src/owner.o \
 	src/registry.o \
 	src/register.o \
 	src/capture.o \

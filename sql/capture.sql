@@ -28,14 +28,32 @@ UPDATE learner SET score = score WHERE id = 3;
 SELECT morango.serialize() AS unchanged_row;
 SELECT count(*) AS consumed FROM morango.changes;
 
--- partition and source id are frozen at the first serialization: a change of
--- the columns they come from does not move the record
+-- partition and source id are frozen at the first serialization, and
+-- receivers check that a record's data still gives them: an update that
+-- would move the record to another partition is not stamped (it waits,
+-- with a warning) ...
 INSERT INTO facility VALUES ('00000000-0000-0000-0000-0000000000f2', 'South', NULL);
 UPDATE learner SET facility_id = '00000000-0000-0000-0000-0000000000f2' WHERE id = 3;
 SELECT morango.serialize();
 SELECT partition, serialized->>'facility_id' AS now_in
 FROM morango.store WHERE model_name = 'learner' AND source_id = '3';
 SELECT count(*) FROM morango.store WHERE model_name = 'learner' AND source_id = '3';
+-- ... until the row is put back
+UPDATE learner SET facility_id = '00000000-0000-0000-0000-0000000000f1' WHERE id = 3;
+SELECT morango.serialize();
+SELECT * FROM changes_view;
+-- a table registered with verify => false keeps the record where it was
+-- first serialized and stamps the new data (receivers trust the partition)
+CREATE TABLE moving (id int PRIMARY KEY, zone text NOT NULL);
+SELECT morango.register_model('moving', 'facilitydata', partition => 'zone', verify => false);
+INSERT INTO moving VALUES (1, 'a');
+SELECT morango.serialize();
+UPDATE moving SET zone = 'b';
+SELECT morango.serialize();
+SELECT partition, serialized->>'zone' AS now_in FROM morango.store WHERE model_name = 'moving';
+SELECT morango.unregister_model('moving');
+DROP TABLE moving;
+DELETE FROM morango.store WHERE model_name = 'moving';
 
 -- delete: a soft delete keeps the last data as a tombstone
 DELETE FROM learner WHERE id = 3;

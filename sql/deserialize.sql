@@ -15,7 +15,10 @@ CREATE TABLE enrol (
     note text,
     n integer NOT NULL DEFAULT 42
 );
-SELECT morango.register_model('room', 'school', partition => $$'school'$$);
+-- room trusts the partition peers declare (verify => false): the tests
+-- below give two records of it one key, in different partitions, which a
+-- verified model refuses before its keys are looked at (attack_forgery.sql)
+SELECT morango.register_model('room', 'school', partition => $$'school'$$, verify => false);
 SELECT morango.register_model('enrol', 'school', partition => $$'school:' || room_id$$);
 
 -- a batch from a peer: a child room listed before its parent, enrolments
@@ -43,7 +46,7 @@ SELECT * FROM enrol WHERE id = 2;
 SELECT receive('enrol', 'school:r9', '3', '{"id": 3, "room_id": "r9", "note": "no such room"}', profile => 'school') IS NOT NULL;
 SELECT receive('enrol', 'school:r1', '4', '{"id": 4, "room_id": "r1", "n": "not a number"}', profile => 'school') IS NOT NULL;
 SELECT receive('enrol', 'school:r1', '5', '{"id": 5, "room_id": "r1", "bogus": true}', profile => 'school') IS NOT NULL;
-SELECT receive('enrol', 'school:r1', '6', '{"id": 6, "room_id": null}', profile => 'school') IS NOT NULL;
+SELECT receive('enrol', 'school:r1', '6', '{"id": 6, "room_id": "r1", "n": null}', profile => 'school') IS NOT NULL;
 SELECT receive('enrol', 'school:r1', '7', '{"id": 7, "room_id": "r1", "note": "fine"}', profile => 'school') IS NOT NULL;
 SELECT receive('room', 'elsewhere', 'r1', '{"id": "r1", "name": "Another r1"}', profile => 'school') IS NOT NULL;
 SELECT * FROM morango.deserialize('school');

@@ -57,9 +57,10 @@ RESET extra_float_digits;
 SELECT app_key, serialized->>'v' AS v FROM morango.store WHERE model_name = 'fkey';
 
 -- an incoming key written another way (uuid without dashes) is the same key:
--- no local change is noted and no second record appears
+-- no local change is noted and no second record appears (the source id is
+-- Morango's: 32 hex digits)
 CREATE TABLE gizmo (id uuid PRIMARY KEY, label text);
-SELECT morango.register_model('gizmo', 'edges');
+SELECT morango.register_model('gizmo', 'edges', source_id => $$replace(id::text, '-', '')$$);
 SELECT receive('gizmo', '', 'd4c3f5f7287ece80fff143b43b16d521',
                '{"id": "d4c3f5f7287ece80fff143b43b16d521", "label": "from peer"}', profile => 'edges') IS NOT NULL;
 SELECT * FROM morango.deserialize('edges');

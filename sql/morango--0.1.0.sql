@@ -61,6 +61,12 @@ CREATE TABLE morango.models (
     partition_expr      text NOT NULL,
     source_id_expr      text NOT NULL,
     pk_columns          text[] NOT NULL,
+    -- received records must have the partition and source id these
+    -- expressions give for their data (doc/design.md, "Received records")
+    verify              boolean NOT NULL DEFAULT true,
+    -- ... and the source id too (verify, and it is a function of the key)
+    verify_source       boolean NOT NULL DEFAULT true,
+    expr_columns        text[],          -- the columns the expressions read; NULL: all
     registered_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (profile, model_name)
 );
@@ -344,11 +350,12 @@ COMMENT ON FUNCTION morango.capture_trigger() IS
 CREATE FUNCTION morango.register_model(model regclass, profile text,
                                        "partition" text DEFAULT '',
                                        source_id text DEFAULT NULL,
-                                       model_name text DEFAULT NULL)
+                                       model_name text DEFAULT NULL,
+                                       verify boolean DEFAULT true)
 RETURNS void
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'morango_register_model';
-COMMENT ON FUNCTION morango.register_model(regclass, text, text, text, text) IS
+COMMENT ON FUNCTION morango.register_model(regclass, text, text, text, text, boolean) IS
     'register an application table for sync: install triggers and record its existing rows';
 
 CREATE FUNCTION morango.unregister_model(model regclass)

@@ -49,11 +49,11 @@ SELECT count(*) FROM pg_trigger WHERE tgrelid = 'learner'::regclass AND NOT tgis
 SET ROLE regress_morango_app;
 SELECT morango.register_model('learner', 'facilitydata');
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION morango.register_model(regclass, text, text, text, text) TO regress_morango_app;
+GRANT EXECUTE ON FUNCTION morango.register_model(regclass, text, text, text, text, boolean) TO regress_morango_app;
 SET ROLE regress_morango_app;
 SELECT morango.register_model('learner', 'facilitydata');
 RESET ROLE;
-REVOKE EXECUTE ON FUNCTION morango.register_model(regclass, text, text, text, text) FROM regress_morango_app;
+REVOKE EXECUTE ON FUNCTION morango.register_model(regclass, text, text, text, text, boolean) FROM regress_morango_app;
 
 -- the good registration: partition per facility, source id default (the key)
 SELECT morango.register_model('learner', 'facilitydata',

@@ -376,7 +376,7 @@ SELECT count(*) AS buffered FROM morango.buffer WHERE transfer_session_id = '222
 SELECT try_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'), good_record(2, 'f1:user:v2', 'v2')));
 SELECT morango.peer_push_chunk('22222222-2222-2222-2222-222222222222',
                                morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))::json)) AS added_again;
-SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v''); DROP TABLE member; --', 'x'')--')));
+SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:x''); DROP TABLE member; --', 'x''); DROP TABLE member; --')));
 SELECT try_chunk(jsonb_build_array(good_record(2, 'f1:user:v9', 'v9')));
 -- a filter with LIKE wildcards matches them literally
 SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '44444444-4444-4444-4444-444444444444',

@@ -54,6 +54,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
@@ -66,11 +67,16 @@ typedef struct DeserModel
 {
 	MorangoModel *m;
 	char	   *qualname;
-	char	   *upsert_sql;		/* $1 uuid[]: write these live records */
+	/* as the table's owner (owner.c); $1 ids uuid[], $2 keys text[] */
+	char	   *upsert_sql;		/* $3 data jsonb[]: write these live records -> ids */
 	char	   *insert_sql;		/* the same when none of them has a row yet */
-	char	   *delete_sql;		/* $1 uuid[]: delete these tombstones' rows */
-	char	   *lock_sql;		/* $1 uuid[] -> ids whose app row is ours to write */
-	char	   *unchanged_sql;	/* $1 uuid[] -> (id, app_key) without local changes */
+	char	   *delete_sql;		/* delete these tombstones' rows -> ids */
+	char	   *lock_sql;		/* -> (id, has row) of those whose row is ours to write */
+	char	   *keys_sql;		/* $1 data jsonb[] -> (index, key, partition, source id) */
+	char	   *rekey_sql;		/* $1 keys text[]: delete the rows of these old keys */
+	/* as us */
+	char	   *unchanged_sql;	/* $1 uuid[] -> (id, app_key, data) without local changes */
+	char	   *fetch_sql;		/* $1 uuid[] -> (id, what keys_sql reads) */
 	Datum		columns;		/* text[]: every column of the table */
 } DeserModel;
 
@@ -88,7 +94,7 @@ typedef struct DeserCounts
 	"  WHERE pg_catalog.starts_with(s.partition, f.prefix)))"
 
 static const char *candidates_sql =
-"SELECT s.id FROM morango.store s"
+"SELECT s.id, s.app_key FROM morango.store s"
 " WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
 "   AND s.deleted = $3 AND s.app_key IS NOT NULL"
 "   AND (s.deserialization_error IS NULL) = $4"
@@ -118,6 +124,11 @@ static const char *set_errors_sql =
 "UPDATE morango.store s SET deserialization_error = e.msg"
 " FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[])) AS e(id, msg)"
 " WHERE s.id = e.id";
+
+static char *fetch_query(DeserModel *dm);
+static char *keys_query(DeserModel *dm);
+static Datum spi_uuid_array(int *n, pg_uuid_t *last);
+static Datum text_array(char **elems, int n);
 
 /*
  * Build the statements for model m.  Runs inside SPI with the pinned
@@ -243,18 +254,16 @@ build_model(MorangoModel *m)
 
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
-						 "WITH ch AS MATERIALIZED (" CHANGED_KEYS
-						 "), src AS ("
-						 "  SELECT s.id AS _morango_id, s.serialized AS _morango_j, r.*"
-						 "  FROM morango.store s,"
-						 "       pg_catalog.jsonb_populate_record(NULL::%s, s.serialized) AS r,"
+						 "WITH src AS ("
+						 "  SELECT u._morango_id, u._morango_j, r.*"
+						 "  FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]),"
+						 "                  pg_catalog.unnest($3::jsonb[])) AS u(_morango_id, _morango_key, _morango_j),"
+						 "       pg_catalog.jsonb_populate_record(NULL::%s, u._morango_j) AS r,"
 						 "       %s AS kr"
-						 "  WHERE s.id = ANY($1)"
-						 "    AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)"
-						 "    AND %s"
+						 "  WHERE %s"
 						 "), upd AS (",
-						 m->relid, dm->qualname,
-						 morango_key_record_sql(m, dm->qualname, "s.app_key::jsonb"),
+						 dm->qualname,
+						 morango_key_record_sql(m, dm->qualname, "u._morango_key::jsonb"),
 						 morango_pk_equal_sql(m, "r", "kr"));
 		if (insert_only)
 			appendStringInfo(&sql, "SELECT %s FROM ONLY %s AS t WHERE false",
@@ -273,12 +282,9 @@ build_model(MorangoModel *m)
 						 "  WHERE NOT EXISTS (SELECT 1 FROM upd AS t WHERE %s)"
 						 "  ON CONFLICT (%s) DO NOTHING"
 						 "  RETURNING %s"
-						 "), done AS ("
-						 "  SELECT src._morango_id FROM src"
+						 ") SELECT src._morango_id FROM src"
 						 "  WHERE EXISTS (SELECT 1 FROM upd AS t WHERE %s)"
-						 "     OR EXISTS (SELECT 1 FROM ins AS t WHERE %s)"
-						 ") UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
-						 " FROM done WHERE s.id = done._morango_id RETURNING s.id",
+						 "     OR EXISTS (SELECT 1 FROM ins AS t WHERE %s)",
 						 dm->qualname, cols.data, sel.data,
 						 morango_pk_equal_sql(m, "t", "src"),
 						 pk_list.data, upd_ret.data,
@@ -290,47 +296,48 @@ build_model(MorangoModel *m)
 			dm->upsert_sql = sql.data;
 	}
 
-	keyrec = morango_key_record_sql(m, dm->qualname, "s.app_key::jsonb");
+	keyrec = morango_key_record_sql(m, dm->qualname, "u._morango_key::jsonb");
 	pkeq_tk = morango_pk_equal_sql(m, "t", "k");
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "WITH ch AS MATERIALIZED (" CHANGED_KEYS
-					 "), k AS ("
-					 "  SELECT s.id AS _morango_id, r.* FROM morango.store s, %s AS r"
-					 "  WHERE s.id = ANY($1)"
-					 "    AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)"
-					 "), del AS ("
-					 "  DELETE FROM ONLY %s AS t USING k WHERE %s"
-					 ") UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
-					 " FROM k WHERE s.id = k._morango_id RETURNING s.id",
-					 m->relid, keyrec, dm->qualname, pkeq_tk);
-	dm->delete_sql = sql.data;
+	dm->delete_sql = psprintf("WITH k AS ("
+							  "  SELECT u._morango_id, r.*"
+							  "  FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]))"
+							  "       AS u(_morango_id, _morango_key), %s AS r"
+							  "), del AS ("
+							  "  DELETE FROM ONLY %s AS t USING k WHERE %s"
+							  ") SELECT k._morango_id FROM k",
+							  keyrec, dm->qualname, pkeq_tk);
 
-	initStringInfo(&sql);
 	/*
 	 * (id, has_row) of the records whose application row we could lock or
 	 * that have none.  One primary key probe per record for each (the
 	 * limits keep the planner from turning them into joins with the whole
 	 * table, which grows batch after batch in a first sync).
 	 */
-	appendStringInfo(&sql,
-					 "WITH k AS ("
-					 "  SELECT s.id AS _morango_id, r.* FROM morango.store s, %s AS r"
-					 "  WHERE s.id = ANY($1)"
-					 ") SELECT k._morango_id, lk.x IS NOT NULL FROM k"
-					 " LEFT JOIN LATERAL (SELECT 1 AS x FROM ONLY %s AS t WHERE %s"
-					 "                    LIMIT 1 FOR UPDATE OF t SKIP LOCKED) AS lk ON true"
-					 " LEFT JOIN LATERAL (SELECT 1 AS x FROM ONLY %s AS t WHERE %s LIMIT 1) AS ex ON true"
-					 " WHERE lk.x IS NOT NULL OR ex.x IS NULL",
-					 keyrec, dm->qualname, pkeq_tk, dm->qualname, pkeq_tk);
-	dm->lock_sql = sql.data;
+	dm->lock_sql = psprintf("WITH k AS ("
+							"  SELECT u._morango_id, r.*"
+							"  FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]))"
+							"       AS u(_morango_id, _morango_key), %s AS r"
+							") SELECT k._morango_id, lk.x IS NOT NULL FROM k"
+							" LEFT JOIN LATERAL (SELECT 1 AS x FROM ONLY %s AS t WHERE %s"
+							"                    LIMIT 1 FOR UPDATE OF t SKIP LOCKED) AS lk ON true"
+							" LEFT JOIN LATERAL (SELECT 1 AS x FROM ONLY %s AS t WHERE %s LIMIT 1) AS ex ON true"
+							" WHERE lk.x IS NOT NULL OR ex.x IS NULL",
+							keyrec, dm->qualname, pkeq_tk, dm->qualname, pkeq_tk);
 
+	/* the data of records not changed locally (a new snapshot sees every commit) */
 	dm->unchanged_sql = psprintf("WITH ch AS MATERIALIZED (" CHANGED_KEYS ")"
-								 " SELECT s.id, s.app_key FROM morango.store s"
+								 " SELECT s.id, s.app_key, s.serialized FROM morango.store s"
 								 " WHERE s.id = ANY($1)"
 								 "   AND NOT EXISTS (SELECT 1 FROM ch WHERE ch.key = s.app_key)",
 								 m->relid);
+
+	dm->rekey_sql = psprintf("DELETE FROM ONLY %s AS t"
+							 " USING pg_catalog.unnest($1::text[]) AS u(_morango_key), %s AS k"
+							 " WHERE %s",
+							 dm->qualname, keyrec, pkeq_tk);
+	dm->fetch_sql = fetch_query(dm);
+	dm->keys_sql = keys_query(dm);
 	return dm;
 }
 
@@ -414,11 +421,18 @@ order_models(List *models)
 	return result;
 }
 
-/* One write statement: $1 = ids; it marks what it wrote clean. */
+/*
+ * One write: a statement of dm run as the table's owner over records ids
+ * (with their keys and, for upserts, data), then the records it wrote
+ * marked clean by us.
+ */
 typedef struct WriteArgs
 {
+	DeserModel *dm;
 	const char *sql;
 	Datum		ids;
+	Datum		keys;
+	Datum		data;
 	int64		written;
 } WriteArgs;
 
@@ -426,24 +440,36 @@ static void
 write_batch_run(void *arg)
 {
 	WriteArgs  *a = (WriteArgs *) arg;
-	Oid			argtypes[1] = {UUIDARRAYOID};
+	Oid			argtypes[3] = {UUIDARRAYOID, TEXTARRAYOID, JSONBARRAYOID};
+	Datum		values[3] = {a->ids, a->keys, a->data};
+	Datum		done;
+	int			n;
 
-	a->written = (int64) morango_spi_exec(a->sql, 1, argtypes, &a->ids, NULL,
-										  SPI_OK_UPDATE_RETURNING);
+	morango_owner_exec(a->dm->m->relid, a->sql, a->data ? 3 : 2, argtypes, values, NULL,
+					   SPI_OK_SELECT);
+	done = spi_uuid_array(&n, NULL);
 	SPI_freetuptable(SPI_tuptable);
+	a->written = 0;
+	if (n > 0)
+		a->written = (int64) morango_spi_exec("UPDATE morango.store s"
+											  " SET dirty_bit = false, deserialization_error = NULL"
+											  " WHERE s.id = ANY($1::uuid[])",
+											  1, (Oid[]) {UUIDARRAYOID}, &done, NULL,
+											  SPI_OK_UPDATE);
 }
 
 /*
- * Run one write statement of dm for records ids, whose application keys
- * are keys[0..nkeys-1], in a subtransaction, telling the capture trigger
+ * Run one write of dm (sql) for records ids, whose application keys are
+ * keys[0..nkeys-1] (also as the text[] keyarr; data: their jsonb[] data,
+ * or 0 for deletes), in a subtransaction, telling the capture trigger
  * those keys are ours.  Returns NULL on success (*written: records marked
  * clean), else the error message.
  */
 static char *
-try_write_batch(DeserModel *dm, const char *sql, Datum ids, char **keys, int nkeys,
-				int64 *written)
+try_write_batch(DeserModel *dm, const char *sql, Datum ids, Datum keyarr, Datum data,
+				char **keys, int nkeys, int64 *written)
 {
-	WriteArgs	args = {sql, ids, 0};
+	WriteArgs	args = {dm, sql, ids, keyarr, data, 0};
 	ErrorData  *volatile edata = NULL;
 	void	   *previous = morango_capture_deserializing_push();
 	char	   *err;
@@ -502,16 +528,25 @@ spi_uuid_array(int *n, pg_uuid_t *last)
  * Run page query sql, whose parameter values[cursor] is the last id of the
  * previous page (NULL for the first) and values[cursor + 1] the page size,
  * ordered by id; *ids gets the ids of this page as a uuid[] (in the
- * current memory context) and *n their number.  Moves the cursor past
+ * current memory context), and *n their number; if keys is not NULL,
+ * *keys gets column 2 as a text[].  Moves the cursor past
  * them (*last holds the id it points to, so it must outlive the page's
  * memory) and returns whether another page may follow.
  */
 static bool
 next_page(const char *sql, int nargs, Oid *argtypes, Datum *values, char *nulls,
-		  int cursor, pg_uuid_t *last, Datum *ids, int *n)
+		  int cursor, pg_uuid_t *last, Datum *ids, int *n, Datum *keys)
 {
 	morango_spi_exec(sql, nargs, argtypes, values, nulls, SPI_OK_SELECT);
 	*ids = spi_uuid_array(n, last);
+	if (keys != NULL && *n > 0)
+	{
+		char	  **k = palloc(sizeof(char *) * (*n));
+
+		for (int i = 0; i < *n; i++)
+			k[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		*keys = text_array(k, *n);
+	}
 	SPI_freetuptable(SPI_tuptable);
 	if (*n == 0)
 		return false;
@@ -539,37 +574,46 @@ set_errors(List *ids, List *msgs)
 					 NULL, SPI_OK_UPDATE);
 }
 
-/* the typed-key query of prepare_keys(), for some records */
+/*
+ * The records of a prepare_keys() batch: ids, current keys, and the part
+ * of their data keys_sql reads; after keys_run, their new keys and, for a
+ * verified model, the partition and source id their data gives (NULL
+ * where none could be computed).
+ */
 typedef struct KeysArgs
 {
-	const char *sql;
-	Datum		ids;
+	DeserModel *dm;
 	int			n;
-	Datum	   *out_ids;
-	char	  **out_old;
-	char	  **out_new;
+	Datum	   *ids;
+	char	  **old;
+	Datum	   *data;			/* jsonb */
+	char	  **new_key;
+	char	  **p;
+	char	  **sid;
+	int			first;			/* keys_run works on records first .. first+count-1 */
+	int			count;
 } KeysArgs;
 
+/* keys_sql over some of the records, as the table's owner */
 static void
 keys_run(void *arg)
 {
 	KeysArgs   *a = (KeysArgs *) arg;
-	Oid			argtypes[1] = {UUIDARRAYOID};
+	Oid			argtypes[1] = {JSONBARRAYOID};
+	Datum		data = PointerGetDatum(construct_array(&a->data[a->first], a->count, JSONBOID,
+													   -1, false, TYPALIGN_INT));
 
-	a->n = (int) morango_spi_exec(a->sql, 1, argtypes, &a->ids, NULL, SPI_OK_SELECT);
-	a->out_ids = palloc(sizeof(Datum) * Max(a->n, 1));
-	a->out_old = palloc(sizeof(char *) * Max(a->n, 1));
-	a->out_new = palloc(sizeof(char *) * Max(a->n, 1));
-	for (int i = 0; i < a->n; i++)
+	morango_owner_exec(a->dm->m->relid, a->dm->keys_sql, 1, argtypes, &data, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+		int			i = a->first + (int) DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)) - 1;
 
-		memcpy(u, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
-			   sizeof(pg_uuid_t));
-		a->out_ids[i] = UUIDPGetDatum(u);
-		a->out_old[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-		a->out_new[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		a->new_key[i] = SPI_getvalue(tup, desc, 2);
+		a->p[i] = SPI_getvalue(tup, desc, 3);
+		a->sid[i] = SPI_getvalue(tup, desc, 4);
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -590,84 +634,140 @@ text_array(char **elems, int n)
 	return PointerGetDatum(construct_md_array(d, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-/* the SQL that reads the typed key of records $1 (id, old app_key, new key text) */
+/*
+ * $1 ids -> (id, app_key, the data keys_sql reads): the primary key
+ * columns and, for a verified model, the columns its expressions read
+ * (only those: a value of another column that does not fit its type must
+ * not stop the key from being read).
+ */
 static char *
-keys_query(DeserModel *dm)
+fetch_query(DeserModel *dm)
 {
-	StringInfoData k;
 	StringInfoData obj;
 	ListCell   *lc;
 	bool		first = true;
 
-	initStringInfo(&k);
+	if (dm->m->verify)
+		return psprintf("SELECT s.id, s.app_key, %s FROM morango.store s WHERE s.id = ANY($1)",
+						morango_columns_json_sql(dm->m, "s.serialized", true));
 	initStringInfo(&obj);
-	appendStringInfoString(&k, "pg_catalog.jsonb_build_array(");
 	foreach(lc, dm->m->pk_columns)
 	{
 		char	   *lit = quote_literal_cstr((char *) lfirst(lc));
 
-		appendStringInfo(&k, "%spg_catalog.to_jsonb(r.%s)", first ? "" : ", ",
-						 quote_identifier((char *) lfirst(lc)));
-		/* only the key columns are read: other columns may be bad */
 		appendStringInfo(&obj, "%s%s, s.serialized -> %s", first ? "" : ", ", lit, lit);
 		first = false;
 	}
-	appendStringInfoString(&k, ")::text");
-	return psprintf("SELECT s.id, s.app_key, %s FROM morango.store s,"
-					" pg_catalog.jsonb_populate_record(NULL::%s,"
-					"     pg_catalog.jsonb_build_object(%s)) AS r"
-					" WHERE s.id = ANY($1)",
-					k.data, dm->qualname, obj.data);
+	return psprintf("SELECT s.id, s.app_key, pg_catalog.jsonb_build_object(%s)"
+					" FROM morango.store s WHERE s.id = ANY($1)", obj.data);
 }
 
-/* the SQL that gives records their keys; see prepare_keys_batch() */
+/*
+ * $1 data jsonb[] -> (index, key text, partition, source id): the typed
+ * key of each (the text the capture trigger computes for the same row),
+ * and for a verified model what its expressions give (run as the table's
+ * owner, under the pinned settings).
+ */
 static char *
-assign_query(DeserModel *dm)
+keys_query(DeserModel *dm)
 {
-	return psprintf("WITH v AS ("
-					"  SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]),"
-					"      pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS v(id, old, k)"
-					"  WHERE v.old IS DISTINCT FROM v.k"
-					"), ok AS ("
-					"  SELECT DISTINCT ON (v.k) v.* FROM v"
-					"  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v.k::jsonb) AS e"
-					"                    WHERE e.value = 'null'::jsonb)"
-					"  ORDER BY v.k, v.id"
-					"), taken AS MATERIALIZED ("
-	/*
-	 * one probe of the unique key index per key, whatever the statistics
-	 * say (a store that just received its records has none, or stale ones)
-	 */
-					"  SELECT o.id, o.app_key FROM ok,"
-					"    LATERAL (SELECT o.id, o.app_key FROM morango.store o"
-					"             WHERE o.profile = $4 AND o.model_name = $5 AND o.app_key = ok.k"
-					"             LIMIT 1) AS o"	/* the limit keeps the planner from flattening it into a join */
-					"), free AS ("
-					"  SELECT ok.* FROM ok WHERE NOT EXISTS (SELECT 1 FROM taken o"
-					"    WHERE o.app_key = ok.k AND o.id <> ok.id)"
-					"), del AS ("
-					"  DELETE FROM ONLY %s AS t USING free, LATERAL %s AS kr"
-					"  WHERE free.old IS NOT NULL AND %s"
-					"), upd AS ("
-					"  UPDATE morango.store s SET app_key = free.k FROM free WHERE s.id = free.id"
-					"  RETURNING s.id"
-					") UPDATE morango.store s SET deserialization_error ="
-					"    CASE WHEN v.id IN (SELECT id FROM ok)"
-					"         THEN 'its primary key ' || v.k || ' is already used by another record of model ' || $5"
-					"         ELSE 'its primary key ' || v.k || ' is null or repeats another record''s' END"
-					"  FROM v WHERE s.id = v.id AND v.id NOT IN (SELECT id FROM upd)",
-					dm->qualname,
-					morango_key_record_sql(dm->m, dm->qualname, "free.old::jsonb"),
-					morango_pk_equal_sql(dm->m, "t", "kr"));
+	StringInfoData k;
+	ListCell   *lc;
+	bool		first = true;
+
+	initStringInfo(&k);
+	appendStringInfoString(&k, "pg_catalog.jsonb_build_array(");
+	foreach(lc, dm->m->pk_columns)
+	{
+		appendStringInfo(&k, "%spg_catalog.to_jsonb(r.%s)", first ? "" : ", ",
+						 quote_identifier((char *) lfirst(lc)));
+		first = false;
+	}
+	appendStringInfoString(&k, ")::text");
+	if (!dm->m->verify)
+		return psprintf("SELECT u.i, %s, NULL::text, NULL::text"
+						" FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY AS u(_morango_j, i),"
+						"      pg_catalog.jsonb_populate_record(NULL::%s, u._morango_j) AS r",
+						k.data, dm->qualname);
+	return psprintf("SELECT u.i, %s, _morango_e._morango_p, _morango_e._morango_sid"
+					" FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY AS u(_morango_j, i),"
+					"      pg_catalog.jsonb_populate_record(NULL::%s, u._morango_j) AS r, %s",
+					k.data, dm->qualname, morango_expressions_sql(dm->m, "r"));
 }
+
+/*
+ * The SQL that gives records their keys; see prepare_keys_batch().  $1
+ * ids, $2 current keys, $3 new keys, $4 profile, $5 model name, $6 and $7
+ * the partitions and source ids the data gives, $8 and $9 whether to check
+ * them.  Returns a row per record refused (NULL) and per record re-keyed
+ * (its old key, whose row the caller deletes).
+ */
+static const char *assign_sql =
+"WITH a AS ("
+"  SELECT v.*, s.partition AS part, s.source_id AS src"
+"  FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]),"
+"                  pg_catalog.unnest($3::text[]), pg_catalog.unnest($6::text[]),"
+"                  pg_catalog.unnest($7::text[])) AS v(id, old, k, p, sid)"
+"  JOIN morango.store s ON s.id = v.id"
+/*
+ * A record of a verified model whose data does not give its partition
+ * (and, where checked, its source id) is never written: it loses its key,
+ * so no application row, present or future, is tied to it.
+ */
+"), forged AS ("
+"  SELECT a.* FROM a"
+"  WHERE ($8 AND a.p IS DISTINCT FROM a.part) OR ($9 AND a.sid IS DISTINCT FROM a.src)"
+"), v AS ("
+"  SELECT a.id, a.old, a.k FROM a"
+"  WHERE a.old IS DISTINCT FROM a.k AND a.id NOT IN (SELECT id FROM forged)"
+"), ok AS ("
+"  SELECT DISTINCT ON (v.k) v.* FROM v"
+"  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(v.k::jsonb) AS e"
+"                    WHERE e.value = 'null'::jsonb)"
+"  ORDER BY v.k, v.id"
+"), taken AS MATERIALIZED ("
+/*
+ * one probe of the unique key index per key, whatever the statistics say
+ * (a store that just received its records has none, or stale ones)
+ */
+"  SELECT o.id, o.app_key FROM ok,"
+"    LATERAL (SELECT o.id, o.app_key FROM morango.store o"
+"             WHERE o.profile = $4 AND o.model_name = $5 AND o.app_key = ok.k"
+"             LIMIT 1) AS o"	/* the limit keeps the planner from flattening it into a join */
+"), free AS ("
+"  SELECT ok.* FROM ok WHERE NOT EXISTS (SELECT 1 FROM taken o"
+"    WHERE o.app_key = ok.k AND o.id <> ok.id)"
+"), upd AS ("
+"  UPDATE morango.store s SET app_key = free.k FROM free WHERE s.id = free.id"
+"  RETURNING s.id, free.old"
+"), unlink AS ("
+"  UPDATE morango.store s SET app_key = NULL, deserialization_error ="
+"    'its data gives partition ' || COALESCE(pg_catalog.quote_literal(f.p), 'NULL')"
+"    || CASE WHEN $9 THEN ' and source id ' || COALESCE(pg_catalog.quote_literal(f.sid), 'NULL') ELSE '' END"
+"    || ' under this database''s registration of model ' || $5 || ', not the record''s '"
+"    || pg_catalog.quote_literal(f.part)"
+"    || CASE WHEN $9 THEN ' and ' || pg_catalog.quote_literal(f.src) ELSE '' END"
+"    || ': it is not written'"
+"  FROM forged f WHERE s.id = f.id"
+"  RETURNING s.id"
+"), err AS ("
+"  UPDATE morango.store s SET deserialization_error ="
+"    CASE WHEN v.id IN (SELECT id FROM ok)"
+"         THEN 'its primary key ' || v.k || ' is already used by another record of model ' || $5"
+"         ELSE 'its primary key ' || v.k || ' is null or repeats another record''s' END"
+"  FROM v WHERE s.id = v.id AND v.id NOT IN (SELECT id FROM upd)"
+"  RETURNING s.id"
+")"
+" SELECT upd.old FROM upd WHERE upd.old IS NOT NULL"
+" UNION ALL SELECT NULL FROM unlink"
+" UNION ALL SELECT NULL FROM err";
 
 /*
  * Give the n records ids of dm their keys (see prepare_keys); returns the
  * number refused.
  */
 static int64
-prepare_keys_batch(DeserModel *dm, const char *keys_sql, const char *assign_sql,
-				   Datum ids, int n)
+prepare_keys_batch(DeserModel *dm, Datum ids, int n)
 {
 	KeysArgs	ka;
 	ErrorData  *edata;
@@ -675,65 +775,114 @@ prepare_keys_batch(DeserModel *dm, const char *keys_sql, const char *assign_sql,
 	List	   *err_msgs = NIL;
 	int64		refused = 0;
 	int			nestlevel;
+	int			ngood = 0;
+	List	   *rekeyed = NIL;
+
+	/* what the keys are computed from, read by us */
+	morango_spi_exec(dm->fetch_sql, 1, (Oid[]) {UUIDARRAYOID}, &ids, NULL, SPI_OK_SELECT);
+	memset(&ka, 0, sizeof(ka));
+	ka.dm = dm;
+	ka.n = (int) SPI_processed;
+	ka.ids = palloc(sizeof(Datum) * Max(ka.n, 1));
+	ka.old = palloc(sizeof(char *) * Max(ka.n, 1));
+	ka.data = palloc(sizeof(Datum) * Max(ka.n, 1));
+	ka.new_key = palloc0(sizeof(char *) * Max(ka.n, 1));
+	ka.p = palloc0(sizeof(char *) * Max(ka.n, 1));
+	ka.sid = palloc0(sizeof(char *) * Max(ka.n, 1));
+	for (int i = 0; i < ka.n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+
+		memcpy(u, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), sizeof(pg_uuid_t));
+		ka.ids[i] = UUIDPGetDatum(u);
+		ka.old[i] = SPI_getvalue(tup, desc, 2);
+		ka.data[i] = PointerGetDatum(DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull)));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	if (ka.n == 0)
+		return 0;
 
 	/* all at once; one by one if some record's key cannot be read */
 	nestlevel = morango_pin_settings(true);
-	ka.sql = keys_sql;
-	ka.ids = ids;
+	ka.first = 0;
+	ka.count = ka.n;
 	edata = morango_try(keys_run, &ka);
 	if (edata != NULL)
 	{
-		Datum	   *elems;
-		int			nelems;
-		int			ngood = 0;
-		Datum	   *good_ids = palloc(sizeof(Datum) * n);
-		char	  **good_old = palloc(sizeof(char *) * n);
-		char	  **good_new = palloc(sizeof(char *) * n);
-
 		FreeErrorData(edata);
-		deconstruct_array(DatumGetArrayTypeP(ids), UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
-						  &elems, NULL, &nelems);
-		for (int i = 0; i < nelems; i++)
+		for (int i = 0; i < ka.n; i++)
 		{
-			KeysArgs	one;
-
-			one.sql = keys_sql;
-			one.ids = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
-													  false, TYPALIGN_CHAR));
-			edata = morango_try(keys_run, &one);
+			ka.first = i;
+			ka.count = 1;
+			ka.new_key[i] = NULL;
+			edata = morango_try(keys_run, &ka);
 			if (edata != NULL)
 			{
-				err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
-				err_msgs = lappend(err_msgs, psprintf("its primary key cannot be read: %s",
-													  edata->message));
+				err_ids = lappend(err_ids, DatumGetPointer(ka.ids[i]));
+				err_msgs = lappend(err_msgs,
+								   psprintf(dm->m->verify ?
+											"its primary key, partition or source id cannot be read: %s" :
+											"its primary key cannot be read: %s",
+											edata->message));
 				FreeErrorData(edata);
 			}
-			else if (one.n == 1)
-			{
-				good_ids[ngood] = one.out_ids[0];
-				good_old[ngood] = one.out_old[0];
-				good_new[ngood] = one.out_new[0];
-				ngood++;
-			}
 		}
-		ka.n = ngood;
-		ka.out_ids = good_ids;
-		ka.out_old = good_old;
-		ka.out_new = good_new;
 	}
 	morango_unpin_settings(nestlevel);
 
-	/* assign new keys, re-key changed ones, refuse null and taken keys */
-	if (ka.n > 0)
+	/* keep the records whose key could be read */
+	for (int i = 0; i < ka.n; i++)
 	{
-		morango_spi_exec(assign_sql, 5,
-						 (Oid[]) {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID},
-						 (Datum[]) {PointerGetDatum(construct_array(ka.out_ids, ka.n, UUIDOID, UUID_LEN,
+		if (ka.new_key[i] == NULL)
+			continue;
+		ka.ids[ngood] = ka.ids[i];
+		ka.old[ngood] = ka.old[i];
+		ka.new_key[ngood] = ka.new_key[i];
+		ka.p[ngood] = ka.p[i];
+		ka.sid[ngood] = ka.sid[i];
+		ngood++;
+	}
+
+	/* refuse forged records, null and taken keys; assign new keys, re-key changed ones */
+	if (ngood > 0)
+	{
+		morango_spi_exec(assign_sql, 9,
+						 (Oid[]) {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID,
+						 TEXTARRAYOID, TEXTARRAYOID, BOOLOID, BOOLOID},
+						 (Datum[]) {PointerGetDatum(construct_array(ka.ids, ngood, UUIDOID, UUID_LEN,
 																	false, TYPALIGN_CHAR)),
-						 text_array(ka.out_old, ka.n), text_array(ka.out_new, ka.n),
-						 CStringGetTextDatum(dm->m->profile), CStringGetTextDatum(dm->m->model_name)},
-						 NULL, SPI_OK_UPDATE);
-		refused += (int64) SPI_processed;
+						 text_array(ka.old, ngood), text_array(ka.new_key, ngood),
+						 CStringGetTextDatum(dm->m->profile), CStringGetTextDatum(dm->m->model_name),
+						 text_array(ka.p, ngood), text_array(ka.sid, ngood),
+						 BoolGetDatum(dm->m->verify), BoolGetDatum(dm->m->verify_source)},
+						 NULL, SPI_OK_SELECT);
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			char	   *old = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+
+			if (old == NULL)
+				refused++;
+			else
+				rekeyed = lappend(rekeyed, old);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+
+	/* the rows of re-keyed records' old keys go, as the table's owner */
+	if (rekeyed != NIL)
+	{
+		char	  **olds = palloc(sizeof(char *) * list_length(rekeyed));
+		Datum		arr;
+		ListCell   *lc;
+
+		foreach(lc, rekeyed)
+			olds[foreach_current_index(lc)] = (char *) lfirst(lc);
+		arr = text_array(olds, list_length(rekeyed));
+		morango_owner_exec(dm->m->relid, dm->rekey_sql, 1, (Oid[]) {TEXTARRAYOID}, &arr, NULL,
+						   SPI_OK_DELETE);
 	}
 
 	if (err_ids != NIL)
@@ -762,8 +911,6 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 	Oid			argtypes[6] = {TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, UUIDOID, INT4OID};
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', filter_null ? 'n' : ' ', ' ', 'n', ' '};
-	char	   *keys_sql = keys_query(dm);
-	char	   *assign_sql = assign_query(dm);
 	int64		refused = 0;
 	pg_uuid_t	last;
 	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
@@ -789,9 +936,9 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 						 "   AND " FILTER_PRED(3)
 						 "   AND ($5::uuid IS NULL OR s.id > $5)"
 						 " ORDER BY s.id LIMIT $6",
-						 6, argtypes, values, nulls, 4, &last, &ids, &n);
+						 6, argtypes, values, nulls, 4, &last, &ids, &n, NULL);
 		if (n > 0)
-			refused += prepare_keys_batch(dm, keys_sql, assign_sql, ids, n);
+			refused += prepare_keys_batch(dm, ids, n);
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(batchcxt);
 		CHECK_FOR_INTERRUPTS();
@@ -825,21 +972,27 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
  * error before (records that failed before go one by one at once).
  */
 static void
-write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *counts)
+write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, Datum keyarr,
+			  DeserCounts *counts)
 {
 	const char *write_sql = deleted ? dm->delete_sql : dm->upsert_sql;
 	Oid			idtype[1] = {UUIDARRAYOID};
 	bool		have_rows = false;
 	int			n;
 	Datum	   *elems;
+	Datum	   *data;
 	char	  **keys;
 	int64		written;
 	int64		nok = 0;
 	List	   *err_ids = NIL;
 	List	   *err_msgs = NIL;
 
-	/* keep only records whose application row we could lock (or that have none) */
-	morango_spi_exec(dm->lock_sql, 1, idtype, &ids, NULL, SPI_OK_SELECT);
+	/*
+	 * keep only records whose application row we could lock (or that have
+	 * none): as the table's owner
+	 */
+	morango_owner_exec(dm->m->relid, dm->lock_sql, 2, (Oid[]) {UUIDARRAYOID, TEXTARRAYOID},
+					   (Datum[]) {ids, keyarr}, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
@@ -864,20 +1017,29 @@ write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *
 	}
 	elems = palloc(sizeof(Datum) * n);
 	keys = palloc(sizeof(char *) * n);
+	data = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
 		bool		isnull;
 		pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
 
-		memcpy(u, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
+		memcpy(u, DatumGetUUIDP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)),
 			   sizeof(pg_uuid_t));
 		elems[i] = UUIDPGetDatum(u);
-		keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		keys[i] = SPI_getvalue(tup, SPI_tuptable->tupdesc, 2);
+		data[i] = deleted ? (Datum) 0 :
+			PointerGetDatum(DatumGetJsonbPCopy(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull)));
 	}
 	SPI_freetuptable(SPI_tuptable);
-	ids = PointerGetDatum(construct_array(elems, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 
-	if (fresh && try_write_batch(dm, write_sql, ids, keys, n, &written) == NULL)
+	if (fresh &&
+		try_write_batch(dm, write_sql,
+						PointerGetDatum(construct_array(elems, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
+						text_array(keys, n),
+						deleted ? (Datum) 0 :
+						PointerGetDatum(construct_array(data, n, JSONBOID, -1, false, TYPALIGN_INT)),
+						keys, n, &written) == NULL)
 	{
 		if (deleted)
 			counts->deleted += written;
@@ -902,13 +1064,17 @@ write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *
 		err_msgs = NIL;
 		for (int i = 0; i < n; i++)
 		{
-			Datum		one = PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
-															  false, TYPALIGN_CHAR));
 			char	   *err;
 
 			CHECK_FOR_INTERRUPTS();
 			err = try_write_batch(dm, deleted ? dm->delete_sql : dm->upsert_sql,
-								  one, &keys[i], 1, &written);
+								  PointerGetDatum(construct_array(&elems[i], 1, UUIDOID, UUID_LEN,
+																  false, TYPALIGN_CHAR)),
+								  text_array(&keys[i], 1),
+								  deleted ? (Datum) 0 :
+								  PointerGetDatum(construct_array(&data[i], 1, JSONBOID, -1,
+																  false, TYPALIGN_INT)),
+								  &keys[i], 1, &written);
 			if (err == NULL)
 			{
 				nok += written;
@@ -919,6 +1085,7 @@ write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, DeserCounts *
 				err_ids = lappend(err_ids, DatumGetPointer(elems[i]));
 				err_msgs = lappend(err_msgs, err);
 				keys[nfail] = keys[i];
+				data[nfail] = data[i];
 				elems[nfail++] = elems[i];
 			}
 		}
@@ -971,12 +1138,13 @@ process_model(DeserModel *dm, bool deleted, Datum filter, bool filter_null,
 		{
 			MemoryContext oldcxt = MemoryContextSwitchTo(batchcxt);
 			Datum		ids;
+			Datum		keys;
 			int			n;
 
-			more = next_page(candidates_sql, 8, argtypes, values, nulls, 6, &last, &ids, &n);
+			more = next_page(candidates_sql, 8, argtypes, values, nulls, 6, &last, &ids, &n, &keys);
 			if (n > 0)
 			{
-				write_records(dm, deleted, fresh, ids, counts);
+				write_records(dm, deleted, fresh, ids, keys, counts);
 				morango_fault("deserialize");
 			}
 			MemoryContextSwitchTo(oldcxt);

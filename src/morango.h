@@ -61,6 +61,9 @@ typedef struct MorangoModel
 	char	   *partition_expr;
 	char	   *source_id_expr;
 	List	   *pk_columns;		/* list of C strings, in key order */
+	bool		verify;			/* received records' partition must match their data */
+	bool		verify_source;	/* ... and their source id */
+	List	   *expr_columns;	/* columns the expressions read; NIL: all */
 } MorangoModel;
 
 extern MorangoModel *morango_registry_lookup(Oid relid, MemoryContext mcxt);
@@ -70,6 +73,8 @@ extern char *morango_key_record_sql(MorangoModel *m, const char *qualname,
 									const char *keyjson_expr);
 extern char *morango_pk_equal_sql(MorangoModel *m, const char *a, const char *b);
 extern char *morango_qualified_name(Oid relid);
+extern char *morango_columns_json_sql(MorangoModel *m, const char *jsonb_expr, bool with_key);
+extern char *morango_expressions_sql(MorangoModel *m, const char *row);
 extern int	morango_pin_settings(bool search_path);
 extern void morango_unpin_settings(int nestlevel);
 
@@ -88,6 +93,12 @@ extern bool morango_filter_within(const char *const *a, int na,
 /* crypto.c: RSA keys and signatures (libcrypto, pure) */
 extern bool morango_verify(const char *public_key, const char *msg, size_t len,
 						   const char *sig_b64);
+
+/* owner.c: statements that touch an application table run as its owner */
+extern Oid	morango_table_owner(Oid relid);
+extern void morango_as_owner(Oid relid, void (*fn) (void *arg), void *arg);
+extern uint64 morango_owner_exec(Oid relid, const char *sql, int nargs, Oid *argtypes,
+								 Datum *values, const char *nulls, int expected);
 
 /* subxact.c */
 extern ErrorData *morango_try(void (*fn) (void *arg), void *arg);

@@ -22,12 +22,15 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
 #include "nodes/parsenodes.h"
+#include "optimizer/optimizer.h"
 #include "parser/parser.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/plancache.h"
 #include "utils/rel.h"
 
 #include "morango.h"
@@ -116,6 +119,97 @@ bad:
 }
 
 /*
+ * The columns a registered expression reads, found in its raw parse tree
+ * (pure: no catalog access but the column names given).  A reference to
+ * the whole row, or to a name that is not a column, means every column.
+ */
+typedef struct ColumnsContext
+{
+	List	   *names;			/* the table's columns (char *) */
+	List	   *found;			/* columns read so far */
+	bool		all;			/* the whole row is read */
+} ColumnsContext;
+
+/* is name in names (a List of char *)? */
+static bool
+name_in(List *names, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, names)
+	{
+		if (strcmp((char *) lfirst(lc), name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool
+columns_walker(Node *node, ColumnsContext *cxt)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, ColumnRef))
+	{
+		Node	   *last = llast(((ColumnRef *) node)->fields);
+
+		/* t.*, or t (or any name that is no column) as a whole-row reference */
+		if (!IsA(last, String) || !name_in(cxt->names, strVal(last)))
+			cxt->all = true;
+		else if (!name_in(cxt->found, strVal(last)))
+			cxt->found = lappend(cxt->found, pstrdup(strVal(last)));
+		return false;
+	}
+	return raw_expression_tree_walker(node, columns_walker, (void *) cxt);
+}
+
+/* are all of cols (NIL: the whole row) among names? */
+static bool
+columns_within(List *cols, List *names)
+{
+	ListCell   *lc;
+
+	if (cols == NIL)
+		return false;
+	foreach(lc, cols)
+	{
+		if (!name_in(names, (char *) lfirst(lc)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * expression_columns
+ *		The columns of rel that exprs (a List of SQL expression texts, each
+ *		checked by check_single_expression) read, or NIL if they read the
+ *		whole row.
+ */
+static List *
+expression_columns(List *exprs, Relation rel)
+{
+	ColumnsContext cxt = {NIL, NIL, false};
+	TupleDesc	desc = RelationGetDescr(rel);
+	ListCell   *lc;
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped)
+			cxt.names = lappend(cxt.names, pstrdup(NameStr(att->attname)));
+	}
+	foreach(lc, exprs)
+	{
+		List	   *stmts = raw_parser(psprintf("SELECT (%s)", (char *) lfirst(lc)), RAW_PARSE_DEFAULT);
+		SelectStmt *sel = (SelectStmt *) ((RawStmt *) linitial(stmts))->stmt;
+
+		(void) columns_walker(((ResTarget *) linitial(sel->targetList))->val, &cxt);
+	}
+	return cxt.all ? NIL : cxt.found;
+}
+
+/*
  * The primary key columns of rel, in key order, as a List of names.
  * Errors if rel has none.
  */
@@ -151,6 +245,160 @@ spi_exec_checked(const char *sql, int expected)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
 }
 
+/* what check_expressions() checks, and for whom */
+typedef struct CheckArgs
+{
+	Relation	rel;
+	ExprContextInfo *info;
+	const char *partition_expr;
+	const char *source_id_expr;
+	const char *qualname;
+	bool		verify;
+	bool		source_volatile;	/* out */
+} CheckArgs;
+
+/*
+ * Prepare expr (what names it in errors) over a row of rel; returns
+ * whether it is volatile (then a receiver cannot compute it again from a
+ * record's data and expect what the sender got).
+ */
+static bool
+check_one_expression(CheckArgs *a, const char *expr, const char *what)
+{
+	Oid			argtypes[1] = {a->rel->rd_rel->reltype};
+	SPIPlanPtr	plan;
+	ListCell   *lc;
+	bool		volatile_expr = false;
+
+	a->info->what = what;
+	plan = SPI_prepare(psprintf("SELECT (%s)::text FROM (SELECT ($1).*) AS t", expr), 1, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	foreach(lc, SPI_plan_get_plan_sources(plan))
+		volatile_expr |= contain_volatile_functions((Node *) ((CachedPlanSource *) lfirst(lc))->query_list);
+	return volatile_expr;
+}
+
+/*
+ * check_expressions (run as the table's owner)
+ *		Prepare both expressions, then evaluate them over the existing rows:
+ *		errors, NULLs, empty source ids and record id collisions are refused.
+ */
+static void
+check_expressions(void *arg)
+{
+	CheckArgs  *a = (CheckArgs *) arg;
+	const char *table = RelationGetRelationName(a->rel);
+	char	   *sql;
+	bool		isnull;
+	int64		nullp,
+				nulls,
+				dups;
+
+	if (check_one_expression(a, a->partition_expr, "partition expression") && a->verify)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the partition expression of table \"%s\" is volatile", table),
+				 errdetail("A receiver computes a record's partition again from its data and must get "
+						   "the partition the sender got."),
+				 errhint("Use an expression over the row's columns, or pass verify => false "
+						 "to trust the partition peers declare.")));
+	a->source_volatile = check_one_expression(a, a->source_id_expr, "source_id expression");
+
+	a->info->what = "evaluation of the partition and source_id expressions";
+	sql = psprintf("SELECT count(*) FILTER (WHERE p IS NULL),"
+				   "       count(*) FILTER (WHERE sid IS NULL OR sid = ''),"
+				   "       count(*) - count(DISTINCT (p, sid))"
+				   " FROM (SELECT (%s)::text AS p, (%s)::text AS sid FROM ONLY %s AS t) AS e",
+				   a->partition_expr, a->source_id_expr, a->qualname);
+	spi_exec_checked(sql, SPI_OK_SELECT);
+	nullp = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	nulls = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	dups = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	if (nullp > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("partition expression is null for " INT64_FORMAT " rows of table \"%s\"",
+						nullp, table),
+				 errhint("Use coalesce() to give those rows a partition.")));
+	if (nulls > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("source_id expression is null or empty for " INT64_FORMAT " rows of table \"%s\"",
+						nulls, table)));
+	if (dups > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("partition and source_id are not unique over the rows of table \"%s\"", table),
+				 errdetail(INT64_FORMAT " rows share the record id of another row.", dups),
+				 errhint("The source_id expression must be unique within a partition.")));
+}
+
+/* one batch of the initial load's keys, read as the table's owner */
+typedef struct LoadArgs
+{
+	const char *sql;
+	Portal		portal;
+	uint64		fetched;
+} LoadArgs;
+
+static void
+load_fetch(void *arg)
+{
+	LoadArgs   *a = (LoadArgs *) arg;
+
+	SPI_cursor_fetch(a->portal, true, morango_batch_size);
+	a->fetched = SPI_processed;
+}
+
+static void
+load_open(void *arg)
+{
+	LoadArgs   *a = (LoadArgs *) arg;
+
+	a->portal = SPI_cursor_open_with_args(NULL, a->sql, 0, NULL, NULL, NULL, true, 0);
+}
+
+/*
+ * initial_load
+ *		Note every existing row of relid as changed: its keys are read as
+ *		the table's owner (computing a key may run the owner's casts), in
+ *		batches, and written to morango.changes by us.
+ */
+static void
+initial_load(Oid relid, List *pk, const char *qualname)
+{
+	LoadArgs	a;
+
+	a.sql = psprintf("SELECT %s FROM ONLY %s AS t",
+					 morango_app_key_sql(pk, "pg_catalog.to_jsonb(t)"), qualname);
+	morango_as_owner(relid, load_open, &a);
+	for (;;)
+	{
+		ArrayBuildState *astate;
+
+		morango_as_owner(relid, load_fetch, &a);
+		if (a.fetched == 0)
+			break;
+		astate = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+		for (uint64 i = 0; i < a.fetched; i++)
+		{
+			bool		isnull;
+
+			astate = accumArrayResult(astate,
+									  SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull),
+									  isnull, TEXTOID, CurrentMemoryContext);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		morango_spi_exec("INSERT INTO morango.changes (model, key, hard)"
+						 " SELECT $1::regclass, k, false FROM pg_catalog.unnest($2::text[]) AS k",
+						 2, (Oid[]) {OIDOID, TEXTARRAYOID},
+						 (Datum[]) {ObjectIdGetDatum(relid), makeArrayResult(astate, CurrentMemoryContext)},
+						 NULL, SPI_OK_INSERT);
+	}
+	SPI_cursor_close(a.portal);
+}
+
 /*
  * morango.register_model(model regclass, profile text, partition text
  *                        DEFAULT '', source_id text DEFAULT NULL,
@@ -173,14 +421,18 @@ morango_register_model(PG_FUNCTION_ARGS)
 	Relation	rel;
 	List	   *pk;
 	char	   *qualname;
-	Oid			argtypes[6];
-	Datum		values[6];
+	Oid			argtypes[9];
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
 	ArrayBuildState *astate;
 	ListCell   *lc;
 	ExprContextInfo info;
 	ErrorContextCallback errcallback;
 	int			nestlevel;
+	bool		verify = PG_ARGISNULL(5) ? true : PG_GETARG_BOOL(5);
+	List	   *expr_columns;
+	CheckArgs	check;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -275,7 +527,34 @@ morango_register_model(PG_FUNCTION_ARGS)
 						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
 				 errhint("Pass a different model_name.")));
 
-	/* record the registration */
+	expr_columns = expression_columns(list_make2(partition_expr, source_id_expr), rel);
+
+	/*
+	 * Check the expressions, as the table's owner (planning them may run
+	 * its functions, and so does evaluating them): each alone first, so an
+	 * error names the right one, then over the existing rows.  All under the
+	 * pinned settings the steps use.
+	 */
+	nestlevel = morango_pin_settings(true);
+	errcallback.callback = expr_error_callback;
+	errcallback.arg = &info;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+	check.rel = rel;
+	check.info = &info;
+	check.partition_expr = partition_expr;
+	check.source_id_expr = source_id_expr;
+	check.qualname = qualname;
+	check.verify = verify;
+	morango_as_owner(relid, check_expressions, &check);
+
+	/*
+	 * Record the registration.  With verify, receivers check a record's
+	 * partition against its data always, and its source id when it is a
+	 * function of the primary key alone (the default): a source id taken
+	 * from other columns (Morango's Facility uses its name) stays what it
+	 * was at the first serialization while those columns change.
+	 */
 	astate = initArrayResult(TEXTOID, CurrentMemoryContext, false);
 	foreach(lc, pk)
 		astate = accumArrayResult(astate, CStringGetTextDatum(lfirst(lc)), false,
@@ -292,73 +571,31 @@ morango_register_model(PG_FUNCTION_ARGS)
 	values[3] = CStringGetTextDatum(partition_expr);
 	values[4] = CStringGetTextDatum(source_id_expr);
 	values[5] = makeArrayResult(astate, CurrentMemoryContext);
+	argtypes[6] = BOOLOID;
+	values[6] = BoolGetDatum(verify);
+	argtypes[8] = BOOLOID;
+	values[8] = BoolGetDatum(verify && !check.source_volatile &&
+							 columns_within(expression_columns(list_make1(source_id_expr), rel), pk));
+	argtypes[7] = TEXTARRAYOID;
+	nulls[7] = 'n';
+	values[7] = (Datum) 0;
+	if (expr_columns != NIL)
+	{
+		astate = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+		foreach(lc, expr_columns)
+			astate = accumArrayResult(astate, CStringGetTextDatum(lfirst(lc)), false,
+									  TEXTOID, CurrentMemoryContext);
+		values[7] = makeArrayResult(astate, CurrentMemoryContext);
+		nulls[7] = ' ';
+	}
 	ret = SPI_execute_with_args("INSERT INTO morango.models"
-								" (model, profile, model_name, partition_expr, source_id_expr, pk_columns)"
-								" VALUES ($1::regclass, $2, $3, $4, $5, $6)",
-								6, argtypes, values, NULL, false, 0);
+								" (model, profile, model_name, partition_expr, source_id_expr, pk_columns,"
+								"  verify, expr_columns, verify_source)"
+								" VALUES ($1::regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
+								9, argtypes, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 
-	/*
-	 * Check the expressions: each alone first, so an error names the right
-	 * one, then the whole capture statement.  All under the pinned
-	 * search_path the trigger will use.
-	 */
-	nestlevel = morango_pin_settings(true);
-	errcallback.callback = expr_error_callback;
-	errcallback.arg = &info;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-	argtypes[0] = rel->rd_rel->reltype;
-	{
-		char	   *sql;
-
-		info.what = "partition expression";
-		sql = psprintf("SELECT (%s)::text FROM (SELECT ($1).*) AS t", partition_expr);
-		if (SPI_prepare(sql, 1, argtypes) == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		info.what = "source_id expression";
-		sql = psprintf("SELECT (%s)::text FROM (SELECT ($1).*) AS t", source_id_expr);
-		if (SPI_prepare(sql, 1, argtypes) == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	}
-
-	/* evaluate both on the existing rows: errors, NULLs and empty source ids */
-	info.what = "evaluation of the partition and source_id expressions";
-	{
-		char	   *sql = psprintf("SELECT count(*) FILTER (WHERE p IS NULL),"
-								   "       count(*) FILTER (WHERE sid IS NULL OR sid = ''),"
-								   "       count(*) - count(DISTINCT (p, sid))"
-								   " FROM (SELECT (%s)::text AS p, (%s)::text AS sid FROM ONLY %s AS t) AS e",
-								   partition_expr, source_id_expr, qualname);
-		bool		isnull;
-		int64		nullp,
-					nulls,
-					dups;
-
-		spi_exec_checked(sql, SPI_OK_SELECT);
-		nullp = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		nulls = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		dups = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-		if (nullp > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("partition expression is null for " INT64_FORMAT " rows of table \"%s\"",
-							nullp, RelationGetRelationName(rel)),
-					 errhint("Use coalesce() to give those rows a partition.")));
-		if (nulls > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("source_id expression is null or empty for " INT64_FORMAT " rows of table \"%s\"",
-							nulls, RelationGetRelationName(rel))));
-		if (dups > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNIQUE_VIOLATION),
-					 errmsg("partition and source_id are not unique over the rows of table \"%s\"",
-							RelationGetRelationName(rel)),
-					 errdetail(INT64_FORMAT " rows share the record id of another row.", dups),
-					 errhint("The source_id expression must be unique within a partition.")));
-	}
 
 	/* triggers first; the lock we hold keeps writers out until we commit */
 	spi_exec_checked(psprintf("CREATE TRIGGER morango_capture"
@@ -372,15 +609,7 @@ morango_register_model(PG_FUNCTION_ARGS)
 
 	/* initial load: every existing row is a change for the next serialize */
 	info.what = "initial load";
-	argtypes[0] = OIDOID;
-	values[0] = ObjectIdGetDatum(relid);
-	ret = SPI_execute_with_args(psprintf("INSERT INTO morango.changes (model, key, hard)"
-										 " SELECT $1::regclass, %s, false FROM ONLY %s AS t",
-										 morango_app_key_sql(pk, "pg_catalog.to_jsonb(t)"),
-										 qualname),
-								1, argtypes, values, NULL, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	initial_load(relid, pk, qualname);
 
 	error_context_stack = errcallback.previous;
 	morango_unpin_settings(nestlevel);

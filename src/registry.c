@@ -35,7 +35,7 @@
 /*
  * Build a MorangoModel from the current SPI tuple table row `row`
  * (columns: model, profile, model_name, partition_expr, source_id_expr,
- * pk_columns).  Allocates in the caller's memory context `mcxt`.
+ * pk_columns, verify, verify_source, expr_columns).  Allocates in the caller's memory context `mcxt`.
  */
 static MorangoModel *
 model_from_spi_row(int row, MemoryContext mcxt)
@@ -60,12 +60,23 @@ model_from_spi_row(int row, MemoryContext mcxt)
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
 	for (int i = 0; i < nelems; i++)
 		m->pk_columns = lappend(m->pk_columns, TextDatumGetCString(elems[i]));
+	m->verify = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	m->verify_source = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	d = SPI_getbinval(tup, desc, 9, &isnull);
+	if (!isnull)
+	{
+		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, NULL, &nelems);
+		for (int i = 0; i < nelems; i++)
+			m->expr_columns = lappend(m->expr_columns, TextDatumGetCString(elems[i]));
+	}
 	MemoryContextSwitchTo(old);
 	return m;
 }
 
 #define MODEL_COLUMNS \
-	"model::oid, profile, model_name, partition_expr, source_id_expr, pk_columns"
+	"model::oid, profile, model_name, partition_expr, source_id_expr, pk_columns," \
+	" verify, verify_source, expr_columns"
 
 /*
  * morango_registry_lookup
@@ -210,6 +221,65 @@ morango_pk_equal_sql(MorangoModel *m, const char *a, const char *b)
 		first = false;
 	}
 	return buf.data;
+}
+
+/*
+ * morango_columns_json_sql
+ *		SQL text of a jsonb object holding, of the serialized data in
+ *		jsonb_expr, only what the registered expressions read (and, with
+ *		with_key, the primary key columns): so that a value of another
+ *		column that does not fit its type cannot stop them from being
+ *		computed.  The whole data when the expressions read the whole row.
+ */
+char *
+morango_columns_json_sql(MorangoModel *m, const char *jsonb_expr, bool with_key)
+{
+	StringInfoData buf;
+	List	   *cols = NIL;
+	ListCell   *lc;
+	bool		first = true;
+
+	if (m->expr_columns == NIL)
+		return psprintf("(%s)", jsonb_expr);
+	if (with_key)
+		cols = list_copy(m->pk_columns);
+	foreach(lc, m->expr_columns)
+	{
+		ListCell   *k;
+		bool		dup = false;
+
+		foreach(k, cols)
+			dup |= (strcmp((char *) lfirst(k), (char *) lfirst(lc)) == 0);
+		if (!dup)
+			cols = lappend(cols, lfirst(lc));
+	}
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "pg_catalog.jsonb_build_object(");
+	foreach(lc, cols)
+	{
+		char	   *lit = quote_literal_cstr((char *) lfirst(lc));
+
+		appendStringInfo(&buf, "%s%s, (%s) -> %s", first ? "" : ", ", lit, jsonb_expr, lit);
+		first = false;
+	}
+	appendStringInfoString(&buf, ")");
+	return buf.data;
+}
+
+/*
+ * morango_expressions_sql
+ *		SQL text of a LATERAL FROM item computing the registered partition
+ *		and source id expressions over `row` (a value of the table's row
+ *		type), as columns _morango_p and _morango_sid.  The expressions see
+ *		the table's columns, and the row as t, exactly as at registration.
+ *		Run it as the table's owner (owner.c), under pinned settings.
+ */
+char *
+morango_expressions_sql(MorangoModel *m, const char *row)
+{
+	return psprintf("LATERAL (SELECT (%s)::text AS _morango_p, (%s)::text AS _morango_sid"
+					" FROM (SELECT (%s).*) AS t) AS _morango_e",
+					m->partition_expr, m->source_id_expr, row);
 }
 
 /*
