@@ -12,7 +12,9 @@
  * (partition, source id, model name), its partition must lie under the transfer session's
  * filter, its profile must be the session's, its counters positive, its
  * version vector must contain its last saved version, its serialized data
- * a jsonb object ('{}' for a hard delete), and no record may appear twice.
+ * a jsonb object ('{}' for a hard delete), and no record may appear twice;
+ * and the records of models registered here must have the partition their
+ * data gives (verify_chunk).
  * The first bad record is named in the error.  Receiving the same chunk
  * twice (a resumed transfer) adds nothing the second time.
  *
@@ -376,6 +378,111 @@ check_chunk_types(Jsonb *jb, const char *tsname)
 	}
 }
 
+/* error context while a chunk's records are checked against their data */
+static void
+verify_error_callback(void *arg)
+{
+	errcontext("checking the records of morango model \"%s\" in a received chunk against their data",
+			   (const char *) arg);
+}
+
+/*
+ * verify_chunk
+ *		Every live or soft-deleted record of chunk jb (already validated by
+ *		receive_sql) whose model is registered here for the session's
+ *		profile with verify must have the partition, and for a key-derived
+ *		source id the source id, that this database's registered
+ *		expressions give for its data (morango-semantics.md 2.1; issue 12
+ *		item 1): else a peer could file data under a partition its scope
+ *		allows while the data says it belongs to another one (a learner
+ *		writing another's grade).  Raises, naming the first bad record;
+ *		the caller's transaction then stores nothing.  Hard-deleted records
+ *		carry no data: their id alone (the id rule) ties them to their
+ *		partition.  Records of models not registered here are checked by
+ *		deserialize, before they are ever written into a table.  The
+ *		expressions run as the table's owner (owner.c), one statement per
+ *		model in the chunk.
+ */
+static void
+verify_chunk(MorangoTransfer *t, Datum chunk, const char *tsname)
+{
+	List	   *models = NIL;
+	ListCell   *lc;
+	int			nestlevel;
+
+	morango_spi_exec("SELECT m.model::oid FROM morango.models m"
+					 " WHERE m.profile = $1 AND m.verify"
+					 "   AND m.model_name IN (SELECT x.model_name"
+					 "                        FROM pg_catalog.jsonb_to_recordset($2) AS x(model_name text))"
+					 " ORDER BY m.model_name",
+					 2, (Oid[]) {TEXTOID, JSONBOID}, (Datum[]) {t->profile, chunk}, NULL,
+					 SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		models = lappend_oid(models, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																	SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	nestlevel = morango_pin_settings(true);
+	foreach(lc, models)
+	{
+		MorangoModel *m = morango_registry_lookup(lfirst_oid(lc), CurrentMemoryContext);
+		char	   *qualname = morango_qualified_name(m->relid);
+		char	   *sql;
+		ErrorContextCallback errcallback;
+
+		sql = psprintf("SELECT x.id::text, x.partition, x.source_id, _morango_e._morango_p,"
+					   "       _morango_e._morango_sid"
+					   " FROM pg_catalog.jsonb_to_recordset($1) AS x(id uuid, model_name text,"
+					   "      partition text, source_id text, serialized jsonb, hard_deleted boolean),"
+					   "      pg_catalog.jsonb_populate_record(NULL::%s,"
+					   "          CASE WHEN pg_catalog.jsonb_typeof(x.serialized) = 'object'"
+					   "               THEN %s ELSE '{}'::jsonb END) AS r, %s"
+					   " WHERE x.model_name = $2 AND x.hard_deleted IS NOT TRUE"
+					   "   AND (_morango_e._morango_p IS DISTINCT FROM x.partition"
+					   "        OR ($3 AND _morango_e._morango_sid IS DISTINCT FROM x.source_id))"
+					   " LIMIT 1",
+					   qualname, morango_columns_json_sql(m, "x.serialized", false),
+					   morango_expressions_sql(m, "r"));
+		errcallback.callback = verify_error_callback;
+		errcallback.arg = m->model_name;
+		errcallback.previous = error_context_stack;
+		error_context_stack = &errcallback;
+		morango_owner_exec(m->relid, sql, 3, (Oid[]) {JSONBOID, TEXTOID, BOOLOID},
+						   (Datum[]) {chunk, CStringGetTextDatum(m->model_name),
+						   BoolGetDatum(m->verify_source)},
+						   NULL, SPI_OK_SELECT);
+		error_context_stack = errcallback.previous;
+		if (SPI_processed > 0)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			char	   *p = SPI_getvalue(tup, desc, 4);
+			char	   *sid = SPI_getvalue(tup, desc, 5);
+
+			char	   *what = m->verify_source ?
+				psprintf("partition %s and source id %s", quote_literal_cstr(SPI_getvalue(tup, desc, 2)),
+						 quote_literal_cstr(SPI_getvalue(tup, desc, 3))) :
+				psprintf("partition %s", quote_literal_cstr(SPI_getvalue(tup, desc, 2)));
+			char	   *gives = m->verify_source ?
+				psprintf("%s and %s", p ? quote_literal_cstr(p) : "NULL", sid ? quote_literal_cstr(sid) : "NULL") :
+				(p ? quote_literal_cstr(p) : "NULL");
+
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("rejected a chunk for transfer session %s: record %s has %s, but its data gives %s"
+							" under this database's registration of model \"%s\"",
+							tsname, SPI_getvalue(tup, desc, 1), what, gives, m->model_name),
+					 errdetail("Nothing from this chunk was stored.")));
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	morango_unpin_settings(nestlevel);
+}
+
 /* the largest chunk we accept, in records */
 #define MAX_CHUNK_RECORDS 100000
 
@@ -445,6 +552,13 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 				 errdetail("Nothing from this chunk was stored.")));
 	}
 	added = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	/*
+	 * Records against their data: after the validation above, so that a
+	 * malformed record is named for what is wrong with it; an error here
+	 * takes back the insert with the rest of the transaction.
+	 */
+	verify_chunk(t, chunk, tsname);
 
 	morango_spi_exec("UPDATE morango.transfer_sessions"
 					 " SET records_transferred = records_transferred + $2,"

@@ -449,26 +449,25 @@ hard_delete(MorangoModel *m, const char *app_key)
 	Oid			ktypes[1] = {TEXTOID};
 	Datum		kvalues[1] = {CStringGetTextDatum(app_key)};
 	bool		save = morango_hard_delete_guc;
-	volatile int ret;		/* set inside PG_TRY, read after it */
+	volatile uint64 deleted = 0;	/* set inside PG_TRY, read after it */
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "DELETE FROM ONLY %s AS t USING %s AS k WHERE %s",
 					 qualname,
 					 morango_key_record_sql(m, qualname, "$1::jsonb"),
 					 morango_pk_equal_sql(m, "t", "k"));
+	/* the delete fires the table's triggers: as its owner (owner.c) */
 	morango_hard_delete_guc = true;
 	PG_TRY();
 	{
-		ret = SPI_execute_with_args(sql.data, 1, ktypes, kvalues, NULL, false, 0);
+		deleted = morango_owner_exec(m->relid, sql.data, 1, ktypes, kvalues, NULL, SPI_OK_DELETE);
 	}
 	PG_FINALLY();
 	{
 		morango_hard_delete_guc = save;
 	}
 	PG_END_TRY();
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
+	if (deleted == 0)
 		record_change(m->relid, app_key, true);
 }
 
@@ -549,7 +548,6 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 	StringInfoData sql;
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
 	Datum		values[3];
-	int			ret;
 	bool		found = false;
 	Oid			keytype;
 	int32		keytypmod;
@@ -578,27 +576,30 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 
 		get_atttypetypmodcoll(relid, att, &keytype, &keytypmod, &collation);
 	}
+	/* the key as the table's owner reads it (a domain's check may run) */
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT k, EXISTS (SELECT 1 FROM morango.store"
-					 "                  WHERE profile = $1 AND model_name = $2 AND app_key = k)"
-					 "       OR EXISTS (SELECT 1 FROM ONLY %s AS t WHERE t.%s = CAST($3 AS %s))"
-					 " FROM (SELECT pg_catalog.jsonb_build_array(CAST($3 AS %s))::text AS k) AS v",
+					 "SELECT k, EXISTS (SELECT 1 FROM ONLY %s AS t WHERE t.%s = CAST($1 AS %s))"
+					 " FROM (SELECT pg_catalog.jsonb_build_array(CAST($1 AS %s))::text AS k) AS v",
 					 morango_qualified_name(relid), quote_identifier(linitial(m->pk_columns)),
 					 format_type_extended(keytype, keytypmod,
 										  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY),
 					 format_type_extended(keytype, keytypmod,
 										  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
-	values[0] = CStringGetTextDatum(m->profile);
-	values[1] = CStringGetTextDatum(m->model_name);
-	values[2] = PointerGetDatum(key);
+	values[0] = PointerGetDatum(key);
 	nestlevel = morango_pin_settings(true);
-	ret = SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 1);
+	morango_owner_exec(relid, sql.data, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	morango_unpin_settings(nestlevel);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	app_key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	found = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0;
+	/* ... and whether a record has it */
+	if (!found)
+		found = morango_spi_exec("SELECT 1 FROM morango.store"
+								 " WHERE profile = $1 AND model_name = $2 AND app_key = $3",
+								 3, argtypes,
+								 (Datum[]) {CStringGetTextDatum(m->profile),
+								 CStringGetTextDatum(m->model_name), CStringGetTextDatum(app_key)},
+								 NULL, SPI_OK_SELECT) > 0;
 	if (found)
 		hard_delete(m, app_key);
 	SPI_finish();

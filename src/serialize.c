@@ -414,13 +414,16 @@ stamp_run(void *arg)
 	for (;;)
 	{
 		SPITupleTable *tt;
+		uint64		nrows;
 
 		SPI_cursor_fetch(portal, true, morango_batch_size);
 		MemoryContextSwitchTo(batchcxt);
+		/* stamp_batch() below runs statements: keep this fetch's result */
 		tt = SPI_tuptable;
-		if (SPI_processed == 0)
+		nrows = SPI_processed;
+		if (nrows == 0)
 			break;
-		for (uint64 r = 0; r < SPI_processed; r++)
+		for (uint64 r = 0; r < nrows; r++)
 		{
 			bool		isnull;
 			char	   *key = SPI_getvalue(tt->vals[r], tt->tupdesc, 1);
