@@ -38,6 +38,17 @@
  * writes; rows it changes by cascade, and rows application triggers
  * change, are noted as local changes.
  *
+ * Rights.  Every statement that reads or writes the application table, or
+ * builds a value of its row type, runs as the table's owner (owner.c) over
+ * arrays read from the store by our own statements, and touches no table of
+ * ours; what it returns (the ids written) our statements then mark clean.
+ *
+ * Received data.  For a model registered with verify, a record whose data
+ * does not give its partition (and key-derived source id) under this
+ * database's expressions is never written and loses its key (doc/design.md
+ * 6.1): receive refuses such records, this catches those that arrived
+ * before the model was registered here.
+ *
  * IDENTIFICATION
  *		src/deserialize.c
  *

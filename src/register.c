@@ -402,13 +402,20 @@ initial_load(Oid relid, List *pk, const char *qualname)
 /*
  * morango.register_model(model regclass, profile text, partition text
  *                        DEFAULT '', source_id text DEFAULT NULL,
- *                        model_name text DEFAULT NULL) -> void
+ *                        model_name text DEFAULT NULL,
+ *                        verify boolean DEFAULT true) -> void
  *
  * partition and source_id are SQL expressions over the table's columns
  * (partition '' means the empty partition; source_id NULL means the primary
- * key as text, or for a multi-column key the jsonb array of its values).  Installs the capture triggers and notes every existing
- * row as changed, so the next serialize puts it in the store.  The table is locked against writes for the
- * duration, so no change slips between the initial load and the triggers.
+ * key as text, or for a multi-column key the jsonb array of its values).
+ * With verify (the default), received records must have the partition (and
+ * a key-derived source id) the expressions give for their data
+ * (doc/design.md 6.1), so the partition expression must not be volatile.
+ * Installs the capture triggers and notes every existing row as changed, so
+ * the next serialize puts it in the store.  The expressions are checked and
+ * the initial load read as the table's owner (owner.c).  The table is
+ * locked against writes for the duration, so no change slips between the
+ * initial load and the triggers.
  */
 Datum
 morango_register_model(PG_FUNCTION_ARGS)

@@ -5,8 +5,9 @@
  *		store versions, all stamped with one new counter.
  *
  * morango.serialize(profile, filter) locks the current instance row, takes
- * one new counter, and then, for each registered model with changes, runs
- * one set-based statement that
+ * one new counter, and then, for each registered model with changes, in
+ * batches of morango.batch_size changed keys, reads the batch's rows as the
+ * table's owner (owner.c) and runs one set-based statement that
  *   - reads the changed application rows as they are now (to_jsonb,
  *     partition and source id expressions) for every key in
  *     morango.changes,
