@@ -7,10 +7,8 @@
  * morango.serialize(profile, filter) locks the current instance row, takes
  * one new counter, and then, for each registered model with changes, in
  * batches of morango.batch_size changed keys, reads the batch's rows as the
- * table's owner (owner.c) and runs one set-based statement that
- *   - reads the changed application rows as they are now (to_jsonb,
- *     partition and source id expressions) for every key in
- *     morango.changes,
+ * table's owner (owner.c: their to_jsonb and the partition and source id
+ * expressions, as they are now), and runs one set-based statement that
  *   - writes the store: new records (id by the id rule), updates (partition
  *     and source id stay as first serialized; keys the table lacks are
  *     kept), soft deletes (the last data stays as a tombstone) and hard
