@@ -328,6 +328,8 @@ stamp_batch(StampBatch *b)
 	parr = array_of(p, pnull, n, TEXTOID);
 	sarr = array_of(sid, snull, n, TEXTOID);
 	values[8] = array_of(j, jnull, n, JSONBOID);
+	/* the arrays hold copies: the rows' result goes (SPI keeps it otherwise) */
+	SPI_freetuptable(SPI_tuptable);
 
 	/* other records a new row would take over: do they still have a row? */
 	morango_spi_exec(others_sql, 5, (Oid[]) {TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
@@ -337,10 +339,12 @@ stamp_batch(StampBatch *b)
 	live = spi_text_array(1);
 	if (SPI_processed > 0)
 	{
+		SPI_freetuptable(SPI_tuptable);
 		morango_owner_exec(b->m->relid, b->live_sql, 1, (Oid[]) {TEXTARRAYOID}, &live, NULL,
 						   SPI_OK_SELECT);
 		live = spi_text_array(1);
 	}
+	SPI_freetuptable(SPI_tuptable);
 
 	for (int i = 0; i < b->ncids; i++)
 		cidd[i] = PointerGetDatum(&b->cids[i]);
@@ -377,6 +381,7 @@ stamp_batch(StampBatch *b)
 		b->result[i] += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 													i + 1, &isnull));
 	}
+	SPI_freetuptable(SPI_tuptable);
 	b->nkeys = 0;
 	b->ncids = 0;
 }
