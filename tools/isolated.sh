@@ -9,14 +9,17 @@
 # The command runs in a private mount namespace (unshare(1)) in which
 # pkglibdir and the extension directory are bind-mounted private copies,
 # removed at the end.  Give each concurrent run its own MG_PORT_BASE.
+# tools/memcheck.sh runs itself through this script.
 set -u
 if [ "$(id -u)" != 0 ]; then
     echo "tools/isolated.sh must run as root" >&2
     exit 2
 fi
-if [ "${MG_ISOLATED_NS:-}" != 1 ]; then
-    exec env MG_ISOLATED_NS=1 unshare --mount --propagation private bash "$0" "$@"
+# a fresh namespace on every call (a nested call gets its own copies)
+if [ "${1:-}" != --in-namespace ]; then
+    exec unshare --mount --propagation private bash "$0" --in-namespace "$@"
 fi
+shift
 pkglibdir=$(pg_config --pkglibdir)
 extdir=$(pg_config --sharedir)/extension
 priv=$(mktemp -d /tmp/morango-isolated.XXXXXX)

@@ -18,9 +18,10 @@
 # reports only, each commented).
 #
 # The memcheck build is installed only inside a private mount namespace:
-# the script re-runs itself under unshare(1) and bind-mounts private copies
-# over PostgreSQL's pkglibdir and extension directory, so the system's
-# installation, and any other test run on this machine, never sees it.
+# the script re-runs itself through tools/isolated.sh (unshare(1), private
+# copies bind-mounted over PostgreSQL's pkglibdir and extension directory),
+# so the system's installation, and any other test run on this machine,
+# never sees it.
 #
 # Ends with "memcheck: N passed, N failed" (regress, isolation, and the
 # reports check) and exits non-zero on any report in our code or any
@@ -35,9 +36,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # --- a private mount namespace for the instrumented install ----------------
-if [ "${MG_MEMCHECK_NS:-}" != 1 ]; then
-    exec env MG_MEMCHECK_NS=1 unshare --mount --propagation private bash "$0" "$@"
+if [ "${1:-}" != --isolated ]; then
+    exec bash "$here/tools/isolated.sh" bash "$0" --isolated "$@"
 fi
+shift
 
 MG_PACKAGES="$MG_PACKAGES valgrind"
 mg_install_packages
@@ -60,26 +62,11 @@ cleanup() {
             rm -rf "$work"
         fi
     fi
-    # the bind mounts go with the namespace; the copies are ours to remove
-    umount "$pkglibdir" "$extdir" 2>/dev/null
     rm -rf "$priv"
 }
 trap cleanup EXIT
 
-n=0
-for d in "$pkglibdir" "$extdir"; do
-    n=$((n + 1))
-    mkdir "$priv/$n"
-    cp -a "$d/." "$priv/$n/"
-    touch "$priv/$n/.morango-memcheck-private"
-    mount --bind "$priv/$n" "$d" || { echo "could not bind-mount a private copy over $d" >&2; exit 1; }
-    # never install into the real directory: check the copy is in place
-    if [ ! -e "$d/.morango-memcheck-private" ]; then
-        echo "$d is not the private copy; refusing to install there" >&2
-        exit 1
-    fi
-done
-mg_log "private install dirs $pkglibdir and $extdir (copies in $priv, this namespace only)"
+mg_log "private install dirs $pkglibdir and $extdir (tools/isolated.sh: this namespace only)"
 
 passed=0
 failed=0
