@@ -29,6 +29,7 @@ OBJS = \
 	src/queue.o \
 	src/buffer.o \
 	src/dequeue.o \
+	src/history.o \
 	src/transport.o \
 	src/pack.o \
 	src/certify.o \

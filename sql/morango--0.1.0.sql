@@ -547,6 +547,19 @@ COMMENT ON FUNCTION morango.dequeue(uuid) IS
     'merge the incoming buffer of a transfer session into the store (one transaction)';
 
 /*
+ * A record's conflict history after newest (NULL: none) is put in front of
+ * history (jsonb array, newest first; NULL: empty), bounded by
+ * morango.max_conflict_entries and morango.max_conflict_bytes: the oldest
+ * entries are dropped first, the newest one is always kept (src/history.c).
+ */
+CREATE FUNCTION morango.conflict_history(newest jsonb, history jsonb)
+RETURNS jsonb
+LANGUAGE C STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_conflict_history';
+COMMENT ON FUNCTION morango.conflict_history(jsonb, jsonb) IS
+    'a conflict history with newest in front, bounded in entries and bytes (oldest dropped first)';
+
+/*
  * Open a transfer session (and its sync session) on this side, or find
  * the one that exists: returns its state.  Used by the initiator and, as
  * is_server, by morango.peer_begin().

@@ -14,14 +14,17 @@
  *   fast-forward: the incoming version vector holds the local version:
  *     the incoming record replaces the local one;
  *   conflict: neither holds the other: the local data is kept, the incoming
- *     data goes to the front of the conflict history, deletes are sticky
+ *     data goes to the front of the conflict history (bounded, src/history.c:
+ *     the oldest entries go first), deletes are sticky
  *     (either side's delete or hard delete wins), and the record gets a new
  *     local version (this instance, a new counter) whose version vector is
  *     the per-instance max of both.
  *
  * Every changed record is marked dirty, for deserialize.  Then the
  * receiver's database max counters are raised to the sender's (expanded)
- * FSIC for the session's filter, and the buffer is emptied.
+ * FSIC for the session's filter (only for the filter's prefixes, the
+ * partitions of merged records and rows that exist: dmc_sql), and the
+ * buffer is emptied.
  *
  * Where we differ from Morango, on purpose (doc/design.md): version
  * vectors are always merged by max, never overwritten; the reverse
@@ -78,13 +81,13 @@ static const char *conflict_sql =
 "    serialized = CASE WHEN s.hard_deleted OR cf.hard_deleted THEN '{}'::jsonb ELSE s.serialized END,"
 "    conflicting_serialized_data ="
 "      CASE WHEN s.hard_deleted OR cf.hard_deleted THEN '[]'::jsonb"
-"           ELSE pg_catalog.jsonb_build_array(cf.serialized) || s.conflicting_serialized_data END,"
+"           ELSE morango.conflict_history(cf.serialized, s.conflicting_serialized_data) END,"
 "    deleted = s.deleted OR cf.deleted,"
 "    hard_deleted = s.hard_deleted OR cf.hard_deleted,"
 "    last_saved_instance = $2, last_saved_counter = $3,"
 "    dirty_bit = true, deserialization_error = NULL, last_transfer_session_id = $1"
 "  FROM cf WHERE s.id = cf.record_id"
-"  RETURNING s.id"
+"  RETURNING s.id, s.partition"
 "), rmc AS ("
 "  INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)"
 "  SELECT v.record_id, v.instance_id, max(v.counter) FROM ("
@@ -112,7 +115,7 @@ static const char *forward_sql =
 "      conflicting_serialized_data, dirty_bit, last_transfer_session_id)"
 "  SELECT b.record_id, b.profile, b.model_name, b.partition, b.source_id, b.serialized,"
 "         b.deleted, b.hard_deleted, b.last_saved_instance, b.last_saved_counter,"
-"         b.conflicting_serialized_data, true, $1"
+"         morango.conflict_history(NULL, b.conflicting_serialized_data), true, $1"
 "  FROM morango.buffer b WHERE b.transfer_session_id = $1"
 "  ON CONFLICT (id) DO UPDATE SET"
 "    serialized = EXCLUDED.serialized,"
