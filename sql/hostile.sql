@@ -106,14 +106,16 @@ $$;
 CREATE FUNCTION push(ts text, chunk jsonb) RETURNS text LANGUAGE sql AS $$
     SELECT try(format('SELECT morango.peer_push_chunk(%L, %L)', ts, pack(chunk)))
 $$;
--- open a transfer session as a peer would
+-- open a transfer session as a peer would (a peer that relays records of
+-- instance c...01: versions of the sender's own instance are checked
+-- against its FSIC, attack_counters.sql)
 CREATE FUNCTION begin_transfer(ss text, ts text, push boolean, filter text[],
                                profile text DEFAULT 'facilitydata',
                                fsic jsonb DEFAULT '{"super": {}, "sub": {}}', protocol integer DEFAULT 2)
 RETURNS text LANGUAGE sql AS $$
     SELECT try(format('SELECT morango.peer_begin(%L, %L, %L, %L, %L, %L, %L, %L)->>''stage''',
                       protocol, ss, ts, profile, push, filter,
-                      'c0000000-0000-0000-0000-000000000001', fsic))
+                      'c0000000-0000-0000-0000-0000000000aa', fsic))
 $$;
 GRANT EXECUTE ON FUNCTION fingerprint(), try(text), pack(jsonb), unpack(text), pack_text(text), rec(integer, text, bigint, text, text),
                           push(text, jsonb), begin_transfer(text, text, boolean, text[], text, jsonb, integer)
