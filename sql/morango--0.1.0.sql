@@ -638,6 +638,16 @@ DECLARE
     ts      morango.transfer_sessions;
     resumed boolean := true;
 BEGIN
+    -- only a profile this database has (a model registered for it, a scope
+    -- definition naming it, or a record of it in the store): a peer cannot
+    -- make sessions, buffers or database max counters for invented profiles
+    IF NOT (EXISTS (SELECT 1 FROM morango.models m WHERE m.profile = transfer_open.profile)
+            OR EXISTS (SELECT 1 FROM morango.scope_definitions d WHERE d.profile = transfer_open.profile)
+            OR EXISTS (SELECT 1 FROM morango.store s WHERE s.profile = transfer_open.profile)) THEN
+        RAISE EXCEPTION 'profile % is not known on this database', quote_literal(transfer_open.profile)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Register a table of that profile here first (morango.register_model).';
+    END IF;
     -- certificates: may this filter flow, in this direction? (raises if not)
     PERFORM morango.session_scope_check(sync_session, profile, is_server = push, filter);
     SELECT * INTO ss FROM morango.sync_sessions WHERE id = sync_session FOR UPDATE;
