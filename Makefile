@@ -30,6 +30,7 @@ OBJS = \
 	src/queue.o \
 	src/buffer.o \
 	src/dequeue.o \
+	src/history.o \
 	src/transport.o \
 	src/pack.o \
 	src/certify.o \
@@ -40,7 +41,7 @@ DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress: sql/*.sql against expected/*.out
 REGRESS      = setup idrule identity register capture serialize deserialize fsic edges certificates \
-               transport sync scopes worker hostile privileges attack_forgery
+               transport sync scopes worker hostile privileges attack_forgery attack_counters
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
 ISOLATION      = serialize_commit_order deserialize_vs_local_edit deserialize_insert_deadlock

@@ -311,6 +311,32 @@ $$;
 COMMENT ON FUNCTION morango.lock_instance() IS
     'lock the current instance row (orders counter allocation) and return its id and counter';
 
+/*
+ * This database's current instance and its counter, if this database made
+ * it: the test lock_instance() makes (system identifier and database oid of
+ * its database id).  No row in a copy that has not noticed yet that it is
+ * one (its current instance is its original's until lock_instance() makes
+ * a new one).  Only this instance's counter is one a receiver can check
+ * received versions against: an old instance's recorded counter may be
+ * below versions that are real (after a reset_database_id() that follows a
+ * restore or a failover, or an identity inherited from a copied database),
+ * so old instances are not checked.  Not locked: a reader, not a counter
+ * taker.
+ */
+CREATE FUNCTION morango.own_instance(OUT id uuid, OUT counter bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT i.id, i.counter
+    FROM morango.instances i JOIN morango.database_ids d ON d.id = i.database_id,
+         pg_control_system() s, pg_database p
+    WHERE i.current AND d.current AND p.datname = current_database()
+      AND d.system_identifier = s.system_identifier AND d.database_oid = p.oid
+$$;
+COMMENT ON FUNCTION morango.own_instance() IS
+    'this database''s current instance and counter, if this database made it (not a copy''s inherited one)';
+
 CREATE FUNCTION morango.instance_id()
 RETURNS uuid
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -471,6 +497,41 @@ $$;
 COMMENT ON FUNCTION morango.fsic(text, text[]) IS
     'this database''s filter-specific instance counters of a profile for a filter (FSIC v2: super and sub partitions)';
 
+/*
+ * Refuse an FSIC (raw v2, from a peer) that claims a counter of this
+ * database's own instance (morango.own_instance()) above that instance's
+ * counter: only this database makes versions of it, so no peer can hold
+ * one above its counter.  Such a claim, believed, would make this database
+ * skip its own later versions for that peer (or, raised into its database
+ * max counters, for every peer).  Checks the FSIC's form first
+ * (fsic_expand raises on a bad one).
+ */
+CREATE FUNCTION morango.fsic_claims_check(fsic jsonb)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad record;
+BEGIN
+    PERFORM morango.fsic_expand(fsic, ARRAY['']);  -- its form (raises on a bad one)
+    SELECT p.key AS part, (i.value)::bigint AS claim, o.id, o.counter INTO bad
+    FROM morango.own_instance() o,
+         (SELECT fsic->'super' UNION ALL SELECT fsic->'sub') AS m(map),
+         jsonb_each(m.map) AS p, jsonb_each_text(p.value) AS i
+    WHERE i.key::uuid = o.id AND (i.value)::bigint > o.counter
+    ORDER BY p.key LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the peer''s FSIC claims counter % of this database''s instance % for partition %, above that instance''s counter %',
+            bad.claim, bad.id, quote_literal(bad.part), bad.counter
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Only this database makes versions of its own instance.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION morango.fsic_claims_check(jsonb) IS
+    'raise if a peer''s FSIC claims a counter of this database''s own instance above its counter';
+
 CREATE FUNCTION morango.queue(transfer_session uuid)
 RETURNS bigint
 LANGUAGE C STRICT
@@ -554,6 +615,19 @@ COMMENT ON FUNCTION morango.dequeue(uuid) IS
     'merge the incoming buffer of a transfer session into the store (one transaction)';
 
 /*
+ * A record's conflict history after newest (NULL: none) is put in front of
+ * history (jsonb array, newest first; NULL: empty), bounded by
+ * morango.max_conflict_entries and morango.max_conflict_bytes: the oldest
+ * entries are dropped first, the newest one is always kept (src/history.c).
+ */
+CREATE FUNCTION morango.conflict_history(newest jsonb, history jsonb)
+RETURNS jsonb
+LANGUAGE C STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_conflict_history';
+COMMENT ON FUNCTION morango.conflict_history(jsonb, jsonb) IS
+    'a conflict history with newest in front, bounded in entries and bytes (oldest dropped first)';
+
+/*
  * Open a transfer session (and its sync session) on this side, or find
  * the one that exists: returns its state.  Used by the initiator and, as
  * is_server, by morango.peer_begin().
@@ -571,6 +645,16 @@ DECLARE
     ts      morango.transfer_sessions;
     resumed boolean := true;
 BEGIN
+    -- only a profile this database has (a model registered for it, a scope
+    -- definition naming it, or a record of it in the store): a peer cannot
+    -- make sessions, buffers or database max counters for invented profiles
+    IF NOT (EXISTS (SELECT 1 FROM morango.models m WHERE m.profile = transfer_open.profile)
+            OR EXISTS (SELECT 1 FROM morango.scope_definitions d WHERE d.profile = transfer_open.profile)
+            OR EXISTS (SELECT 1 FROM morango.store s WHERE s.profile = transfer_open.profile)) THEN
+        RAISE EXCEPTION 'profile % is not known on this database', quote_literal(transfer_open.profile)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Register a table of that profile here first (morango.register_model).';
+    END IF;
     -- certificates: may this filter flow, in this direction? (raises if not)
     PERFORM morango.session_scope_check(sync_session, profile, is_server = push, filter);
     SELECT * INTO ss FROM morango.sync_sessions WHERE id = sync_session FOR UPDATE;
@@ -591,7 +675,10 @@ BEGIN
         UPDATE morango.sync_sessions SET active = true, status = 'started', ended_at = NULL
         WHERE id = sync_session;
     END IF;
-    UPDATE morango.sync_sessions SET last_activity_at = now(), process_id = pg_backend_pid()
+    -- the peer's instance as it says now: what received versions of the
+    -- sender's own instance are checked against (src/buffer.c)
+    UPDATE morango.sync_sessions SET last_activity_at = now(), process_id = pg_backend_pid(),
+        peer_instance_id = COALESCE(transfer_open.peer_instance, peer_instance_id)
     WHERE id = sync_session;
 
     SELECT * INTO ts FROM morango.transfer_sessions WHERE id = transfer_session FOR UPDATE;
@@ -787,6 +874,7 @@ BEGIN
     END IF;
     -- the FSIC is checked by expanding it (bad shapes and counters raise)
     PERFORM morango.fsic_expand(client_fsic, filter);
+    PERFORM morango.fsic_claims_check(client_fsic);  -- no claim above our own counter
     -- a bound on what peers can open here (morango.cleanup() closes idle ones)
     IF NOT EXISTS (SELECT 1 FROM morango.transfer_sessions WHERE id = transfer_session)
        AND (SELECT count(*) FROM morango.transfer_sessions t

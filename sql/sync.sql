@@ -289,11 +289,12 @@ SELECT records_total, records_transferred FROM morango.transfer_sessions WHERE s
 SELECT count(*) FROM bulk WHERE id > 100;
 
 -- what a peer receives is validated record by record; a bad record rejects
--- its whole chunk and nothing changes
+-- its whole chunk and nothing changes (the peer, abab..., relays records of
+-- instance aaaa...; its own are checked against its FSIC: attack_counters)
 \c regress_morango_b
 SELECT count(*) AS store_before FROM morango.store \gset
 SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222',
-                          'facilitydata', true, ARRAY['f1'], 'aaaaaaaa-0000-0000-0000-000000000000',
+                          'facilitydata', true, ARRAY['f1'], 'abababab-0000-0000-0000-000000000000',
                           '{"super": {}, "sub": {}}')->>'stage' AS stage;
 CREATE FUNCTION good_record(seq integer, part text, src text) RETURNS jsonb LANGUAGE sql AS $$
     SELECT jsonb_build_object(
@@ -380,7 +381,7 @@ SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:x''); DROP TABLE memb
 SELECT try_chunk(jsonb_build_array(good_record(2, 'f1:user:v9', 'v9')));
 -- a filter with LIKE wildcards matches them literally
 SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '44444444-4444-4444-4444-444444444444',
-                          'facilitydata', true, ARRAY['f_'], 'aaaaaaaa-0000-0000-0000-000000000000',
+                          'facilitydata', true, ARRAY['f_'], 'abababab-0000-0000-0000-000000000000',
                           '{"super": {}, "sub": {}}')->>'stage' AS stage;
 SELECT morango.peer_push_chunk('44444444-4444-4444-4444-444444444444',
                                morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))::json));

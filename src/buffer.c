@@ -12,9 +12,12 @@
  * (partition, source id, model name), its partition must lie under the transfer session's
  * filter, its profile must be the session's, its counters positive, its
  * version vector must contain its last saved version, its serialized data
- * a jsonb object ('{}' for a hard delete), and no record may appear twice;
- * and the records of models registered here must have the partition their
- * data gives (verify_chunk).
+ * a jsonb object ('{}' for a hard delete), and no record may appear twice.
+ * No version may be one that cannot be real (check_chunk_counters): one of
+ * this database's own instance above its counter, or one of the sending
+ * instance above what the sender's FSIC claims for it.  And the records of
+ * models registered here must have the partition their data gives
+ * (verify_chunk).
  * The first bad record is named in the error.  Receiving the same chunk
  * twice (a resumed transfer) adds nothing the second time.
  *
@@ -481,6 +484,193 @@ verify_chunk(MorangoTransfer *t, Datum chunk, const char *tsname)
 		SPI_freetuptable(SPI_tuptable);
 	}
 	morango_unpin_settings(nestlevel);
+/*
+ * Counters that cannot be real.  A version of this database's own instance
+ * above that instance's counter was made by nobody (only this database
+ * makes them): believed, it raises the record's version vector and then
+ * the database max counter of our own instance above our counter, and our
+ * own later versions of that partition are never sent anywhere again (the
+ * issue's poison, which check_invariants reports as I2).  A version of the
+ * sending instance above the sender's own claim for it, in the FSIC it
+ * sent for this transfer, is one the sender says it does not hold (an
+ * honest sender never sends one: src/queue.c bounds what it queues by
+ * that claim).  Other instances' counters cannot be checked here.
+ */
+typedef struct CounterLimit
+{
+	pg_uuid_t	instance;
+	int64		limit;
+	bool		own;			/* our instance (else the sender's) */
+} CounterLimit;
+
+/*
+ * $1 ts: the limits, at most two rows: this database's own instance
+ * (morango.own_instance()) at its counter, and the sending instance (the
+ * sync session's peer_instance_id, kept current by transfer_open) at the
+ * highest counter the transfer's remote FSIC claims for it (0 if none).
+ */
+static const char *limits_sql =
+"SELECT o.id, o.counter, true FROM morango.own_instance() AS o"
+" UNION ALL"
+" SELECT s.peer_instance_id,"
+"        COALESCE((SELECT max((e.value)::bigint)"
+"                  FROM (SELECT t.remote_fsic->'super' UNION ALL SELECT t.remote_fsic->'sub') AS m(map),"
+"                       pg_catalog.jsonb_each(m.map) AS p, pg_catalog.jsonb_each_text(p.value) AS e"
+"                  WHERE e.key::uuid = s.peer_instance_id), 0),"
+"        false"
+" FROM morango.transfer_sessions t JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
+" WHERE t.id = $1 AND s.peer_instance_id IS NOT NULL AND t.remote_fsic IS NOT NULL";
+
+/*
+ * load_counter_limits
+ *		The limits for transfer session ts (limits_sql), read once per
+ *		chunk, palloc'd; sets *n.  Runs inside SPI.
+ */
+static CounterLimit *
+load_counter_limits(Datum ts, int *n)
+{
+	CounterLimit *limits;
+	bool		isnull;
+
+	*n = (int) morango_spi_exec(limits_sql, 1, (Oid[]) {UUIDOID}, &ts, NULL, SPI_OK_SELECT);
+	limits = palloc(sizeof(CounterLimit) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		memcpy(&limits[i].instance, DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), sizeof(pg_uuid_t));
+		limits[i].limit = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		limits[i].own = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	return limits;
+}
+
+/*
+ * counter_problem
+ *		If version (instance, counter) is above a limit for that instance,
+ *		why, as receive_chunk() reports it, and *own says whether the limit
+ *		is our own instance's; else NULL.  Pure.
+ */
+static char *
+counter_problem(const pg_uuid_t *instance, int64 counter, const char *where,
+				const CounterLimit *limits, int nlimits, bool *own)
+{
+	for (int i = 0; i < nlimits; i++)
+	{
+		char	   *id;
+
+		if (counter <= limits[i].limit ||
+			memcmp(instance->data, limits[i].instance.data, UUID_LEN) != 0)
+			continue;
+		id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&limits[i].instance)));
+		*own = limits[i].own;
+		if (limits[i].own)
+			return psprintf("has %s counter " INT64_FORMAT " of this database's own instance %s, "
+							"above that instance's counter " INT64_FORMAT,
+							where, counter, id, limits[i].limit);
+		return psprintf("has %s counter " INT64_FORMAT " of the sending instance %s, "
+						"above the " INT64_FORMAT " the sender claims for it in its FSIC",
+						where, counter, id, limits[i].limit);
+	}
+	return NULL;
+}
+
+/*
+ * check_chunk_counters
+ *		Refuse chunk jb (already validated by check_chunk_types and
+ *		receive_sql; the caller's transaction undoes its insert) if
+ *		a record has a version (its last saved version or a version vector
+ *		entry) above a limit of load_counter_limits(), naming the record;
+ *		or if a hard-deleted record carries a conflict history (I4: a hard
+ *		delete keeps no data anywhere).  One pass over the chunk, no SQL
+ *		but the limits, read once.
+ */
+static void
+check_chunk_counters(Jsonb *jb, const char *tsname, Datum ts)
+{
+	int			nlimits;
+	CounterLimit *limits = load_counter_limits(ts, &nlimits);
+	JsonbIterator *it;
+	JsonbValue	elem;
+	JsonbIteratorToken tok;
+	int			pos = 0;
+
+	it = JsonbIteratorInit(&jb->root);
+	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+	{
+		JsonbContainer *rec;
+		JsonbValue *f;
+		JsonbValue *g;
+		char	   *problem = NULL;
+		bool		own = false;
+		pg_uuid_t	inst;
+		int64		counter;
+
+		if (tok != WJB_ELEM || elem.type != jbvBinary)
+			continue;
+		pos++;
+		rec = elem.val.binary.data;
+
+		/* the last saved version */
+		f = getKeyJsonValueFromContainer(rec, "last_saved_instance", strlen("last_saved_instance"), NULL);
+		g = getKeyJsonValueFromContainer(rec, "last_saved_counter", strlen("last_saved_counter"), NULL);
+		if (nlimits > 0 && f != NULL && f->type == jbvString && g != NULL && g->type == jbvNumeric &&
+			numeric_to_int64(g->val.numeric, &counter))
+		{
+			char	   *text = pnstrdup(f->val.string.val, f->val.string.len);
+
+			memcpy(&inst, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(text))),
+				   sizeof(pg_uuid_t));
+			problem = counter_problem(&inst, counter, "last saved version with", limits, nlimits, &own);
+		}
+
+		/* every entry of the version vector */
+		f = getKeyJsonValueFromContainer(rec, "rmcs", strlen("rmcs"), NULL);
+		if (problem == NULL && nlimits > 0 && f != NULL && f->type == jbvBinary &&
+			JsonContainerIsObject(f->val.binary.data))
+		{
+			JsonbIterator *vit = JsonbIteratorInit(f->val.binary.data);
+			JsonbValue	v;
+			JsonbIteratorToken vtok;
+			bool		have_key = false;
+
+			while (problem == NULL && (vtok = JsonbIteratorNext(&vit, &v, true)) != WJB_DONE)
+			{
+				if (vtok == WJB_KEY)
+					have_key = parse_instance_key(v.val.string.val, v.val.string.len, &inst);
+				else if (vtok == WJB_VALUE && have_key && v.type == jbvNumeric &&
+						 numeric_to_int64(v.val.numeric, &counter))
+					problem = counter_problem(&inst, counter, "a version vector entry with",
+											  limits, nlimits, &own);
+			}
+		}
+
+		/* I4: a hard delete travels without data, its history included */
+		f = getKeyJsonValueFromContainer(rec, "hard_deleted", strlen("hard_deleted"), NULL);
+		g = getKeyJsonValueFromContainer(rec, "conflicting_serialized_data",
+										 strlen("conflicting_serialized_data"), NULL);
+		if (problem == NULL && f != NULL && f->type == jbvBool && f->val.boolean &&
+			g != NULL && g->type == jbvBinary && JsonContainerIsArray(g->val.binary.data) &&
+			JsonContainerSize(g->val.binary.data) > 0)
+			problem = pstrdup("is hard-deleted but carries a conflict history");
+
+		if (problem != NULL)
+		{
+			f = getKeyJsonValueFromContainer(rec, "id", strlen("id"), NULL);
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("rejected a chunk for transfer session %s: record %s %s",
+							tsname,
+							(f != NULL && f->type == jbvString) ?
+							pnstrdup(f->val.string.val, f->val.string.len) :
+							psprintf("at position %d", pos),
+							problem),
+					 errdetail("Nothing from this chunk was stored."),
+					 own ? errhint("Only this database makes versions of its own instance.  If it was restored "
+								   "from a backup or is a promoted standby, run morango.reset_database_id().") : 0));
+		}
+	}
 }
 
 /* the largest chunk we accept, in records */
@@ -554,10 +744,12 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 	added = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
 	/*
-	 * Records against their data: after the validation above, so that a
-	 * malformed record is named for what is wrong with it; an error here
-	 * takes back the insert with the rest of the transaction.
+	 * Counters that cannot be real, then records against their data, on
+	 * a chunk otherwise valid (so that receive_sql's more basic reasons
+	 * come first): an error here undoes the insert above with the rest of
+	 * the transaction.
 	 */
+	check_chunk_counters(jb, tsname, ts);
 	verify_chunk(t, chunk, tsname);
 
 	morango_spi_exec("UPDATE morango.transfer_sessions"

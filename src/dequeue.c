@@ -14,14 +14,17 @@
  *   fast-forward: the incoming version vector holds the local version:
  *     the incoming record replaces the local one;
  *   conflict: neither holds the other: the local data is kept, the incoming
- *     data goes to the front of the conflict history, deletes are sticky
+ *     data goes to the front of the conflict history (bounded, src/history.c:
+ *     the oldest entries go first), deletes are sticky
  *     (either side's delete or hard delete wins), and the record gets a new
  *     local version (this instance, a new counter) whose version vector is
  *     the per-instance max of both.
  *
  * Every changed record is marked dirty, for deserialize.  Then the
  * receiver's database max counters are raised to the sender's (expanded)
- * FSIC for the session's filter, and the buffer is emptied.
+ * FSIC for the session's filter (only for the filter's prefixes, the
+ * partitions of merged records and rows that exist: dmc_sql), and the
+ * buffer is emptied.
  *
  * Where we differ from Morango, on purpose (doc/design.md): version
  * vectors are always merged by max, never overwritten; the reverse
@@ -78,13 +81,13 @@ static const char *conflict_sql =
 "    serialized = CASE WHEN s.hard_deleted OR cf.hard_deleted THEN '{}'::jsonb ELSE s.serialized END,"
 "    conflicting_serialized_data ="
 "      CASE WHEN s.hard_deleted OR cf.hard_deleted THEN '[]'::jsonb"
-"           ELSE pg_catalog.jsonb_build_array(cf.serialized) || s.conflicting_serialized_data END,"
+"           ELSE morango.conflict_history(cf.serialized, s.conflicting_serialized_data) END,"
 "    deleted = s.deleted OR cf.deleted,"
 "    hard_deleted = s.hard_deleted OR cf.hard_deleted,"
 "    last_saved_instance = $2, last_saved_counter = $3,"
 "    dirty_bit = true, deserialization_error = NULL, last_transfer_session_id = $1"
 "  FROM cf WHERE s.id = cf.record_id"
-"  RETURNING s.id"
+"  RETURNING s.id, s.partition"
 "), rmc AS ("
 "  INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)"
 "  SELECT v.record_id, v.instance_id, max(v.counter) FROM ("
@@ -102,9 +105,12 @@ static const char *conflict_sql =
 "  DELETE FROM morango.record_max_counter_buffer x USING up"
 "  WHERE x.transfer_session_id = $1 AND x.record_id = up.id"
 ")"
-" SELECT count(*) FROM up";
+" SELECT count(*), pg_catalog.array_agg(DISTINCT up.partition) FROM up";
 
-/* $1 ts: what is left is new records and fast-forwards */
+/*
+ * $1 ts: what is left is new records and fast-forwards; a history longer
+ * than this database keeps is cut (src/history.c)
+ */
 static const char *forward_sql =
 "WITH up AS ("
 "  INSERT INTO morango.store AS s (id, profile, model_name, partition, source_id, serialized,"
@@ -112,7 +118,7 @@ static const char *forward_sql =
 "      conflicting_serialized_data, dirty_bit, last_transfer_session_id)"
 "  SELECT b.record_id, b.profile, b.model_name, b.partition, b.source_id, b.serialized,"
 "         b.deleted, b.hard_deleted, b.last_saved_instance, b.last_saved_counter,"
-"         b.conflicting_serialized_data, true, $1"
+"         morango.conflict_history(NULL, b.conflicting_serialized_data), true, $1"
 "  FROM morango.buffer b WHERE b.transfer_session_id = $1"
 "  ON CONFLICT (id) DO UPDATE SET"
 "    serialized = EXCLUDED.serialized,"
@@ -140,22 +146,39 @@ static const char *empty_sql =
 " DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1";
 
 /*
- * $1 map {partition: {instance: counter}}, $2 profile: raise the database
- * max counters to the sender's claims, but never above a counter of that
- * instance this database has seen in a version vector (or its own
- * counter): a sender cannot make us skip versions we never heard of.
- * Claiming less than the sender only means records may be sent again.
+ * $1 map {partition: {instance: counter}}, $2 profile, $3 ts, $4 the
+ * session's filter, $5 the partitions of this transfer's conflicts: raise
+ * the database max counters to the sender's claims, but never above a
+ * counter of that instance this database has seen in a version vector (or
+ * its own counter): a sender cannot make us skip versions we never heard
+ * of.  Claiming less than the sender only means records may be sent again.
+ *
+ * Rows are only added where they mean something here: for a filter
+ * prefix, for the partition of a record this transfer merged (its new
+ * records and fast-forwards are still in the buffer, its conflicts are $5)
+ * or where a row exists already (raising it does not grow the table); and
+ * only for instances this database knows.  A sender cannot grow the table
+ * with claims for partitions it invents (the claims it may make are
+ * bounded by the FSIC's size, but they would each be a row here for ever).
+ * Must run before the buffer is emptied.
  */
 static const char *dmc_sql =
 "INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
 " SELECT $2, c.inst, c.part, LEAST(c.ctr, k.known)"
 " FROM (SELECT i.key::uuid AS inst, p.key AS part, (i.value)::bigint AS ctr"
-"       FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i) AS c,"
+"       FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i) AS c"
+"      LEFT JOIN (SELECT pg_catalog.unnest($4::text[])"
+"                 UNION SELECT pg_catalog.unnest($5::text[])"
+"                 UNION SELECT b.partition FROM morango.buffer b WHERE b.transfer_session_id = $3)"
+"        AS m(part) ON m.part = c.part,"
 "      LATERAL (SELECT GREATEST((SELECT max(r.counter) FROM morango.record_max_counters r"
 "                                WHERE r.instance_id = c.inst),"
 "                               (SELECT i.counter FROM morango.instances i WHERE i.id = c.inst))"
 "               AS known) AS k"
 " WHERE k.known IS NOT NULL"
+"   AND (m.part IS NOT NULL"
+"        OR EXISTS (SELECT 1 FROM morango.database_max_counters e"
+"                   WHERE e.profile = $2 AND e.instance_id = c.inst AND e.partition = c.part))"
 " ON CONFLICT (profile, instance_id, partition)"
 " DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
 
@@ -185,6 +208,8 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	MorangoTransfer *t;
 	pg_uuid_t  *instance;
 	int64		counter;
+	Datum		conflict_parts;
+	bool		conflict_parts_null;
 
 	memset(counts, 0, sizeof(int64) * 4);
 
@@ -229,6 +254,9 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	counts[2] = spi_count(1);
+	conflict_parts = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &conflict_parts_null);
+	if (!conflict_parts_null)
+		conflict_parts = PointerGetDatum(PG_DETOAST_DATUM_COPY(conflict_parts));
 	if (counts[2] > 0)
 	{
 		/* the new version exists now: advance the counter, and own it */
@@ -256,18 +284,19 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	counts[1] = spi_count(2);
 	morango_fault("dequeue");
 
-	ret = SPI_execute_with_args(empty_sql, 1, t1, &ts, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-
 	/* 4. we now hold what the sender held, for this filter */
 	{
 		char	   *expanded = morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter);
 
-		morango_spi_exec(dmc_sql, 2, (Oid[]) {JSONBOID, TEXTOID},
-						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded)), t->profile},
-						 NULL, SPI_OK_INSERT);
+		morango_spi_exec(dmc_sql, 5, (Oid[]) {JSONBOID, TEXTOID, UUIDOID, TEXTARRAYOID, TEXTARRAYOID},
+						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded)), t->profile,
+						 ts, t->filter, conflict_parts},
+						 conflict_parts_null ? "    n" : NULL, SPI_OK_INSERT);
 	}
+
+	ret = SPI_execute_with_args(empty_sql, 1, t1, &ts, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 
 	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
 								" SET stage = 'deserializing', status = 'pending', conflicts = $2,"

@@ -15,6 +15,7 @@
 
 #include "fmgr.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 
 #include "morango.h"
 
@@ -42,6 +43,13 @@ int			morango_stage_timeout = 0;
 int			morango_retry_limit = 5;
 int			morango_retry_delay = 10000;
 int			morango_retry_max_delay = 900000;
+
+/*
+ * morango.max_conflict_entries, morango.max_conflict_bytes: the bound on a
+ * record's conflict history (src/history.c)
+ */
+int			morango_max_conflict_entries = 20;
+int			morango_max_conflict_bytes = 65536;
 
 /* morango.allow_uncertified_sync: sync without certificates where we hold some */
 bool		morango_allow_uncertified_sync = false;
@@ -138,6 +146,24 @@ _PG_init(void)
 							900000, 1, INT_MAX,
 							PGC_USERSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_conflict_entries",
+							"Most entries a record's conflict history keeps.",
+							"The oldest are dropped first; the newest is always kept.",
+							&morango_max_conflict_entries,
+							20, 1, 1000000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_conflict_bytes",
+							"Most bytes of data a record's conflict history keeps.",
+							"The oldest entries are dropped first; the newest is always kept, whatever its size.",
+							&morango_max_conflict_bytes,
+							65536, 0, MaxAllocSize / 4,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("morango.allow_uncertified_sync",

@@ -39,6 +39,8 @@ extern int	morango_stage_timeout;
 extern int	morango_retry_limit;
 extern int	morango_retry_delay;
 extern int	morango_retry_max_delay;
+extern int	morango_max_conflict_entries;
+extern int	morango_max_conflict_bytes;
 
 /* fault.c: fault injection for the reliability tests (off by default) */
 extern void morango_fault_init(void);

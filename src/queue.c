@@ -14,6 +14,23 @@
  * Morango's _queue_into_buffer_v2, without its string-built SQL and its
  * 100,000-entry limit: the diff goes in as one jsonb parameter.
  *
+ * One bound on top (own_claim_sql): no record is sent with a version of
+ * this database's current instance above what the FSIC this side sent
+ * claims for that instance (its highest counter over the FSIC's
+ * partitions).  The receiver refuses a chunk holding such a version
+ * (src/buffer.c: a sender cannot hold versions of its own above its own
+ * claim, so they cannot be real).  An honest producer could otherwise send
+ * one: a push serializes and takes its FSIC in one transaction and queues
+ * in a later one, and in between a concurrent sync's conflict merge can
+ * stamp a new version of our own on a record under the filter.  Such a
+ * record is left for the next sync, whose FSIC covers its new version;
+ * the receiver loses nothing by not getting it now, because the version
+ * it would have got then is superseded by that new version, which it will
+ * be sent (its counter is above every claim it is given now).  A pull
+ * serializes, takes its FSIC and queues in one transaction under the
+ * instance lock (morango.peer_begin()), so the bound keeps nothing back
+ * there.
+ *
  * IDENTIFICATION
  *		src/queue.c
  *
@@ -37,7 +54,9 @@ PG_FUNCTION_INFO_V1(morango_queue);
  * The queue statement, for a diff naming ninst instances.  $1 ts, $2 the
  * FSIC diff {partition: {instance: counter}}, $3 profile, $4 filter; then
  * per instance i, $(5+2i) the instance and $(6+2i) the lowest counter any
- * partition needs of it.  The candidates are read by those (instance,
+ * partition needs of it; then $(5+2n) this database's current instance and
+ * $(6+2n) the claim our FSIC makes for it (the bound in the header
+ * comment).  The candidates are read by those (instance,
  * counter) ranges, written as constants so that the planner sees how many
  * records each range holds: an index scan of store_version for the few
  * records an incremental sync needs, a sequential scan for a full one.
@@ -46,6 +65,7 @@ PG_FUNCTION_INFO_V1(morango_queue);
 static char *
 queue_sql(int ninst)
 {
+	int			own = 5 + 2 * ninst;	/* the own-instance bound's parameters */
 	StringInfoData sql;
 
 	initStringInfo(&sql);
@@ -64,12 +84,25 @@ queue_sql(int ninst)
 		appendStringInfoString(&sql, "false");
 	appendStringInfoString(&sql,
 						   ")"
-						   "), sel AS ("
+						   "), ");
+	/*
+	 * records with a version of our own instance above our claim (by I1, a
+	 * record's version vector holds its last saved version, so this covers
+	 * that too); usually none, read from record_max_counters_instance
+	 */
+	appendStringInfo(&sql,
+					 "over AS MATERIALIZED ("
+					 "  SELECT r.record_id FROM morango.record_max_counters r"
+					 "  WHERE r.instance_id = $%d AND r.counter > $%d"
+					 "), ", own, own + 1);
+	appendStringInfoString(&sql,
+						   "sel AS ("
 						   "  SELECT DISTINCT c.id FROM d JOIN cand c"
 						   "    ON c.last_saved_instance = d.inst AND c.last_saved_counter > d.ctr"
 						   "   AND pg_catalog.starts_with(c.partition, d.part)"
 						   "  WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest($4::text[]) AS f(prefix)"
 						   "                WHERE pg_catalog.starts_with(c.partition, f.prefix))"
+						   "    AND NOT EXISTS (SELECT 1 FROM over WHERE over.record_id = c.id)"
 						   "), ins AS ("
 						   "  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
 						   "      partition, source_id, serialized, deleted, hard_deleted,"
@@ -87,6 +120,17 @@ queue_sql(int ninst)
 						   " SELECT count(*) FROM ins");
 	return sql.data;
 }
+
+/*
+ * $1 this side's FSIC (raw v2): this database's current instance and the
+ * highest counter the FSIC claims for it (0 if none)
+ */
+static const char *own_claim_sql =
+"SELECT i.id, COALESCE((SELECT max((e.value)::bigint)"
+"                       FROM (SELECT $1->'super' UNION ALL SELECT $1->'sub') AS m(map),"
+"                            pg_catalog.jsonb_each(m.map) AS p, pg_catalog.jsonb_each_text(p.value) AS e"
+"                       WHERE e.key::uuid = i.id), 0)"
+" FROM morango.instances i WHERE i.current";
 
 /*
  * morango_queue_internal
@@ -107,6 +151,7 @@ morango_queue_internal(Datum ts)
 	MorangoTransfer *t = morango_transfer_fetch(ts);
 	char	   *diff;
 	int64		total;
+	Datum		own[2];
 
 	if (t->receiver)
 		ereport(ERROR,
@@ -129,12 +174,20 @@ morango_queue_internal(Datum ts)
 	morango_spi_exec("DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1",
 					 1, tstype, &ts, NULL, SPI_OK_DELETE);
 
+	/* our instance and our claim for it (see the header comment) */
+	if (morango_spi_exec(own_claim_sql, 1, (Oid[]) {JSONBOID},
+						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(t->local_fsic))},
+						 NULL, SPI_OK_SELECT) != 1)
+		elog(ERROR, "no current morango instance");
+	own[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	own[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
 	/* per instance, the lowest counter the receiver needs of it */
 	ninst = (int) morango_spi_exec("SELECT i.key::uuid, min((i.value)::bigint)"
 								   " FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
 								   " GROUP BY 1",
 								   1, (Oid[]) {JSONBOID}, &diffjson, NULL, SPI_OK_SELECT);
-	nargs = 4 + 2 * ninst;
+	nargs = 6 + 2 * ninst;
 	argtypes = palloc(sizeof(Oid) * nargs);
 	values = palloc(sizeof(Datum) * nargs);
 	argtypes[0] = UUIDOID;
@@ -152,7 +205,11 @@ morango_queue_internal(Datum ts)
 		argtypes[5 + 2 * i] = INT8OID;
 		values[5 + 2 * i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
 	}
-	/* (the instance ids point into that result, kept until SPI_finish) */
+	argtypes[4 + 2 * ninst] = UUIDOID;
+	values[4 + 2 * ninst] = own[0];
+	argtypes[5 + 2 * ninst] = INT8OID;
+	values[5 + 2 * ninst] = own[1];
+	/* (the instance ids point into those results, kept until SPI_finish) */
 	morango_spi_exec(queue_sql(ninst), nargs, argtypes, values, NULL, SPI_OK_SELECT);
 	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 

@@ -202,7 +202,7 @@ static const char *stamp_sql =
 "    conflicting_serialized_data ="
 "      CASE WHEN EXCLUDED.hard_deleted THEN '[]'::jsonb"
 "           WHEN s.dirty_bit"
-"             THEN pg_catalog.jsonb_build_array(s.serialized) || s.conflicting_serialized_data"
+"             THEN morango.conflict_history(s.serialized, s.conflicting_serialized_data)"
 "           ELSE s.conflicting_serialized_data END,"
 "    dirty_bit = false,"
 "    deserialization_error = NULL,"

@@ -393,7 +393,7 @@ run_push(Driver *d, const char *ts)
 	local_fsic = st[2];
 	if (!is_present(local_fsic))
 	{
-		char	   *out[1];
+		char	   *out[2];
 
 		local_begin("morango sync: serialize");
 		local_exec(d, "SELECT morango.serialize($1, $2::text[])", 2,
@@ -401,10 +401,18 @@ run_push(Driver *d, const char *ts)
 		local_exec(d, "UPDATE morango.transfer_sessions"
 				   " SET local_fsic = morango.fsic($3, $2::text[]), stage = 'serializing', status = 'started',"
 				   "     last_activity_at = now()"
-				   " WHERE id = $1::uuid RETURNING local_fsic::text",
-				   3, (const char *[]) {ts, d->filter, d->profile}, 1, out);
+				   " WHERE id = $1::uuid RETURNING local_fsic::text, morango.instance_id()::text",
+				   3, (const char *[]) {ts, d->filter, d->profile}, 2, out);
 		local_commit();
 		local_fsic = out[0];
+
+		/*
+		 * The peer checks our versions of the instance we tell it against
+		 * our FSIC's claim for it: tell it the instance serialize stamped
+		 * with (a copy of a database gets its own only at its first
+		 * serialize, after the session was started).
+		 */
+		d->instance = out[1];
 	}
 
 	remote_call(d, begin_remote_sql, 8,
@@ -560,6 +568,15 @@ run_pull(Driver *d, const char *ts)
 		 * lost the session), what we hold from an earlier attempt is stale.
 		 */
 		local_begin("morango sync: queued");
+
+		/*
+		 * No claim of the peer may be above our own counter; and the
+		 * chunks' versions of the peer's own instance are checked against
+		 * its claims (src/buffer.c), for the instance it says it is
+		 */
+		local_exec(d, "SELECT morango.fsic_claims_check($1::jsonb)", 1, (const char *[]) {r[5]}, 0, NULL);
+		local_exec(d, "UPDATE morango.sync_sessions SET peer_instance_id = $2::uuid WHERE id = $1::uuid",
+				   2, (const char *[]) {d->session, r[6]}, 0, NULL);
 		if (!is_true(r[1]))
 		{
 			local_exec(d, "DELETE FROM morango.buffer WHERE transfer_session_id = $1::uuid",

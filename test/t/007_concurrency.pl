@@ -30,7 +30,8 @@
 #  - each owned row is what its owner's journal says it last wrote;
 #  - no write to a shared row is lost: every tag either side committed is
 #    in the final value or in a value kept in the record's conflict
-#    history;
+#    history (both sides raise morango.max_conflict_entries and
+#    max_conflict_bytes, which would drop the oldest, so that it is whole);
 #  - no buffer rows are left, no dirty record, and morango.check_invariants()
 #    is empty on both sides.
 use strict;
@@ -58,16 +59,19 @@ my $schema = q{
     ALTER DATABASE postgres SET morango.batch_size = 5;
 };
 
+# the conflict history kept whole: the oracle below looks for every write in it
+my $whole_history = "morango.max_conflict_entries = 1000000\nmorango.max_conflict_bytes = '256MB'";
+
 my $server = PostgreSQL::Test::Cluster->new('server');
 $server->init;
-$server->append_conf('postgresql.conf', "log_lock_waits = on\ndeadlock_timeout = 200ms");
+$server->append_conf('postgresql.conf', "log_lock_waits = on\ndeadlock_timeout = 200ms\n$whole_history");
 $server->start;
 $server->safe_psql('postgres', $schema);
 
 my $laptop = PostgreSQL::Test::Cluster->new('laptop');
 $laptop->init;
 $laptop->append_conf('postgresql.conf',
-	"max_worker_processes = 16\nlog_lock_waits = on\ndeadlock_timeout = 200ms");
+	"max_worker_processes = 16\nlog_lock_waits = on\ndeadlock_timeout = 200ms\n$whole_history");
 $laptop->start;
 $laptop->safe_psql('postgres', $schema);
 
