@@ -484,6 +484,8 @@ verify_chunk(MorangoTransfer *t, Datum chunk, const char *tsname)
 		SPI_freetuptable(SPI_tuptable);
 	}
 	morango_unpin_settings(nestlevel);
+}
+
 /*
  * Counters that cannot be real.  A version of this database's own instance
  * above that instance's counter was made by nobody (only this database
