@@ -39,34 +39,7 @@ INSERT INTO grade VALUES ('g2', :'ds', 'u2', 'B');
 INSERT INTO memo VALUES ('m1', :'ds', 'staff only');
 SELECT morango.serialize() AS serialized;
 
--- what nothing refused may change
-CREATE FUNCTION fingerprint() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-    SELECT md5(string_agg(t, E'\n' ORDER BY t)) FROM (
-        SELECT 'store ' || s::text FROM morango.store s
-        UNION ALL SELECT 'rmc ' || r::text FROM morango.record_max_counters r
-        UNION ALL SELECT 'buffer ' || b::text FROM morango.buffer b
-        UNION ALL SELECT 'dmc ' || d::text FROM morango.database_max_counters d
-        UNION ALL SELECT 'grade ' || g::text FROM grade g
-        UNION ALL SELECT 'memo ' || m::text FROM memo m) AS x(t)
-$$;
-CREATE FUNCTION try(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    before text := fingerprint();
-    result text;
-BEGIN
-    BEGIN
-        EXECUTE q INTO result;
-        result := 'ok: ' || COALESCE(result, 'null');
-    EXCEPTION WHEN OTHERS THEN
-        result := SQLSTATE || ': ' || SQLERRM;
-    END;
-    RETURN result || CASE WHEN fingerprint() = before THEN '' ELSE ' [STATE CHANGED]' END;
-END $$;
-CREATE FUNCTION pack(chunk jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
-    SELECT morango.pack_chunk(chunk::json)
-$$;
+\i sql/peer_fixture.psql
 -- a record as a device sends it, stamped by the attacker's instance
 CREATE FUNCTION rec(seq integer, model text, part text, src text, data jsonb,
                     is_deleted boolean DEFAULT false, is_hard boolean DEFAULT false) RETURNS jsonb
