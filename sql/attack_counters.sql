@@ -58,7 +58,7 @@ $$;
 -- open a push transfer as peer instance P (c1...01) would
 CREATE FUNCTION open_push(ts uuid, fsic jsonb, profile text DEFAULT 'facilitydata',
                           push boolean DEFAULT true) RETURNS text LANGUAGE sql AS $$
-    SELECT attempt(format('SELECT morango.peer_begin(2, %L, %L, %L, %L, ARRAY[''f1''], %L, %L)->>''stage''',
+    SELECT attempt(format('SELECT morango.peer_begin(3, %L, %L, %L, %L, ARRAY[''f1''], %L, %L, ''{}'')->>''stage''',
                           '5e000000-0000-0000-0000-0000000000a1', ts, profile, push,
                           'c1000000-0000-0000-0000-000000000001', fsic))
 $$;
@@ -191,7 +191,7 @@ SELECT * FROM morango.check_invariants();
 --    10,000 invented partitions each add nothing.
 SELECT count(*) AS dmc_before FROM morango.database_max_counters \gset
 SET ROLE regress_attack_peer;
-SELECT attempt(format('SELECT morango.peer_begin(2, %L, %L, ''invented'', true, ARRAY[''f1''], %L, %L)->>''stage''',
+SELECT attempt(format('SELECT morango.peer_begin(3, %L, %L, ''invented'', true, ARRAY[''f1''], %L, %L, ''{}'')->>''stage''',
                       '5e000000-0000-0000-0000-0000000004ff', '7a000000-0000-0000-0000-0000000004ff',
                       :'P', claim(:'P', 5))) AS invented_profile;
 SELECT i, open_push(('7a000000-0000-0000-0000-00000000050' || i)::uuid,

@@ -74,11 +74,11 @@ SET ROLE regress_forger;
 SELECT morango.peer_authenticate(:'ss', 'facilitydata', :'chain', :'root', :'nonce', :'sig') IS NOT NULL
     AS authenticated;
 -- and opens a push of its own partition, which its scope allows
-SELECT morango.peer_begin(2, :'ss', '7a000000-0000-0000-0000-00000000f001', 'facilitydata', true,
+SELECT morango.peer_begin(3, :'ss', '7a000000-0000-0000-0000-00000000f001', 'facilitydata', true,
                           ARRAY[:'ds' || ':user-rw:u1'], 'c0000000-0000-0000-0000-000000000001',
                           jsonb_build_object('super', '{}'::jsonb, 'sub', jsonb_build_object(
                               :'ds' || ':user-rw:u1',
-                              '{"c0000000-0000-0000-0000-000000000001": 5}'::jsonb)))->>'stage' AS opened;
+                              '{"c0000000-0000-0000-0000-000000000001": 5}'::jsonb)), '{}')->>'stage' AS opened;
 SELECT fingerprint() AS fp0 \gset
 
 -- another learner's grade, a staff memo, filed under u1's partition

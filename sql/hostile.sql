@@ -77,14 +77,15 @@ $$;
 -- against its FSIC, attack_counters.sql)
 CREATE FUNCTION begin_transfer(ss text, ts text, push boolean, filter text[],
                                profile text DEFAULT 'facilitydata',
-                               fsic jsonb DEFAULT '{"super": {}, "sub": {}}', protocol integer DEFAULT 2)
+                               fsic jsonb DEFAULT '{"super": {}, "sub": {}}', protocol integer DEFAULT 3,
+                               options jsonb DEFAULT '{}')
 RETURNS text LANGUAGE sql AS $$
-    SELECT try(format('SELECT morango.peer_begin(%L, %L, %L, %L, %L, %L, %L, %L)->>''stage''',
+    SELECT try(format('SELECT morango.peer_begin(%L, %L, %L, %L, %L, %L, %L, %L, %L)->>''stage''',
                       protocol, ss, ts, profile, push, filter,
-                      'c0000000-0000-0000-0000-0000000000aa', fsic))
+                      'c0000000-0000-0000-0000-0000000000aa', fsic, options))
 $$;
 GRANT EXECUTE ON FUNCTION fingerprint(), try(text), pack(jsonb), unpack(text), pack_text(text), rec(integer, text, bigint, text, text),
-                          push(text, jsonb), begin_transfer(text, text, boolean, text[], text, jsonb, integer)
+                          push(text, jsonb), begin_transfer(text, text, boolean, text[], text, jsonb, integer, jsonb)
     TO regress_hostile_peer;
 -- a transfer session this database initiated (client side): no peer may use it
 SELECT morango.transfer_open('5e000000-0000-0000-0000-0000000000c1', '7a000000-0000-0000-0000-0000000000c1',
@@ -178,7 +179,7 @@ FROM (VALUES (-1, 10), (0, 0), (0, -5), (0, 100001), (NULL, 10), (0, NULL)) AS p
 
 -- 8. peer_begin: protocol versions, filters, FSICs
 SELECT p AS protocol, begin_transfer('5e000000-0000-0000-0000-000000000003', '7a000000-0000-0000-0000-000000000007', true, ARRAY['f1'], protocol => p) AS refused
-FROM (VALUES (1), (3), (0), (-2), (NULL::integer)) AS v(p);
+FROM (VALUES (1), (2), (4), (0), (-2), (NULL::integer)) AS v(p);
 SELECT f::text AS filter, begin_transfer('5e000000-0000-0000-0000-000000000003', '7a000000-0000-0000-0000-000000000007', true, f) AS refused
 FROM (VALUES (ARRAY[NULL]::text[]), (ARRAY['f1', NULL]), (ARRAY[['f1'], ['f2']]), (NULL::text[])) AS v(f);
 SELECT begin_transfer('5e000000-0000-0000-0000-000000000003', '7a000000-0000-0000-0000-000000000007', true, ARRAY['f1'], profile => '') AS empty_profile,
@@ -192,8 +193,8 @@ FROM (VALUES ('[]'::jsonb), ('{"super": {}, "sub": {}, "extra": {}}'), ('{"super
              ('{"super": {}, "sub": {"f1": {"not-an-instance": 5}}}'),
              ('{"super": {}, "sub": {"f1": 5}}')) AS v(fsic);
 -- malformed JSON for the FSIC fails as the call's input, before peer_begin runs
-SELECT try($$SELECT morango.peer_begin(2, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true,
-                                       ARRAY['f1'], gen_random_uuid(), '{"super": {}, "sub": ')::text$$) AS malformed_fsic;
+SELECT try($$SELECT morango.peer_begin(3, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true,
+                                       ARRAY['f1'], gen_random_uuid(), '{"super": {}, "sub": ', '{}')::text$$) AS malformed_fsic;
 
 -- 9. oversized input: a declared size over the 256 MB cap; a small packed
 --    chunk declaring up to the cap, or more than its stream can inflate

@@ -148,6 +148,8 @@ CREATE TABLE morango.database_max_counters (
  * peer, on both sides (is_server says which side this row is).  filter and
  * direction are what the initiator asked for; a later morango.sync() with
  * the same peer, profile, filter and direction resumes an unfinished one.
+ * On the server side, peer_role is the role that opened it (peer_begin, as
+ * morango.peer_role()): only that role may use it or its transfers.
  */
 CREATE TABLE morango.sync_sessions (
     id                      uuid PRIMARY KEY,
@@ -167,7 +169,8 @@ CREATE TABLE morango.sync_sessions (
     started_at              timestamptz NOT NULL DEFAULT now(),
     last_activity_at        timestamptz NOT NULL DEFAULT now(),
     ended_at                timestamptz,
-    last_error              text
+    last_error              text,
+    peer_role               name
 );
 CREATE INDEX sync_sessions_resume ON morango.sync_sessions (peer, profile) WHERE active;
 
@@ -176,7 +179,9 @@ CREATE INDEX sync_sessions_resume ON morango.sync_sessions (peer, profile) WHERE
  * initiator's point of view (Morango's), on both sides.  The stage and
  * status follow Morango's; records_transferred counts records that reached
  * the receiver's buffer.  local_fsic is this side's FSIC, remote_fsic the
- * peer's.
+ * peer's.  peer_options are the limits the peer announced in peer_begin
+ * (on the server, the client's; on the client, the server's):
+ * {"max_chunk_records", "max_chunk_bytes"}.
  */
 CREATE TABLE morango.transfer_sessions (
     id                      uuid PRIMARY KEY,
@@ -200,7 +205,8 @@ CREATE TABLE morango.transfer_sessions (
     started_at              timestamptz NOT NULL DEFAULT now(),
     last_activity_at        timestamptz NOT NULL DEFAULT now(),
     ended_at                timestamptz,
-    last_error              text
+    last_error              text,
+    peer_options            jsonb
 );
 CREATE INDEX transfer_sessions_sync ON morango.transfer_sessions (sync_session_id);
 
@@ -541,35 +547,80 @@ COMMENT ON FUNCTION morango.queue(uuid) IS
 
 /*
  * Up to max_records records of a transfer session's buffer after sequence
- * number after_seq, as one jsonb array (the wire form of a chunk), with
- * the last sequence number in it.
+ * number after_seq, and no more than max_bytes bytes of JSON (NULL: no
+ * bound; the first record is always in, so a record larger than max_bytes
+ * makes a chunk of one record, larger than max_bytes), as one json array
+ * (the wire form of a chunk), with the last sequence number in it, the
+ * number of records and the chunk's length in bytes.
  */
 CREATE FUNCTION morango.read_chunk(transfer_session uuid, after_seq bigint, max_records integer,
-                                   OUT chunk json, OUT last_seq bigint, OUT records integer)
-LANGUAGE sql STABLE STRICT
+                                   max_bytes bigint DEFAULT NULL,
+                                   OUT chunk json, OUT last_seq bigint, OUT records integer,
+                                   OUT bytes bigint)
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- json, not jsonb: the chunk is sent as text, and building text is
-    -- about twice as fast as building a jsonb value and printing it
-    SELECT COALESCE(json_agg(json_build_object(
-               'id', b.record_id, 'seq', b.seq, 'profile', b.profile,
-               'model_name', b.model_name, 'partition', b.partition, 'source_id', b.source_id,
-               'serialized', b.serialized, 'deleted', b.deleted, 'hard_deleted', b.hard_deleted,
-               'last_saved_instance', b.last_saved_instance,
-               'last_saved_counter', b.last_saved_counter,
-               'conflicting_serialized_data', b.conflicting_serialized_data,
-               'rmcs', (SELECT json_object_agg(x.instance_id, x.counter)
-                        FROM morango.record_max_counter_buffer x
-                        WHERE x.transfer_session_id = b.transfer_session_id
-                          AND x.record_id = b.record_id)) ORDER BY b.seq), '[]'::json),
-           COALESCE(max(b.seq), after_seq),
-           count(*)::integer
-    FROM (SELECT * FROM morango.buffer
-          WHERE transfer_session_id = $1 AND seq > $2
-          ORDER BY seq LIMIT $3) AS b
+    -- about twice as fast as building a jsonb value and printing it.
+    -- json_agg writes "[", the elements separated by ", ", and "]": the
+    -- running sum of each element's length plus 2 is the length of the
+    -- chunk made of the elements up to it.
+    SELECT COALESCE(json_agg(r.j ORDER BY r.seq), '[]'::json),
+           COALESCE(max(r.seq), after_seq),
+           count(*)::integer,
+           COALESCE(max(r.run), 2)
+    FROM (SELECT e.seq, e.j,
+                 sum(octet_length(e.j::text) + 2) OVER (ORDER BY e.seq) AS run,
+                 row_number() OVER (ORDER BY e.seq) AS n
+          FROM (SELECT b.seq, json_build_object(
+                    'id', b.record_id, 'seq', b.seq, 'profile', b.profile,
+                    'model_name', b.model_name, 'partition', b.partition, 'source_id', b.source_id,
+                    'serialized', b.serialized, 'deleted', b.deleted, 'hard_deleted', b.hard_deleted,
+                    'last_saved_instance', b.last_saved_instance,
+                    'last_saved_counter', b.last_saved_counter,
+                    'conflicting_serialized_data', b.conflicting_serialized_data,
+                    'rmcs', (SELECT json_object_agg(x.instance_id, x.counter)
+                             FROM morango.record_max_counter_buffer x
+                             WHERE x.transfer_session_id = b.transfer_session_id
+                               AND x.record_id = b.record_id)) AS j
+                FROM (SELECT * FROM morango.buffer
+                      WHERE transfer_session_id = $1 AND seq > $2
+                      ORDER BY seq LIMIT $3) AS b) AS e) AS r
+    WHERE r.n = 1 OR max_bytes IS NULL OR r.run <= max_bytes
 $$;
-COMMENT ON FUNCTION morango.read_chunk(uuid, bigint, integer) IS
+COMMENT ON FUNCTION morango.read_chunk(uuid, bigint, integer, bigint) IS
     'the next chunk of a transfer session''s buffer, as the json array sent over the wire (packed)';
+
+/*
+ * The next chunk of a transfer, packed for the wire, cut to max_records
+ * records and max_bytes bytes of JSON: the lower of the sender's and the
+ * receiver's limits (morango.max_chunk_records, morango.max_chunk_bytes,
+ * which both sides announce in peer_begin).  A single record larger than
+ * max_bytes cannot be sent: a clear error, before anything is packed.
+ */
+CREATE FUNCTION morango.read_packed_chunk(transfer_session uuid, after_seq bigint, max_records integer,
+                                          max_bytes bigint,
+                                          OUT packed text, OUT last_seq bigint, OUT records integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+BEGIN
+    SELECT * INTO c FROM morango.read_chunk(transfer_session, after_seq, max_records, max_bytes);
+    IF c.bytes > max_bytes THEN
+        RAISE EXCEPTION 'record % of transfer session % is too large to send: % bytes of JSON, more than the % bytes a chunk may hold',
+            c.chunk->0->>'id', transfer_session, c.bytes - 2, max_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Raise morango.max_chunk_bytes (a superuser setting) on both databases.';
+    END IF;
+    packed := morango.pack_chunk(c.chunk);
+    last_seq := c.last_seq;
+    records := c.records;
+END
+$$;
+COMMENT ON FUNCTION morango.read_packed_chunk(uuid, bigint, integer, bigint) IS
+    'the next chunk of a transfer, cut to a number of records and bytes, packed for the wire';
 
 CREATE FUNCTION morango.version_vector_check(rmcs jsonb, last_saved_instance uuid, last_saved_counter bigint)
 RETURNS text
@@ -659,10 +710,13 @@ BEGIN
     PERFORM morango.session_scope_check(sync_session, profile, is_server = push, filter);
     SELECT * INTO ss FROM morango.sync_sessions WHERE id = sync_session FOR UPDATE;
     IF NOT FOUND THEN
+        -- a server-side session belongs to the role that opens it
         INSERT INTO morango.sync_sessions (id, profile, is_server, peer, filter, direction,
-                                           local_instance_id, peer_instance_id, process_id)
+                                           local_instance_id, peer_instance_id, process_id,
+                                           peer_role)
         VALUES (sync_session, profile, is_server, peer, filter, direction,
-                morango.instance_id(), peer_instance, pg_backend_pid())
+                morango.instance_id(), peer_instance, pg_backend_pid(),
+                CASE WHEN is_server THEN morango.peer_role() END)
         RETURNING * INTO ss;
     ELSIF ss.profile <> profile OR ss.is_server <> is_server THEN
         RAISE EXCEPTION 'sync session % belongs to another profile or side', sync_session
@@ -739,10 +793,13 @@ $$;
 
 /*
  * Expire transfer and sync sessions idle for longer than older_than: their
- * buffers are emptied and they are closed as errored.  Returns the number
- * of transfer sessions expired.
+ * buffers are emptied and they are closed as errored.  Then forget closed
+ * sync sessions that ended longer ago than keep, with their transfer
+ * sessions and certificate bindings (and bindings of sessions that never
+ * began), so that the sync history of a hub does not grow for ever.
+ * Returns the number of transfer sessions expired.
  */
-CREATE FUNCTION morango.cleanup(older_than interval DEFAULT '6 hours')
+CREATE FUNCTION morango.cleanup(older_than interval DEFAULT '6 hours', keep interval DEFAULT '30 days')
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -773,11 +830,24 @@ BEGIN
     WHERE active AND last_activity_at < now() - older_than
       AND NOT EXISTS (SELECT 1 FROM morango.transfer_sessions t
                       WHERE t.sync_session_id = s.id AND t.active);
+    -- history: closed sessions ended before keep (transfer sessions go by
+    -- their foreign key), and certificate bindings nothing uses any more
+    WITH old AS (
+        DELETE FROM morango.sync_sessions s
+        WHERE NOT s.active AND s.ended_at < now() - keep
+          AND NOT EXISTS (SELECT 1 FROM morango.transfer_sessions t
+                          WHERE t.sync_session_id = s.id AND t.active)
+        RETURNING s.id
+    )
+    DELETE FROM morango.session_certificates c
+    WHERE c.sync_session_id IN (SELECT id FROM old)
+       OR (c.authenticated_at < now() - keep
+           AND NOT EXISTS (SELECT 1 FROM morango.sync_sessions s WHERE s.id = c.sync_session_id));
     RETURN n;
 END
 $$;
-COMMENT ON FUNCTION morango.cleanup(interval) IS
-    'close sync and transfer sessions idle for longer than older_than and empty their buffers';
+COMMENT ON FUNCTION morango.cleanup(interval, interval) IS
+    'close sync and transfer sessions idle for longer than older_than, empty their buffers, and forget sessions that ended before keep';
 
 -- -------------------------------------------------------------------------
 -- The peer side of the protocol (doc/protocol.md).  A peer connects as a
@@ -788,7 +858,7 @@ COMMENT ON FUNCTION morango.cleanup(interval) IS
 CREATE FUNCTION morango.protocol_version()
 RETURNS integer
 LANGUAGE sql IMMUTABLE
-AS $$ SELECT 2 $$;
+AS $$ SELECT 3 $$;
 COMMENT ON FUNCTION morango.protocol_version() IS 'version of the sync protocol this extension speaks';
 
 /*
@@ -801,8 +871,63 @@ RETURNS name
 LANGUAGE C STABLE
 AS 'MODULE_PATHNAME', 'morango_peer_role';
 
-/* the transfer session of the server side, checked */
-CREATE FUNCTION morango.peer_session(transfer_session uuid, want_push boolean DEFAULT NULL)
+/*
+ * The first statement of every peer API function: for a role that is not a
+ * superuser, the call must be the whole top-level statement, outside any
+ * transaction block, and it commits as it returns (src/peer.c), so that no
+ * peer holds this database's locks between calls.
+ */
+CREATE FUNCTION morango.peer_guard(fname text)
+RETURNS void
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_peer_guard';
+
+/* this database's peer API limits, from its superuser-only settings */
+CREATE FUNCTION morango.peer_limits()
+RETURNS jsonb
+LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'morango_peer_limits';
+
+/*
+ * morango.peer_owns(sync_session, what) -> boolean
+ *
+ * Does the calling peer role own sync_session?  Raises 28000 ("what
+ * belongs to another role", what naming the id the caller gave) if the
+ * session exists here but is not a server-side session opened by this
+ * role, or if it is bound by the certificate handshake to another role.
+ * Returns false if the session is unknown here, true if it is the
+ * caller's.
+ */
+CREATE FUNCTION morango.peer_owns(sync_session uuid, what text)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    me    name := morango.peer_role();
+    ss    morango.sync_sessions;
+    known boolean;
+BEGIN
+    SELECT * INTO ss FROM morango.sync_sessions WHERE id = sync_session;
+    known := FOUND;
+    IF (known AND (NOT ss.is_server OR ss.peer_role IS DISTINCT FROM me))
+       OR EXISTS (SELECT 1 FROM morango.session_certificates b
+                  WHERE b.sync_session_id = peer_owns.sync_session
+                    AND b.peer_role IS DISTINCT FROM me) THEN
+        RAISE EXCEPTION '% belongs to another role', what
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    RETURN known;
+END
+$$;
+
+/*
+ * The transfer session of the server side, checked: it exists, belongs to
+ * the calling role, is active (unless finished_ok) and goes the direction
+ * wanted (if want_push is given).
+ */
+CREATE FUNCTION morango.peer_session(transfer_session uuid, want_push boolean DEFAULT NULL,
+                                     finished_ok boolean DEFAULT false)
 RETURNS morango.transfer_sessions
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -810,14 +935,13 @@ AS $$
 DECLARE
     ts morango.transfer_sessions;
 BEGIN
-    SELECT t.* INTO ts FROM morango.transfer_sessions t
-    JOIN morango.sync_sessions s ON s.id = t.sync_session_id
-    WHERE t.id = transfer_session AND s.is_server;
+    SELECT t.* INTO ts FROM morango.transfer_sessions t WHERE t.id = transfer_session;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'transfer session % does not exist', transfer_session
             USING ERRCODE = 'undefined_object';
     END IF;
-    IF NOT ts.active THEN
+    PERFORM morango.peer_owns(ts.sync_session_id, format('transfer session %s', transfer_session));
+    IF NOT ts.active AND NOT finished_ok THEN
         RAISE EXCEPTION 'transfer session % is finished', transfer_session
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
@@ -832,14 +956,66 @@ END
 $$;
 
 /*
+ * The options a client sends in peer_begin, checked: a json object of at
+ * most 64 kB; of its keys (others are ignored, for later versions)
+ * max_chunk_records (1 to 100000) and max_chunk_bytes (1024 to 268435456),
+ * integers, are the client's chunk limits.  Returns those limits.
+ */
+CREATE FUNCTION morango.peer_options_check(options jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result jsonb := '{}';
+    k      text;
+    lo     numeric;
+    hi     numeric;
+    v      jsonb;
+BEGIN
+    IF jsonb_typeof(options) IS DISTINCT FROM 'object' OR pg_column_size(options) > 65536 THEN
+        RAISE EXCEPTION 'peer_begin: options must be a json object of at most 64 kB'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR k, lo, hi IN VALUES ('max_chunk_records', 1, 100000), ('max_chunk_bytes', 1024, 268435456) LOOP
+        v := options->k;
+        CONTINUE WHEN v IS NULL;
+        IF jsonb_typeof(v) <> 'number' OR v::text::numeric NOT BETWEEN lo AND hi
+           OR v::text::numeric <> trunc(v::text::numeric) THEN
+            RAISE EXCEPTION 'peer_begin: option % must be an integer from % to %', k, lo, hi
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        result := result || jsonb_build_object(k, v::text::numeric);
+    END LOOP;
+    RETURN result;
+END
+$$;
+
+/* a peer speaking a protocol version this database does not speak */
+CREATE FUNCTION morango.protocol_refuse(protocol integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'morango protocol version % is not supported', protocol
+        USING ERRCODE = 'feature_not_supported',
+              DETAIL = format('This peer speaks protocol version %s.', morango.protocol_version()),
+              HINT = 'Install the same morango version on both sides.';
+END
+$$;
+
+/*
  * Open (or resume) a transfer session on the server side.  The client
- * sends its FSIC; for a pull the server serializes, computes its FSIC and
- * queues; for a push it computes its receiver FSIC.  Returns the server's
- * state, FSIC and identity.
+ * sends its FSIC and its options (its chunk limits); for a pull the server
+ * serializes, computes its FSIC and queues; for a push it computes its
+ * receiver FSIC.  Returns the server's state, FSIC, identity and limits.
+ * The sync session and the transfer session belong to the role that
+ * opens them; open ones are counted per role and in all.
  */
 CREATE FUNCTION morango.peer_begin(protocol integer, sync_session uuid, transfer_session uuid,
                                    profile text, push boolean, filter text[],
-                                   client_instance uuid, client_fsic jsonb)
+                                   client_instance uuid, client_fsic jsonb, options jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -850,16 +1026,30 @@ DECLARE
     mine    jsonb;
     total   bigint;
     resumed boolean;
+    lim     jsonb;
+    opts    jsonb;
+    other   uuid;
+    me      name;
 BEGIN
+    PERFORM morango.peer_guard('peer_begin');
     IF protocol IS DISTINCT FROM morango.protocol_version() THEN
-        RAISE EXCEPTION 'morango protocol version % is not supported', protocol
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = format('This peer speaks protocol version %s.', morango.protocol_version()),
-                  HINT = 'Install the same morango version on both sides.';
+        PERFORM morango.protocol_refuse(protocol);
     END IF;
     IF sync_session IS NULL OR transfer_session IS NULL OR profile IS NULL OR profile = ''
        OR push IS NULL OR client_instance IS NULL THEN
         RAISE EXCEPTION 'peer_begin: an argument is missing' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF octet_length(profile) > 1000 THEN
+        RAISE EXCEPTION 'peer_begin: the profile name is longer than 1000 bytes'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    lim := morango.peer_limits();
+    opts := morango.peer_options_check(options);
+    -- the sessions named must be unknown here or this role's
+    PERFORM morango.peer_owns(sync_session, format('sync session %s', sync_session));
+    SELECT t.sync_session_id INTO other FROM morango.transfer_sessions t WHERE t.id = transfer_session;
+    IF FOUND AND other <> sync_session THEN
+        PERFORM morango.peer_owns(other, format('transfer session %s', transfer_session));
     END IF;
     IF filter IS NULL OR array_ndims(filter) IS DISTINCT FROM 1  -- before array_position(), which raises on 2-D
        OR cardinality(filter) = 0 OR array_position(filter, NULL) IS NOT NULL THEN
@@ -872,17 +1062,50 @@ BEGIN
         RAISE EXCEPTION 'peer_begin: the client FSIC must be {"super": {...}, "sub": {...}}'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- its size, before anything walks it: entries and bytes
+    IF pg_column_size(client_fsic) > 256 * (lim->>'max_fsic_entries')::bigint
+       OR (SELECT count(*)
+           FROM (SELECT * FROM jsonb_each(client_fsic->'super')
+                 UNION ALL SELECT * FROM jsonb_each(client_fsic->'sub')) AS p,
+                LATERAL jsonb_object_keys(CASE WHEN jsonb_typeof(p.value) = 'object'
+                                               THEN p.value ELSE '{}' END) AS i)
+          > (lim->>'max_fsic_entries')::bigint THEN
+        RAISE EXCEPTION 'peer_begin: the client FSIC is too large'
+            USING ERRCODE = 'program_limit_exceeded',
+                  DETAIL = format('This peer takes FSICs of at most %s (partition, instance) entries '
+                                  '(morango.max_fsic_entries) and %s bytes.', lim->>'max_fsic_entries',
+                                  256 * (lim->>'max_fsic_entries')::bigint);
+    END IF;
     -- the FSIC is checked by expanding it (bad shapes and counters raise)
     PERFORM morango.fsic_expand(client_fsic, filter);
     PERFORM morango.fsic_claims_check(client_fsic);  -- no claim above our own counter
     -- a bound on what peers can open here (morango.cleanup() closes idle ones)
-    IF NOT EXISTS (SELECT 1 FROM morango.transfer_sessions WHERE id = transfer_session)
-       AND (SELECT count(*) FROM morango.transfer_sessions t
+    -- (a new transfer, or one expired here that transfer_open starts over)
+    IF NOT EXISTS (SELECT 1 FROM morango.transfer_sessions
+                   WHERE id = transfer_session AND (active OR status <> 'errored')) THEN
+        -- per role, counted under a lock so that concurrent calls cannot
+        -- all pass; the total is counted without one (it may be passed by
+        -- as many calls as run at once)
+        me := morango.peer_role();
+        PERFORM pg_advisory_xact_lock(hashtext('morango peer transfers'), hashtext(me));
+        IF (SELECT count(*) FROM morango.transfer_sessions t
             JOIN morango.sync_sessions s ON s.id = t.sync_session_id
-            WHERE t.active AND s.is_server) >= 100 THEN
-        RAISE EXCEPTION 'too many open transfer sessions on this peer'
-            USING ERRCODE = 'too_many_connections',
-                  HINT = 'Run morango.cleanup() on the peer, or wait for running syncs to end.';
+            WHERE t.active AND s.is_server AND s.peer_role = me) >= (lim->>'max_peer_transfers')::bigint THEN
+            RAISE EXCEPTION 'role "%" has % open transfer sessions on this peer, its quota', me,
+                lim->>'max_peer_transfers'
+                USING ERRCODE = 'too_many_connections',
+                      DETAIL = 'morango.max_peer_transfers bounds the open transfer sessions of one peer role.',
+                      HINT = 'Finish or close them (peer_finish, peer_close), or wait for morango.cleanup() '
+                             'on the peer to expire idle ones.';
+        END IF;
+        IF (SELECT count(*) FROM morango.transfer_sessions t
+            JOIN morango.sync_sessions s ON s.id = t.sync_session_id
+            WHERE t.active AND s.is_server) >= (lim->>'max_open_transfers')::bigint THEN
+            RAISE EXCEPTION 'too many open transfer sessions on this peer'
+                USING ERRCODE = 'too_many_connections',
+                      DETAIL = 'morango.max_open_transfers bounds the open transfer sessions of all peer roles.',
+                      HINT = 'Run morango.cleanup() on the peer, or wait for running syncs to end.';
+        END IF;
     END IF;
 
     st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter,
@@ -890,6 +1113,8 @@ BEGIN
     IF NOT (st->>'active')::boolean THEN
         RETURN st || jsonb_build_object('instance_id', morango.instance_id());
     END IF;
+    -- the client's limits, for the chunks we send it (a resume may change them)
+    UPDATE morango.transfer_sessions SET peer_options = opts WHERE id = transfer_session;
 
     resumed := (st->>'resumed')::boolean;
     IF st->'remote_fsic' = 'null'::jsonb THEN
@@ -908,12 +1133,40 @@ BEGIN
         st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter);
     END IF;
     RETURN st || jsonb_build_object('instance_id', morango.instance_id(), 'resumed', resumed,
-                                    'server_fsic', st->'local_fsic');
+                                    'server_fsic', st->'local_fsic',
+                                    'limits', jsonb_build_object(
+                                        'max_chunk_records', lim->'max_chunk_records',
+                                        'max_chunk_bytes', lim->'max_chunk_bytes'));
+END
+$$;
+COMMENT ON FUNCTION morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb, jsonb) IS
+    'peer API: open or resume a transfer session on this (server) side';
+
+/*
+ * peer_begin as protocol version 2 called it (without options): refused,
+ * naming the version this database speaks, so that an older peer gets a
+ * clear error rather than "function does not exist".
+ */
+CREATE FUNCTION morango.peer_begin(protocol integer, sync_session uuid, transfer_session uuid,
+                                   profile text, push boolean, filter text[],
+                                   client_instance uuid, client_fsic jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM morango.protocol_refuse(protocol);
+    RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb) IS
-    'peer API: open or resume a transfer session on this (server) side';
+    'peer API of protocol version 2: refused with the version this database speaks';
 
+/*
+ * The next chunk of a pull: the records after after_seq, at most
+ * max_records, and within the lower of the client's limits (announced in
+ * peer_begin) and ours.
+ */
 CREATE FUNCTION morango.peer_pull_chunk(transfer_session uuid, after_seq bigint, max_records integer)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -921,24 +1174,29 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
 DECLARE
-    c record;
-    packed text;
+    ts  morango.transfer_sessions;
+    lim jsonb;
+    c   record;
 BEGIN
-    PERFORM morango.peer_session(transfer_session, false);
+    PERFORM morango.peer_guard('peer_pull_chunk');
+    ts := morango.peer_session(transfer_session, false);
     IF after_seq IS NULL OR after_seq < 0 OR max_records IS NULL OR max_records < 1
        OR max_records > 100000 THEN
         RAISE EXCEPTION 'peer_pull_chunk: after_seq must be >= 0 and max_records between 1 and 100000'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT * INTO c FROM morango.read_chunk(transfer_session, after_seq, max_records);
-    packed := morango.pack_chunk(c.chunk);
+    lim := morango.peer_limits();
+    SELECT * INTO c FROM morango.read_packed_chunk(transfer_session, after_seq,
+        least(max_records, (ts.peer_options->>'max_chunk_records')::integer,
+              (lim->>'max_chunk_records')::integer),
+        least((ts.peer_options->>'max_chunk_bytes')::bigint, (lim->>'max_chunk_bytes')::bigint));
     -- queue numbers records 1..records_total, so the last one sent is the count
     UPDATE morango.transfer_sessions
     SET stage = 'transferring', status = 'started',
         records_transferred = GREATEST(records_transferred, c.last_seq),
-        bytes_sent = bytes_sent + length(packed), last_activity_at = now()
+        bytes_sent = bytes_sent + length(c.packed), last_activity_at = now()
     WHERE id = transfer_session;
-    RETURN jsonb_build_object('packed', packed, 'last_seq', c.last_seq, 'records', c.records);
+    RETURN jsonb_build_object('packed', c.packed, 'last_seq', c.last_seq, 'records', c.records);
 END
 $$;
 COMMENT ON FUNCTION morango.peer_pull_chunk(uuid, bigint, integer) IS
@@ -951,10 +1209,12 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
 BEGIN
+    PERFORM morango.peer_guard('peer_push_chunk');
     PERFORM morango.peer_session(transfer_session, true);
     IF packed IS NULL THEN
         RAISE EXCEPTION 'peer_push_chunk: the chunk is missing' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- refused before unpacking if over morango.max_chunk_bytes (src/pack.c)
     RETURN morango.receive_packed_chunk(transfer_session, packed);
 END
 $$;
@@ -979,13 +1239,8 @@ DECLARE
     ds      record;
     result  jsonb := jsonb_build_object('stage', 'cleanup', 'status', 'completed');
 BEGIN
-    SELECT t.* INTO ts FROM morango.transfer_sessions t
-    JOIN morango.sync_sessions s ON s.id = t.sync_session_id
-    WHERE t.id = transfer_session AND s.is_server;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'transfer session % does not exist', transfer_session
-            USING ERRCODE = 'undefined_object';
-    END IF;
+    PERFORM morango.peer_guard('peer_finish');
+    ts := morango.peer_session(transfer_session, NULL, true);
     IF NOT ts.active THEN   -- finished before (a resumed client asks again)
         RETURN jsonb_build_object('stage', ts.stage, 'status', ts.status);
     END IF;
@@ -1003,6 +1258,13 @@ BEGIN
             'new', dq.new, 'fast_forwards', dq.fast_forwards,
             'conflicts', dq.conflicts, 'ignored', dq.ignored,
             'deserialized', ds.applied, 'deleted', ds.deleted, 'failed', ds.failed);
+    ELSIF ts.records_transferred < ts.records_total THEN
+        -- a pull the client ends before it took every record did not complete
+        PERFORM morango.transfer_close(transfer_session,
+            format('the client finished the pull after %s of %s records', ts.records_transferred,
+                   ts.records_total));
+        UPDATE morango.sync_sessions SET last_activity_at = now() WHERE id = ss.id;
+        RETURN jsonb_build_object('stage', 'cleanup', 'status', 'errored');
     END IF;
     PERFORM morango.transfer_close(transfer_session);
     UPDATE morango.sync_sessions SET last_activity_at = now() WHERE id = ss.id;
@@ -1012,20 +1274,35 @@ $$;
 COMMENT ON FUNCTION morango.peer_finish(uuid, bigint) IS
     'peer API: finish a transfer (a push is dequeued and deserialized here)';
 
+/*
+ * Close a sync session on the server side, and any of its transfer
+ * sessions still open (as errored, their buffers emptied at once).  An
+ * unknown session is nothing to close; another role's is refused.
+ */
 CREATE FUNCTION morango.peer_close(sync_session uuid, error text DEFAULT NULL)
 RETURNS void
-LANGUAGE sql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    PERFORM morango.peer_guard('peer_close');
+    IF octet_length(error) > 65536 THEN
+        RAISE EXCEPTION 'peer_close: the error text is longer than 64 kB'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT morango.peer_owns(sync_session, format('sync session %s', sync_session)) THEN
+        RETURN;
+    END IF;
     -- a transfer still open ends with its sync session: no chunk or finish
     -- is taken for it any more (a peer_begin with the same ids starts it over)
-    SELECT morango.transfer_close(t.id, 'its sync session was closed before it finished')
-    FROM morango.transfer_sessions t JOIN morango.sync_sessions s ON s.id = t.sync_session_id
-    WHERE t.sync_session_id = peer_close.sync_session AND t.active AND s.is_server AND s.active;
+    PERFORM morango.transfer_close(t.id, 'its sync session was closed before it finished')
+    FROM morango.transfer_sessions t
+    WHERE t.sync_session_id = peer_close.sync_session AND t.active;
     UPDATE morango.sync_sessions
     SET active = false, status = CASE WHEN error IS NULL THEN 'completed' ELSE 'errored' END,
         last_error = left(error, 1000), ended_at = now(), last_activity_at = now()
-    WHERE id = sync_session AND is_server AND active;
+    WHERE id = sync_session AND active;
+END
 $$;
 COMMENT ON FUNCTION morango.peer_close(uuid, text) IS 'peer API: close a sync session on this side';
 
@@ -1041,6 +1318,7 @@ AS $$
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA morango TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION morango.protocol_version(), '
+                   'morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb, jsonb), '
                    'morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb), '
                    'morango.peer_pull_chunk(uuid, bigint, integer), '
                    'morango.peer_push_chunk(uuid, text), '
@@ -1923,9 +2201,14 @@ RETURN format('morango:%s:%s:%s:%s:%s', nonce, sync_session, client_certificate,
  */
 CREATE FUNCTION morango.peer_nonce()
 RETURNS uuid
-LANGUAGE sql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-RETURN morango.nonce();
+AS $$
+BEGIN
+    PERFORM morango.peer_guard('peer_nonce');
+    RETURN morango.nonce();
+END
+$$;
 
 /*
  * morango.peer_authenticate(sync_session, profile, client_chain,
@@ -1949,6 +2232,7 @@ DECLARE
     client  uuid;
     message text;
 BEGIN
+    PERFORM morango.peer_guard('peer_authenticate');
     IF sync_session IS NULL OR profile IS NULL OR client_chain IS NULL OR server_certificate IS NULL
        OR nonce IS NULL OR signature IS NULL OR octet_length(signature) > 4096
        OR octet_length(client_chain::text) > 1048576 THEN
@@ -1968,7 +2252,7 @@ BEGIN
                   DETAIL = 'The client must sign the handshake message (doc/protocol.md) naming this '
                            'server''s certificate with its own certificate''s key.';
     END IF;
-    PERFORM morango.session_bind(sync_session, profile, server_certificate, client, session_user);
+    PERFORM morango.session_bind(sync_session, profile, server_certificate, client, morango.peer_role());
     RETURN jsonb_build_object('chain', morango.certificate_chain(server_certificate),
                               'signature', morango.certificate_sign(server_certificate, message));
 END
@@ -2048,7 +2332,7 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
-    IF bound.peer_role IS DISTINCT FROM NULL AND bound.peer_role <> session_user THEN
+    IF bound.peer_role IS DISTINCT FROM NULL AND bound.peer_role <> morango.peer_role() THEN
         RAISE EXCEPTION 'sync session % belongs to another role', sync_session
             USING ERRCODE = 'invalid_authorization_specification';
     END IF;
@@ -2115,6 +2399,7 @@ AS $$
 DECLARE
     issued uuid;
 BEGIN
+    PERFORM morango.peer_guard('peer_certificate_sign');
     IF parent IS NULL OR scope_definition IS NULL OR params IS NULL OR public_key IS NULL
        OR octet_length(public_key) > 4096 OR octet_length(params::text) > 65536 THEN
         RAISE EXCEPTION 'peer_certificate_sign: an argument is missing or too large'

@@ -149,8 +149,8 @@ SELECT count(*) AS stranger_notes FROM note;
 \c regress_scope_facility
 SET ROLE regress_scope_peer;
 SET morango.allow_uncertified_sync = on;
-SELECT masked($$SELECT morango.peer_begin(2, gen_random_uuid(), gen_random_uuid(), 'facilitydata', false,
-                                          ARRAY[''], gen_random_uuid(), '{"super": {}, "sub": {}}')$$)
+SELECT masked($$SELECT morango.peer_begin(3, gen_random_uuid(), gen_random_uuid(), 'facilitydata', false,
+                                          ARRAY[''], gen_random_uuid(), '{"super": {}, "sub": {}}', '{}')$$)
        AS placeholder_set_by_peer;
 SET morango.allow_uncertified_sync = on;
 RESET ROLE;
@@ -185,17 +185,17 @@ SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
 SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
               :'ss', 'facilitydata', :'home_chain', :'root', :'nonce', :'sig')) AS reused_nonce;
 -- the session is bound: a push of another learner's partition is refused
-SELECT masked(format($$SELECT morango.peer_begin(2, %L, gen_random_uuid(), 'facilitydata', true, %L,
-                                                 gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
+SELECT masked(format($$SELECT morango.peer_begin(3, %L, gen_random_uuid(), 'facilitydata', true, %L,
+                                                 gen_random_uuid(), '{"super": {}, "sub": {}}', '{}')$$,
               :'ss', ARRAY[:'ds' || ':user-rw:u2'])) AS push_outside_write_scope;
-SELECT masked(format($$SELECT morango.peer_begin(2, %L, gen_random_uuid(), 'facilitydata', false, %L,
-                                                 gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
+SELECT masked(format($$SELECT morango.peer_begin(3, %L, gen_random_uuid(), 'facilitydata', false, %L,
+                                                 gen_random_uuid(), '{"super": {}, "sub": {}}', '{}')$$,
               :'ss', ARRAY[:'ds'])) AS pull_outside_read_scope;
 -- inside its scope a push opens, but a chunk carrying a record of another
 -- learner's partition is refused whole, naming the record
-SELECT masked(format($$SELECT morango.peer_begin(2, %L, '22222222-2222-2222-2222-222222222222',
+SELECT masked(format($$SELECT morango.peer_begin(3, %L, '22222222-2222-2222-2222-222222222222',
                                                  'facilitydata', true, %L, gen_random_uuid(),
-                                                 '{"super": {}, "sub": {}}')->>'stage'$$,
+                                                 '{"super": {}, "sub": {}}', '{}')->>'stage'$$,
               :'ss', ARRAY[:'ds' || ':user-rw:u1'])) AS push_inside_scope;
 RESET ROLE;
 CREATE FUNCTION crafted(seq integer, part text, src text) RETURNS jsonb LANGUAGE sql AS $$
@@ -217,10 +217,13 @@ SELECT masked(format('SELECT morango.peer_push_chunk(%L, %L)', '22222222-2222-22
 SELECT masked(format('SELECT morango.peer_finish(%L, 0)', '22222222-2222-2222-2222-222222222222')) AS finished;
 -- the session is bound to the role that authenticated it: another login
 -- that learns its id cannot use it
+-- (a login that is not a superuser may only make plain peer API calls)
+SELECT format('{%s:user-rw:u1}', :'ds') AS u1_filter \gset
 \c regress_scope_facility regress_scope_admin
-SELECT masked(format($$SELECT morango.peer_begin(2, %L, gen_random_uuid(), 'facilitydata', false, %L,
-                                                 gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
-              :'ss', ARRAY[:'ds' || ':user-rw:u1'])) AS session_of_another_role;
+\set VERBOSITY sqlstate
+SELECT morango.peer_begin(3, :'ss', '33333333-3333-3333-3333-333333333333', 'facilitydata', false,
+                          :'u1_filter', '44444444-4444-4444-4444-444444444444', '{"super": {}, "sub": {}}', '{}');
+\set VERBOSITY terse
 \c regress_scope_facility :me
 SET ROLE regress_scope_peer;
 -- a forged chain (the learner's scope widened by hand) is refused

@@ -241,10 +241,10 @@ SELECT * FROM note ORDER BY id;
 \c regress_morango_a
 SELECT morango.instance_id() AS a_instance \gset
 \c regress_morango_b
-SELECT morango.peer_begin(2, '55555555-5555-5555-5555-555555555555', '66666666-6666-6666-6666-666666666666',
+SELECT morango.peer_begin(3, '55555555-5555-5555-5555-555555555555', '66666666-6666-6666-6666-666666666666',
                           'notes', true, ARRAY[''], 'bbbbbbbb-0000-0000-0000-000000000000',
                           jsonb_build_object('super', '{}'::jsonb, 'sub',
-                              jsonb_build_object('', jsonb_build_object(:'a_instance', 9000000000000000000))))->>'stage';
+                              jsonb_build_object('', jsonb_build_object(:'a_instance', 9000000000000000000))), '{}')->>'stage';
 SELECT morango.peer_finish('66666666-6666-6666-6666-666666666666', 0)->>'status';
 SELECT counter < 1000 AS capped FROM morango.database_max_counters
 WHERE profile = 'notes' AND instance_id = :'a_instance' AND partition = '';
@@ -293,9 +293,9 @@ SELECT count(*) FROM bulk WHERE id > 100;
 -- instance aaaa...; its own are checked against its FSIC: attack_counters)
 \c regress_morango_b
 SELECT count(*) AS store_before FROM morango.store \gset
-SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222',
+SELECT morango.peer_begin(3, '11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222',
                           'facilitydata', true, ARRAY['f1'], 'abababab-0000-0000-0000-000000000000',
-                          '{"super": {}, "sub": {}}')->>'stage' AS stage;
+                          '{"super": {}, "sub": {}}', '{}')->>'stage' AS stage;
 CREATE FUNCTION good_record(seq integer, part text, src text) RETURNS jsonb LANGUAGE sql AS $$
     SELECT jsonb_build_object(
         'id', morango.record_id(part, src, 'member'), 'seq', seq, 'profile', 'facilitydata',
@@ -380,9 +380,9 @@ SELECT morango.peer_push_chunk('22222222-2222-2222-2222-222222222222',
 SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:x''); DROP TABLE member; --', 'x''); DROP TABLE member; --')));
 SELECT try_chunk(jsonb_build_array(good_record(2, 'f1:user:v9', 'v9')));
 -- a filter with LIKE wildcards matches them literally
-SELECT morango.peer_begin(2, '11111111-1111-1111-1111-111111111111', '44444444-4444-4444-4444-444444444444',
+SELECT morango.peer_begin(3, '11111111-1111-1111-1111-111111111111', '44444444-4444-4444-4444-444444444444',
                           'facilitydata', true, ARRAY['f_'], 'abababab-0000-0000-0000-000000000000',
-                          '{"super": {}, "sub": {}}')->>'stage' AS stage;
+                          '{"super": {}, "sub": {}}', '{}')->>'stage' AS stage;
 SELECT morango.peer_push_chunk('44444444-4444-4444-4444-444444444444',
                                morango.pack_chunk(jsonb_build_array(good_record(1, 'f1:user:v1', 'v1'))::json));
 -- finishing with a wrong total is refused; the right one merges
@@ -394,11 +394,11 @@ SELECT morango.peer_pull_chunk('22222222-2222-2222-2222-222222222222', 0, 10);
 SELECT try_chunk(jsonb_build_array(good_record(3, 'f1:user:v3', 'v3')));
 SELECT morango.peer_push_chunk('33333333-3333-3333-3333-333333333333', morango.pack_chunk('[]'));
 SELECT morango.peer_begin(99, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
-                          'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}');
-SELECT morango.peer_begin(2, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, '{}',
-                          'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}');
-SELECT morango.peer_begin(2, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
-                          'aaaaaaaa-0000-0000-0000-000000000000', '{"sub": {}}');
+                          'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}', '{}');
+SELECT morango.peer_begin(3, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, '{}',
+                          'aaaaaaaa-0000-0000-0000-000000000000', '{"super": {}, "sub": {}}', '{}');
+SELECT morango.peer_begin(3, gen_random_uuid(), gen_random_uuid(), 'facilitydata', true, ARRAY['f1'],
+                          'aaaaaaaa-0000-0000-0000-000000000000', '{"sub": {}}', '{}');
 DROP FUNCTION try_chunk(jsonb);
 DROP FUNCTION good_record(integer, text, text);
 \c regress_morango_a

@@ -701,11 +701,15 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("chunk for transfer session %s is not a json array of records", tsname)));
-	if (JB_ROOT_COUNT(jb) > MAX_CHUNK_RECORDS)
+	/* the largest chunk this database takes, in records (a setting) */
+	if (JB_ROOT_COUNT(jb) > (uint32) morango_max_chunk_records)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("chunk for transfer session %s has %u records, more than %d",
-						tsname, JB_ROOT_COUNT(jb), MAX_CHUNK_RECORDS)));
+						tsname, JB_ROOT_COUNT(jb), morango_max_chunk_records),
+				 errdetail("This database takes chunks of at most %d records (morango.max_chunk_records).",
+						   morango_max_chunk_records),
+				 errhint("The sender must cut its chunks to the limits peer_begin announces.")));
 
 	/* the session: active, this side receives, still transferring */
 	t = morango_transfer_fetch(ts);

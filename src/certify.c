@@ -7,7 +7,9 @@
  * morango.request_certificate() (SQL) makes the key pair, calls this, and
  * verifies and stores what comes back; the private key never leaves this
  * database.  The peer decides by the role we connect as
- * (morango.peer_certificate_sign).
+ * (morango.peer_certificate_sign).  The call is a plain SELECT
+ * morango.peer_certificate_sign(...) with parameters, the only form the
+ * peer's guard takes from a role that is not a superuser (src/peer.c).
  *
  * IDENTIFICATION
  *		src/certify.c
@@ -59,7 +61,7 @@ morango_peer_request_signature(PG_FUNCTION_ARGS)
 		conn = morango_peer_connect(peer, "morango certificate request",
 									morango_connect_timeout);
 		res = morango_peer_exec(conn,
-								"SELECT morango.peer_certificate_sign($1::uuid, $2, $3::jsonb, $4)::text",
+								"SELECT morango.peer_certificate_sign($1::uuid, $2, $3::jsonb, $4)",
 								4, NULL, values, morango_peer_timeout);
 		if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
 			ereport(ERROR,

@@ -54,6 +54,18 @@ int			morango_max_conflict_bytes = 65536;
 /* morango.allow_uncertified_sync: sync without certificates where we hold some */
 bool		morango_allow_uncertified_sync = false;
 
+/*
+ * The peer API's limits (superuser only, so that a peer role cannot raise
+ * them in its own session): the largest chunk this database receives or
+ * builds, in records and unpacked JSON bytes; open server-side transfer
+ * sessions per peer role and in all; entries of a client's FSIC.
+ */
+int			morango_max_chunk_records = 10000;
+int			morango_max_chunk_bytes = 32 * 1024 * 1024;
+int			morango_max_peer_transfers = 10;
+int			morango_max_open_transfers = 100;
+int			morango_max_fsic_entries = 100000;
+
 void		_PG_init(void);
 
 PG_FUNCTION_INFO_V1(morango_uncertified_sync_allowed);
@@ -174,6 +186,53 @@ _PG_init(void)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_chunk_records",
+							"Most records a chunk of a transfer may hold, sent or received.",
+							"Both sides announce it in peer_begin; a sender cuts its chunks to the "
+							"lower of its own and the receiver's, a receiver refuses a larger chunk.",
+							&morango_max_chunk_records,
+							10000, 1, MORANGO_MAX_CHUNK_RECORDS,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_chunk_bytes",
+							"Most bytes of JSON a chunk of a transfer may hold, unpacked, sent or received.",
+							"Both sides announce it in peer_begin; a receiver refuses a larger chunk "
+							"before unpacking it.",
+							&morango_max_chunk_bytes,
+							32 * 1024 * 1024, 1024, MORANGO_MAX_CHUNK_BYTES,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_peer_transfers",
+							"Most open server-side transfer sessions one peer role may have.",
+							"morango.cleanup() closes idle ones.",
+							&morango_max_peer_transfers,
+							10, 1, 100000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_open_transfers",
+							"Most open server-side transfer sessions on this database, all peer roles together.",
+							"morango.cleanup() closes idle ones.",
+							&morango_max_open_transfers,
+							100, 1, 1000000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_fsic_entries",
+							"Most (partition, instance) entries a peer's FSIC may have.",
+							"A single device's FSIC has a few; a hub's may have one per partition and instance.",
+							&morango_max_fsic_entries,
+							100000, 1, 10000000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
 
 	morango_fault_init();
 

@@ -27,7 +27,15 @@
 #include "utils/uuid.h"
 
 /* the version of the sync protocol (doc/protocol.md); both sides check it */
-#define MORANGO_PROTOCOL_VERSION 2
+#define MORANGO_PROTOCOL_VERSION 3
+
+/*
+ * The hard ceilings of a chunk, whatever the settings say: records, and
+ * bytes of JSON (packed or unpacked).  Without a ceiling on bytes, a
+ * megabyte from a peer could inflate to a gigabyte.
+ */
+#define MORANGO_MAX_CHUNK_RECORDS 100000
+#define MORANGO_MAX_CHUNK_BYTES (256 * 1024 * 1024)
 
 /* GUC variables (morango.c) */
 extern bool morango_hard_delete_guc;
@@ -41,6 +49,11 @@ extern int	morango_retry_delay;
 extern int	morango_retry_max_delay;
 extern int	morango_max_conflict_entries;
 extern int	morango_max_conflict_bytes;
+extern int	morango_max_chunk_records;
+extern int	morango_max_chunk_bytes;
+extern int	morango_max_peer_transfers;
+extern int	morango_max_open_transfers;
+extern int	morango_max_fsic_entries;
 
 /* fault.c: fault injection for the reliability tests (off by default) */
 extern void morango_fault_init(void);

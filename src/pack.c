@@ -45,12 +45,12 @@ PG_FUNCTION_INFO_V1(morango_receive_packed_chunk);
 #define PACK_LEVEL 1
 
 /*
- * The most JSON a chunk may hold, packed or unpacked: deflate inflates up
- * to about 1000 times, so without a bound a megabyte from a peer could make
- * us allocate and parse a gigabyte.  A 5,000-record chunk of ordinary rows
- * is a few megabytes.
+ * The most JSON a chunk may hold, packed or unpacked, is
+ * MORANGO_MAX_CHUNK_BYTES (morango.h) whatever the settings say; a chunk
+ * received from a peer may hold at most morango.max_chunk_bytes unpacked.
+ * Deflate inflates up to about 1000 times, so without a bound a megabyte
+ * from a peer could make us allocate and parse a gigabyte.
  */
-#define MORANGO_MAX_CHUNK_BYTES (256 * 1024 * 1024)
 
 /*
  * morango_pack
@@ -93,11 +93,14 @@ morango_pack(const char *json, size_t len)
 
 /*
  * morango_unpack
- *		The JSON text (NUL-terminated, palloc'd) of packed chunk p; raises
- *		ERRCODE_DATA_CORRUPTED if p is not a packed chunk.
+ *		The JSON text (NUL-terminated, palloc'd) of packed chunk p, which
+ *		may hold at most limit bytes of JSON; raises ERRCODE_DATA_CORRUPTED
+ *		if p is not a packed chunk and ERRCODE_PROGRAM_LIMIT_EXCEEDED if it
+ *		is larger, both before inflating anything.  Every buffer but the
+ *		result is freed before it returns.
  */
 static char *
-morango_unpack(text *p)
+morango_unpack(text *p, int limit)
 {
 	int			plen = VARSIZE_ANY_EXHDR(p);
 	int			maxlen;
@@ -106,11 +109,15 @@ morango_unpack(text *p)
 	uLongf		len;
 	uLongf		got;
 	char	   *json;
+	char	   *converted;
 
-	if (plen > MORANGO_MAX_CHUNK_BYTES)
+	/* packing limit bytes gives at most this much text (deflate, base64) */
+	if (plen > pg_b64_enc_len(4 + (int) compressBound((uLong) limit)))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("packed chunk of %d bytes is too large", plen)));
+				 errmsg("packed chunk of %d bytes is too large", plen),
+				 errdetail("This database takes chunks of at most %d bytes of JSON "
+						   "(morango.max_chunk_bytes).", limit)));
 	maxlen = pg_b64_dec_len(plen);
 	raw = palloc(Max(maxlen, 4));
 	rawlen = pg_b64_decode(VARDATA_ANY(p), plen, (char *) raw, maxlen);
@@ -123,11 +130,13 @@ morango_unpack(text *p)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("packed chunk declares no records")));
-	if (len > MORANGO_MAX_CHUNK_BYTES)
+	if (len > (uLongf) limit)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("packed chunk declares %lu bytes of records", (unsigned long) len),
-				 errdetail("A chunk may hold at most %d MB of JSON.", MORANGO_MAX_CHUNK_BYTES >> 20)));
+				 errdetail("This database takes chunks of at most %d bytes of JSON "
+						   "(morango.max_chunk_bytes).", limit),
+				 errhint("The sender must cut its chunks to the limits peer_begin announces.")));
 	/*
 	 * Deflate expands at most 1032 times (a long run of one byte; the zlib
 	 * wrapper's 6 bytes only add slack): a declared length the stream cannot
@@ -149,14 +158,34 @@ morango_unpack(text *p)
 	json[len] = '\0';
 	pfree(raw);
 	/* validates the UTF-8 and converts it to the database encoding */
-	return pg_any_to_server(json, (int) len, PG_UTF8);
+	converted = pg_any_to_server(json, (int) len, PG_UTF8);
+	if (converted != json)
+		pfree(json);
+	return converted;
 }
 
-/* parse unpacked JSON text as jsonb (errors as jsonb input's) */
+/*
+ * json_to_jsonb
+ *		Parse unpacked JSON text as jsonb (errors as jsonb input's), and
+ *		free the text.  The parser's working memory (a tree of every value,
+ *		several times the text) lives in a context of its own, deleted once
+ *		the jsonb value is copied out, so the peak is about twice the text
+ *		rather than its sum with the tree.
+ */
 static Datum
 json_to_jsonb(char *json)
 {
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+	MemoryContext parse = AllocSetContextCreate(CurrentMemoryContext, "morango chunk parse",
+												ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(parse);
+	Datum		parsed = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+	Datum		result;
+
+	MemoryContextSwitchTo(old);
+	pfree(json);
+	result = PointerGetDatum(DatumGetJsonbPCopy(parsed));
+	MemoryContextDelete(parse);
+	return result;
 }
 
 /*
@@ -184,19 +213,20 @@ morango_pack_chunk(PG_FUNCTION_ARGS)
 Datum
 morango_unpack_chunk(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_DATUM(json_to_jsonb(morango_unpack(PG_GETARG_TEXT_PP(0))));
+	PG_RETURN_DATUM(json_to_jsonb(morango_unpack(PG_GETARG_TEXT_PP(0), MORANGO_MAX_CHUNK_BYTES)));
 }
 
 /*
  * morango.receive_packed_chunk(transfer_session uuid, packed text) -> bigint
  *		receive_chunk() of a packed chunk; the session counts the packed
- *		bytes, the bytes that travelled.
+ *		bytes, the bytes that travelled.  A chunk of more than
+ *		morango.max_chunk_bytes of JSON is refused before it is unpacked.
  */
 Datum
 morango_receive_packed_chunk(PG_FUNCTION_ARGS)
 {
 	text	   *p = PG_GETARG_TEXT_PP(1);
-	Datum		chunk = json_to_jsonb(morango_unpack(p));
+	Datum		chunk = json_to_jsonb(morango_unpack(p, morango_max_chunk_bytes));
 	int64		added;
 
 	if (SPI_connect() != SPI_OK_CONNECT)

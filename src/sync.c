@@ -27,7 +27,11 @@
  * dequeue runs once per transfer session.
  *
  * The same SQL functions serve the worker (locally, through SPI), the peer
- * (as the peer_* API) and users (doc/protocol.md).
+ * (as the peer_* API) and users (doc/protocol.md).  Every remote call is a
+ * plain SELECT morango.peer_x($1, ...), the only form the peer's guard
+ * takes (src/peer.c); the json answers are decoded here (reply_fields).
+ * peer_begin carries our chunk limits and answers the peer's: a push is
+ * cut to the lower of both.
  *
  * IDENTIFICATION
  *		src/sync.c
@@ -54,8 +58,10 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/snapmgr.h"
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
@@ -299,6 +305,82 @@ remote_call(Driver *d, const char *sql, int nargs, const char **args, int nout, 
 	remote_result(d, sql, nout, out);
 }
 
+/*
+ * The fields keys[] of the json object json that the peer answered sql
+ * with, as ->> gives them (strings unquoted, other values as JSON text,
+ * NULL for a missing field or json null), in the driver's context.  The
+ * peer API answers with one plain call, SELECT morango.peer_x(...), whose
+ * one value is that object (its guard refuses anything else).  Parsing
+ * happens in a context of its own, freed before returning; a \u escape
+ * may need an encoding conversion, so with a database encoding other
+ * than UTF8 it runs in a transaction.
+ */
+static void
+reply_fields(Driver *d, const char *sql, const char *json, int nkeys, const char *const *keys,
+			 char **out)
+{
+	bool		convert = GetDatabaseEncoding() != PG_UTF8;
+	MemoryContext tmp;
+	MemoryContext oldcxt;
+	Jsonb	   *jb;
+
+	if (json == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("the peer answered \"%s\" with no value", sql)));
+	tmp = AllocSetContextCreate(d->cxt, "morango reply", ALLOCSET_DEFAULT_SIZES);
+	if (convert)
+		StartTransactionCommand();
+	oldcxt = MemoryContextSwitchTo(tmp);
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+	if (!JB_ROOT_IS_OBJECT(jb))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("the peer answered \"%s\" with something other than a json object", sql)));
+	for (int i = 0; i < nkeys; i++)
+	{
+		JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, keys[i], strlen(keys[i]), NULL);
+		const char *text;
+
+		if (v == NULL || v->type == jbvNull)
+			text = NULL;
+		else if (v->type == jbvString)
+			text = pnstrdup(v->val.string.val, v->val.string.len);
+		else if (v->type == jbvNumeric)
+			text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+		else if (v->type == jbvBool)
+			text = v->val.boolean ? "true" : "false";
+		else
+			text = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+		out[i] = text ? MemoryContextStrdup(d->cxt, text) : NULL;
+	}
+	MemoryContextSwitchTo(oldcxt);
+	if (convert)
+		CommitTransactionCommand();
+	MemoryContextDelete(tmp);
+}
+
+/* Wait for the answer to a plain peer API call and decode its fields. */
+static void
+remote_reply(Driver *d, const char *sql, int nkeys, const char *const *keys, char **out)
+{
+	char	   *raw[1];
+
+	remote_result(d, sql, 1, raw);
+	reply_fields(d, sql, raw[0], nkeys, keys, out);
+	if (raw[0])
+		pfree(raw[0]);
+}
+
+/* Make a plain peer API call and decode the fields of its answer. */
+static void
+remote_reply_call(Driver *d, const char *sql, int nargs, const char **args,
+				  int nkeys, const char *const *keys, char **out)
+{
+	remote_send(d, sql, nargs, args);
+	remote_reply(d, sql, nkeys, keys, out);
+}
+
 static int64
 atoi64_or(const char *s, int64 dflt)
 {
@@ -347,11 +429,27 @@ notify_step(Driver *d, const char *ts, const char *event, const char *status)
 
 /* ---- the two directions ---- */
 
+/*
+ * peer_begin, and the fields of its answer that the directions read.
+ * Its last argument, options, carries our chunk limits; "limits" in the
+ * answer are the peer's.
+ */
 static const char *begin_remote_sql =
-"SELECT r->>'active', r->>'resumed', r->>'stage', r->>'records_total', r->>'last_seq',"
-"       (r->'server_fsic')::text, r->>'instance_id'"
-" FROM morango.peer_begin($1::integer, $2::uuid, $3::uuid, $4, $5::boolean, $6::text[],"
-"                         $7::uuid, $8::jsonb) AS r";
+"SELECT morango.peer_begin($1::integer, $2::uuid, $3::uuid, $4, $5::boolean, $6::text[],"
+"                          $7::uuid, $8::jsonb, $9::jsonb)";
+static const char *const begin_fields[] =
+{"active", "resumed", "stage", "records_total", "last_seq", "server_fsic", "instance_id", "limits"};
+
+#define BEGIN_NFIELDS lengthof(begin_fields)
+#define BEGIN_LIMITS 7
+
+/* Our chunk limits, as peer_begin's options (the receiving side's settings). */
+static char *
+begin_options(void)
+{
+	return psprintf("{\"max_chunk_records\": %d, \"max_chunk_bytes\": %d}",
+					morango_max_chunk_records, morango_max_chunk_bytes);
+}
 
 /*
  * Push transfer session ts: we produce, the peer receives.  Returns true
@@ -361,21 +459,23 @@ static const char *begin_remote_sql =
 static bool
 run_push(Driver *d, const char *ts)
 {
-	const char *read_sql = "SELECT morango.pack_chunk(chunk), last_seq, records"
-		" FROM morango.read_chunk($1::uuid, $2::bigint, $3::integer)";
+	const char *read_sql = "SELECT packed, last_seq, records"
+		" FROM morango.read_packed_chunk($1::uuid, $2::bigint, $3::integer, $4::bigint)";
 	const char *push_sql = "SELECT morango.peer_push_chunk($1::uuid, $2)";
+	const char *const limit_fields[] = {"max_chunk_records", "max_chunk_bytes"};
 	char	   *c[3];
 	char	   *st[4];
-	char	   *r[7];
+	char	   *r[BEGIN_NFIELDS];
+	char	   *lim[2];
 	char	   *local_fsic;
 	bool		continued;
 	char		version[16];
 	char		chunk_size[16];
+	char		chunk_bytes[32];
 	int64		total;
 	char	   *last_seq;
 
 	snprintf(version, sizeof(version), "%d", MORANGO_PROTOCOL_VERSION);
-	snprintf(chunk_size, sizeof(chunk_size), "%d", d->args->chunk_size);
 
 	local_step(d, "morango sync: open push",
 			   "SELECT r->>'active', r->>'stage', (r->'local_fsic')::text, r->>'records_total'"
@@ -415,9 +515,9 @@ run_push(Driver *d, const char *ts)
 		d->instance = out[1];
 	}
 
-	remote_call(d, begin_remote_sql, 8,
-				(const char *[]) {version, d->session, ts, d->profile, "true", d->filter,
-					d->instance, local_fsic}, 7, r);
+	remote_reply_call(d, begin_remote_sql, 9,
+					  (const char *[]) {version, d->session, ts, d->profile, "true", d->filter,
+						  d->instance, local_fsic, begin_options()}, BEGIN_NFIELDS, begin_fields, r);
 	if (!is_true(r[0]))
 	{
 		/* the peer finished this transfer before we heard of it */
@@ -447,6 +547,17 @@ run_push(Driver *d, const char *ts)
 	}
 
 	/*
+	 * Chunks the peer takes: within its limits (the answer to peer_begin)
+	 * and ours, and of at most chunk_size records.
+	 */
+	reply_fields(d, begin_remote_sql, r[BEGIN_LIMITS], 2, limit_fields, lim);
+	snprintf(chunk_size, sizeof(chunk_size), "%d",
+			 (int) Min(Min(d->args->chunk_size, morango_max_chunk_records),
+					   atoi64_or(lim[0], MORANGO_MAX_CHUNK_RECORDS)));
+	snprintf(chunk_bytes, sizeof(chunk_bytes), INT64_FORMAT,
+			 Min((int64) morango_max_chunk_bytes, atoi64_or(lim[1], MORANGO_MAX_CHUNK_BYTES)));
+
+	/*
 	 * send the chunks the peer does not hold yet, pipelined: while the
 	 * peer validates and stores one chunk, we read the next
 	 */
@@ -459,10 +570,10 @@ run_push(Driver *d, const char *ts)
 	 * failed after the peer stored a chunk but before we recorded it.
 	 */
 	local_begin("morango sync: read chunk");
-	local_exec(d, "UPDATE morango.transfer_sessions SET records_transferred = $2::bigint"
-			   " WHERE id = $1::uuid",
-			   2, (const char *[]) {ts, last_seq}, 0, NULL);
-	local_exec(d, read_sql, 3, (const char *[]) {ts, last_seq, chunk_size}, 3, c);
+	local_exec(d, "UPDATE morango.transfer_sessions SET records_transferred = $2::bigint,"
+			   " peer_options = $3::jsonb WHERE id = $1::uuid",
+			   3, (const char *[]) {ts, last_seq, r[BEGIN_LIMITS]}, 0, NULL);
+	local_exec(d, read_sql, 4, (const char *[]) {ts, last_seq, chunk_size, chunk_bytes}, 3, c);
 	local_commit();
 	while (atoi64_or(c[2], 0) > 0)
 	{
@@ -472,7 +583,7 @@ run_push(Driver *d, const char *ts)
 		CHECK_FOR_INTERRUPTS();
 		remote_send(d, push_sql, 2, (const char *[]) {ts, c[0]});
 		local_step(d, "morango sync: read chunk", read_sql,
-				   3, (const char *[]) {ts, c[1], chunk_size}, 3, next);
+				   4, (const char *[]) {ts, c[1], chunk_size, chunk_bytes}, 3, next);
 		remote_result(d, push_sql, 1, n);
 		local_begin("morango sync: chunk sent");
 		local_exec(d, "UPDATE morango.transfer_sessions"
@@ -491,7 +602,7 @@ run_push(Driver *d, const char *ts)
 	/* the peer dequeues and deserializes */
 	notify_step(d, ts, "dequeuing", "started");
 	stage_begin(d);
-	remote_call(d, "SELECT morango.peer_finish($1::uuid, $2::bigint)::text", 2,
+	remote_call(d, "SELECT morango.peer_finish($1::uuid, $2::bigint)", 2,
 				(const char *[]) {ts, psprintf(INT64_FORMAT, total)}, 0, NULL);
 	local_begin("morango sync: close push");
 	local_exec(d, "SELECT morango.transfer_close($1::uuid)", 1, (const char *[]) {ts}, 0, NULL);
@@ -508,10 +619,10 @@ run_push(Driver *d, const char *ts)
 static bool
 run_pull(Driver *d, const char *ts)
 {
-	const char *pull_sql = "SELECT r->>'packed', r->>'last_seq', r->>'records'"
-		" FROM morango.peer_pull_chunk($1::uuid, $2::bigint, $3::integer) AS r";
+	const char *pull_sql = "SELECT morango.peer_pull_chunk($1::uuid, $2::bigint, $3::integer)";
+	const char *const chunk_fields[] = {"packed", "last_seq", "records"};
 	char	   *st[5];
-	char	   *r[7];
+	char	   *r[BEGIN_NFIELDS];
 	char	   *local_fsic;
 	bool		continued = false;
 	char		version[16];
@@ -553,9 +664,10 @@ run_pull(Driver *d, const char *ts)
 		}
 
 		/* the peer serializes, answers its FSIC and queues */
-		remote_call(d, begin_remote_sql, 8,
-					(const char *[]) {version, d->session, ts, d->profile, "false", d->filter,
-						d->instance, local_fsic}, 7, r);
+		remote_reply_call(d, begin_remote_sql, 9,
+						  (const char *[]) {version, d->session, ts, d->profile, "false", d->filter,
+							  d->instance, local_fsic, begin_options()},
+						  BEGIN_NFIELDS, begin_fields, r);
 		if (!is_true(r[0]))
 		{
 			local_step(d, "morango sync: close pull", "SELECT morango.transfer_close($1::uuid)",
@@ -587,10 +699,10 @@ run_pull(Driver *d, const char *ts)
 					   1, (const char *[]) {ts}, 0, NULL);
 		}
 		local_exec(d, "UPDATE morango.transfer_sessions"
-				   " SET remote_fsic = $2::jsonb, records_total = $3::bigint,"
+				   " SET remote_fsic = $2::jsonb, records_total = $3::bigint, peer_options = $4::jsonb,"
 				   "     stage = 'queuing', status = 'completed', last_activity_at = now()"
 				   " WHERE id = $1::uuid",
-				   3, (const char *[]) {ts, r[5], r[3]}, 0, NULL);
+				   4, (const char *[]) {ts, r[5], r[3], r[BEGIN_LIMITS]}, 0, NULL);
 		local_exec(d, "SELECT COALESCE(max(seq), 0) FROM morango.buffer WHERE transfer_session_id = $1::uuid",
 				   1, (const char *[]) {ts}, 1, &last_seq);
 		notify(d, ts, "queuing", "completed");
@@ -609,7 +721,7 @@ run_pull(Driver *d, const char *ts)
 			char	   *c[3];
 
 			CHECK_FOR_INTERRUPTS();
-			remote_result(d, pull_sql, 3, c);
+			remote_reply(d, pull_sql, 3, chunk_fields, c);
 			if (atoi64_or(c[2], 0) == 0)
 				break;
 			remote_send(d, pull_sql, 3, (const char *[]) {ts, c[1], chunk_size});
@@ -641,7 +753,7 @@ run_pull(Driver *d, const char *ts)
 	local_commit();
 
 	stage_begin(d);
-	remote_call(d, "SELECT morango.peer_finish($1::uuid, NULL)::text", 1,
+	remote_call(d, "SELECT morango.peer_finish($1::uuid, NULL)", 1,
 				(const char *[]) {ts}, 0, NULL);
 	local_step(d, "morango sync: close pull", "SELECT morango.transfer_close($1::uuid)",
 			   1, (const char *[]) {ts}, 0, NULL);
@@ -669,17 +781,16 @@ authenticate(Driver *d)
 
 	if (d->args->certificate[0] == '\0')
 		return;
-	remote_call(d, "SELECT morango.peer_nonce()::text", 0, NULL, 1, nonce);
+	remote_call(d, "SELECT morango.peer_nonce()", 0, NULL, 1, nonce);
 	local_step(d, "morango sync: sign",
 			   "SELECT morango.certificate_chain($1::uuid)::text,"
 			   "       morango.certificate_sign($1::uuid,"
 			   "           morango.handshake_message($2::uuid, $3::uuid, $1::uuid, $4::uuid, $5))",
 			   5, (const char *[]) {d->args->certificate, nonce[0], d->session,
 				   d->args->peer_certificate, d->profile}, 2, mine);
-	remote_call(d, "SELECT r->>'chain', r->>'signature'"
-				" FROM morango.peer_authenticate($1::uuid, $2, $3::jsonb, $4::uuid, $5::uuid, $6) AS r",
-				6, (const char *[]) {d->session, d->profile, mine[0], d->args->peer_certificate,
-					nonce[0], mine[1]}, 2, theirs);
+	remote_reply_call(d, "SELECT morango.peer_authenticate($1::uuid, $2, $3::jsonb, $4::uuid, $5::uuid, $6)",
+					  6, (const char *[]) {d->session, d->profile, mine[0], d->args->peer_certificate,
+						  nonce[0], mine[1]}, 2, (const char *const[]) {"chain", "signature"}, theirs);
 	local_step(d, "morango sync: verify the peer",
 			   "SELECT morango.session_authenticate($1::uuid, $2, $3::uuid, $4::uuid, $5::jsonb, $6, $7::uuid)",
 			   7, (const char *[]) {d->session, d->profile, d->args->certificate,
@@ -741,6 +852,10 @@ sync_run(Driver *d)
 	}
 
 	local_begin("morango sync: done");
+	/* nothing stays open with the session (no buffer outlives it) */
+	local_exec(d, "SELECT morango.transfer_close(id) FROM morango.transfer_sessions"
+			   " WHERE sync_session_id = $1::uuid AND active",
+			   1, (const char *[]) {d->session}, 0, NULL);
 	local_exec(d, "UPDATE morango.sync_sessions SET active = false, status = 'completed',"
 			   " last_error = NULL, ended_at = now(), last_activity_at = now() WHERE id = $1::uuid",
 			   1, (const char *[]) {d->session}, 0, NULL);
