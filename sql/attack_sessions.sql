@@ -38,6 +38,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
         UNION ALL SELECT 'nonce ' || n::text FROM morango.nonces n) AS x(t)
 $$;
 -- a chunk of facility records as a client packs it: n records after after
+-- (stamped by an instance the client relays, not its own: those are
+-- checked against its FSIC, attack_counters.sql)
 CREATE FUNCTION chunk(after integer, n integer, body text DEFAULT 'pushed') RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
     SELECT morango.pack_chunk(json_agg(json_build_object(
@@ -45,9 +47,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
         'model_name', 'facility', 'partition', 'g' || i, 'source_id', 'g' || i,
         'serialized', json_build_object('id', 'g' || i, 'name', body),
         'deleted', false, 'hard_deleted', false,
-        'last_saved_instance', 'c0000000-0000-0000-0000-000000000001', 'last_saved_counter', 1,
+        'last_saved_instance', 'cc000000-0000-0000-0000-000000000001', 'last_saved_counter', 1,
         'conflicting_serialized_data', '[]'::json,
-        'rmcs', json_build_object('c0000000-0000-0000-0000-000000000001', 1))))
+        'rmcs', json_build_object('cc000000-0000-0000-0000-000000000001', 1))))
     FROM generate_series(after + 1, after + n) AS i
 $$;
 -- what a packed chunk declares: its bytes of JSON, and its records
