@@ -426,6 +426,36 @@ AS 'MODULE_PATHNAME', 'morango_fsic_diff_sql';
 COMMENT ON FUNCTION morango.fsic_diff(jsonb, jsonb) IS
     'per sender partition and instance, the receiver''s counter where it is below the sender''s (Morango''s calculate_directional_fsic_diff_v2, on expanded FSICs)';
 
+-- Partition filters (src/filter.c): bounded, matched in O(log n) per partition
+
+CREATE FUNCTION morango.in_filter(partition text, filter text[])
+RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_in_filter_sql';
+COMMENT ON FUNCTION morango.in_filter(text, text[]) IS
+    'does the partition start with one of the filter''s prefixes? (binary search in the sorted filter)';
+
+CREATE FUNCTION morango.above_filter(partition text, filter text[])
+RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_above_filter_sql';
+COMMENT ON FUNCTION morango.above_filter(text, text[]) IS
+    'is the partition a strict prefix of one of the filter''s prefixes (a super partition of its FSIC)?';
+
+CREATE FUNCTION morango.check_filter(filter text[])
+RETURNS void
+LANGUAGE C STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_check_filter_sql';
+COMMENT ON FUNCTION morango.check_filter(text[]) IS
+    'raise unless the filter is a non-empty array of non-null prefixes within morango.max_filter_prefixes and morango.max_filter_prefix_length (NULL passes)';
+
+CREATE FUNCTION morango.filter_key(filter text[])
+RETURNS text
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_filter_key_sql';
+COMMENT ON FUNCTION morango.filter_key(text[]) IS
+    'a fixed-size key of a filter (hex sha256 of its elements), for unique indexes';
+
 -- -------------------------------------------------------------------------
 -- Sync: FSICs, queue, chunks, dequeue (doc/protocol.md)
 -- -------------------------------------------------------------------------
@@ -438,28 +468,34 @@ COMMENT ON FUNCTION morango.fsic_diff(jsonb, jsonb) IS
  */
 CREATE FUNCTION morango.fsic(profile text, filter text[])
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH f AS (SELECT DISTINCT prefix FROM unnest(filter) AS prefix),
-    sub AS (
-        SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
-        FROM morango.database_max_counters d
-        WHERE d.profile = fsic.profile
-          AND EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
-        GROUP BY d.partition
-    ), sup AS (
-        SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
-        FROM morango.database_max_counters d
-        WHERE d.profile = fsic.profile
-          AND EXISTS (SELECT 1 FROM f WHERE starts_with(f.prefix, d.partition)
-                                          AND f.prefix <> d.partition)
-          AND NOT EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
-        GROUP BY d.partition
-    )
-    SELECT jsonb_build_object(
-        'super', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sup), '{}'::jsonb),
-        'sub', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sub), '{}'::jsonb))
+DECLARE
+    result jsonb;
+BEGIN
+    PERFORM morango.check_filter(filter);
+    -- through EXECUTE ... USING, the plan is made for this filter, which
+    -- in_filter and above_filter then sort once (src/filter.c)
+    EXECUTE $q$
+        WITH sub AS (
+            SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
+            FROM morango.database_max_counters d
+            WHERE d.profile = $1 AND morango.in_filter(d.partition, $2)
+            GROUP BY d.partition
+        ), sup AS (
+            SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
+            FROM morango.database_max_counters d
+            WHERE d.profile = $1 AND morango.above_filter(d.partition, $2)
+              AND NOT morango.in_filter(d.partition, $2)
+            GROUP BY d.partition
+        )
+        SELECT jsonb_build_object(
+            'super', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sup), '{}'::jsonb),
+            'sub', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sub), '{}'::jsonb))
+    $q$ INTO result USING profile, filter;
+    RETURN result;
+END
 $$;
 COMMENT ON FUNCTION morango.fsic(text, text[]) IS
     'this database''s filter-specific instance counters of a profile for a filter (FSIC v2: super and sub partitions)';
@@ -772,6 +808,7 @@ BEGIN
         RAISE EXCEPTION 'peer_begin: filter must be a non-empty array of partition prefixes'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM morango.check_filter(filter);   -- its bounds (morango.max_filter_prefixes, ...)
     IF jsonb_typeof(client_fsic) IS DISTINCT FROM 'object'
        OR jsonb_typeof(client_fsic->'super') IS DISTINCT FROM 'object'
        OR jsonb_typeof(client_fsic->'sub') IS DISTINCT FROM 'object' THEN
