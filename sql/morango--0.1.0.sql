@@ -1031,9 +1031,11 @@ CREATE TABLE morango.peer_status (
     consecutive_failures    integer NOT NULL DEFAULT 0,
     next_retry_at           timestamptz,
     last_error              text,
-    running_session         uuid,
-    PRIMARY KEY (peer, profile, filter, direction)
+    running_session         uuid
 );
+-- the filter by its key: a filter may be longer than a btree entry can be
+CREATE UNIQUE INDEX peer_status_key
+    ON morango.peer_status (peer, profile, morango.filter_key(filter), direction);
 SELECT pg_catalog.pg_extension_config_dump('morango.peer_status', '');
 
 CREATE FUNCTION morango.sync_start(peer text, profile text, filter text[] DEFAULT NULL,
