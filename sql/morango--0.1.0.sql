@@ -1152,6 +1152,13 @@ SELECT p.peer, p.profile, p.filter, p.direction, p.last_attempt_at, p.last_succe
 FROM morango.peer_status p;
 COMMENT ON VIEW morango.peers IS 'per peer: how its syncs went and when the next retry is';
 
+CREATE FUNCTION morango.peer_has_secret(peer text)
+RETURNS boolean
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_peer_has_secret_sql';
+COMMENT ON FUNCTION morango.peer_has_secret(text) IS
+    'does the peer''s connection string carry a password (any form libpq reads: keyword=value, URI, dbname)?';
+
 /*
  * Schedule a recurring background sync with pg_cron: the job only calls
  * morango.sync_start().  pg_cron must be installed in this database
@@ -1170,20 +1177,24 @@ DECLARE
     name text := format('morango sync %s %s %s %s', peer, profile,
                         COALESCE(filter::text, '{}'), direction);
 BEGIN
-    -- the job's command is stored in cron.job: no secrets in it
-    IF peer ~* 'password' THEN
+    -- the job's command is stored in cron.job and logged by pg_cron: no
+    -- secrets in it (libpq's own parser, so URIs and dbname= count too);
+    -- and no error here shows the peer or the command
+    IF morango.peer_has_secret(peer) THEN
         RAISE EXCEPTION 'a scheduled peer must not carry a password in its connection string'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Name the peer with CREATE SERVER ... FOREIGN DATA WRAPPER morango and keep the password in its user mapping.';
     END IF;
+    PERFORM morango.check_filter(filter);
     IF to_regprocedure('cron.schedule_in_database(text,text,text,text,text,boolean)') IS NULL THEN
         RAISE EXCEPTION 'pg_cron is not installed in this database'
             USING ERRCODE = 'undefined_function',
                   DETAIL = 'morango.schedule() registers a pg_cron job that calls morango.sync_start().',
                   HINT = format('Add pg_cron to shared_preload_libraries, set cron.database_name = %L, '
                                 'restart, and CREATE EXTENSION pg_cron here; or, from the cron database, '
-                                'run: SELECT cron.schedule_in_database(%L, %L, %L, %L)',
-                                current_database(), name, cron, cmd, current_database());
+                                'schedule with cron.schedule_in_database(..., %L) a job that runs '
+                                'SELECT morango.sync_start(...) with these arguments.',
+                                current_database(), current_database());
     END IF;
     RETURN cron.schedule_in_database(name, cron, cmd, current_database());
 END
