@@ -24,36 +24,7 @@ INSERT INTO facility VALUES ('f1', 'North'), ('ab', 'AB'), ('a_b', 'A_B'), ('%x'
 INSERT INTO member VALUES ('m1', 'f1', 'ann', 1);
 SELECT morango.serialize() AS serialized;
 
--- the state nothing hostile may change
-CREATE FUNCTION fingerprint() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-    SELECT md5(string_agg(t, E'\n' ORDER BY t)) FROM (
-        SELECT 'store ' || s::text FROM morango.store s
-        UNION ALL SELECT 'rmc ' || r::text FROM morango.record_max_counters r
-        UNION ALL SELECT 'buffer ' || b::text FROM morango.buffer b
-        UNION ALL SELECT 'rmcb ' || x::text FROM morango.record_max_counter_buffer x
-        UNION ALL SELECT 'dmc ' || d::text FROM morango.database_max_counters d
-        UNION ALL SELECT 'instance ' || i::text FROM morango.instances i
-        UNION ALL SELECT 'changes ' || c::text FROM morango.changes c
-        UNION ALL SELECT 'facility ' || f::text FROM facility f
-        UNION ALL SELECT 'member ' || m::text FROM member m
-        UNION ALL SELECT 'attempt ' || a::text FROM attempt a) AS x(t)
-$$;
--- run one call as the caller (the peer role); its result or error, and
--- whether it changed the state
-CREATE FUNCTION try(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    before text := fingerprint();
-    result text;
-BEGIN
-    BEGIN
-        EXECUTE q INTO result;
-        result := 'ok: ' || COALESCE(result, 'null');
-    EXCEPTION WHEN OTHERS THEN
-        result := SQLSTATE || ': ' || SQLERRM;
-    END;
-    RETURN result || CASE WHEN fingerprint() = before THEN '' ELSE ' [STATE CHANGED]' END;
-END $$;
+\i sql/peer_try.psql
 -- what the client does to a chunk before sending it
 CREATE FUNCTION pack(chunk jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
