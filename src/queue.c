@@ -214,7 +214,7 @@ queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 	}
 	ids = palloc(sizeof(pg_uuid_t) * cap);
 	portal = SPI_cursor_open_with_args(NULL, candidates_sql(ninst), nargs, argtypes, values,
-									   NULL, true, 0);
+									   NULL, false, 0);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, 10000);
