@@ -209,9 +209,12 @@ SELECT morango.fsic_expand(jsonb_build_object('super', '{"": {}}'::jsonb,
                                                       FROM generate_series(1, 1000000) i)),
                            ARRAY['p']);
 -- ... and for an expansion that would grow past it: 500,001 filter
--- prefixes, each raised to one counter
+-- prefixes, each raised to one counter (above morango.max_filter_prefixes,
+-- which a superuser may raise)
+SET morango.max_filter_prefixes = 1000000;
 SELECT morango.fsic_expand('{"super": {"": {"aaaaaaaa-0000-0000-0000-000000000000": 1}}, "sub": {}}',
                            (SELECT array_agg(lpad(i::text, 6, '0')) FROM generate_series(1, 500001) i));
+RESET morango.max_filter_prefixes;
 
 DROP FUNCTION fsic_sync(jsonb, jsonb, text[]);
 DROP FUNCTION fsic_raw(jsonb, jsonb);

@@ -465,6 +465,36 @@ AS 'MODULE_PATHNAME', 'morango_fsic_diff_sql';
 COMMENT ON FUNCTION morango.fsic_diff(jsonb, jsonb) IS
     'per sender partition and instance, the receiver''s counter where it is below the sender''s (Morango''s calculate_directional_fsic_diff_v2, on expanded FSICs)';
 
+-- Partition filters (src/filter.c): bounded, matched in O(log n) per partition
+
+CREATE FUNCTION morango.in_filter(partition text, filter text[])
+RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_in_filter_sql';
+COMMENT ON FUNCTION morango.in_filter(text, text[]) IS
+    'does the partition start with one of the filter''s prefixes? (binary search in the sorted filter)';
+
+CREATE FUNCTION morango.above_filter(partition text, filter text[])
+RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_above_filter_sql';
+COMMENT ON FUNCTION morango.above_filter(text, text[]) IS
+    'is the partition a strict prefix of one of the filter''s prefixes (a super partition of its FSIC)?';
+
+CREATE FUNCTION morango.check_filter(filter text[])
+RETURNS void
+LANGUAGE C STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_check_filter_sql';
+COMMENT ON FUNCTION morango.check_filter(text[]) IS
+    'raise unless the filter is a non-empty array of non-null prefixes within morango.max_filter_prefixes and morango.max_filter_prefix_length (NULL passes)';
+
+CREATE FUNCTION morango.filter_key(filter text[])
+RETURNS text
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_filter_key_sql';
+COMMENT ON FUNCTION morango.filter_key(text[]) IS
+    'a fixed-size key of a filter (hex sha256 of its elements), for unique indexes';
+
 -- -------------------------------------------------------------------------
 -- Sync: FSICs, queue, chunks, dequeue (doc/protocol.md)
 -- -------------------------------------------------------------------------
@@ -477,28 +507,34 @@ COMMENT ON FUNCTION morango.fsic_diff(jsonb, jsonb) IS
  */
 CREATE FUNCTION morango.fsic(profile text, filter text[])
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH f AS (SELECT DISTINCT prefix FROM unnest(filter) AS prefix),
-    sub AS (
-        SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
-        FROM morango.database_max_counters d
-        WHERE d.profile = fsic.profile
-          AND EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
-        GROUP BY d.partition
-    ), sup AS (
-        SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
-        FROM morango.database_max_counters d
-        WHERE d.profile = fsic.profile
-          AND EXISTS (SELECT 1 FROM f WHERE starts_with(f.prefix, d.partition)
-                                          AND f.prefix <> d.partition)
-          AND NOT EXISTS (SELECT 1 FROM f WHERE starts_with(d.partition, f.prefix))
-        GROUP BY d.partition
-    )
-    SELECT jsonb_build_object(
-        'super', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sup), '{}'::jsonb),
-        'sub', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sub), '{}'::jsonb))
+DECLARE
+    result jsonb;
+BEGIN
+    PERFORM morango.check_filter(filter);
+    -- through EXECUTE ... USING, the plan is made for this filter, which
+    -- in_filter and above_filter then sort once (src/filter.c)
+    EXECUTE $q$
+        WITH sub AS (
+            SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
+            FROM morango.database_max_counters d
+            WHERE d.profile = $1 AND morango.in_filter(d.partition, $2)
+            GROUP BY d.partition
+        ), sup AS (
+            SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
+            FROM morango.database_max_counters d
+            WHERE d.profile = $1 AND morango.above_filter(d.partition, $2)
+              AND NOT morango.in_filter(d.partition, $2)
+            GROUP BY d.partition
+        )
+        SELECT jsonb_build_object(
+            'super', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sup), '{}'::jsonb),
+            'sub', COALESCE((SELECT jsonb_object_agg(partition, m) FROM sub), '{}'::jsonb))
+    $q$ INTO result USING profile, filter;
+    RETURN result;
+END
 $$;
 COMMENT ON FUNCTION morango.fsic(text, text[]) IS
     'this database''s filter-specific instance counters of a profile for a filter (FSIC v2: super and sub partitions)';
@@ -1056,6 +1092,7 @@ BEGIN
         RAISE EXCEPTION 'peer_begin: filter must be a non-empty array of partition prefixes'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM morango.check_filter(filter);   -- its bounds (morango.max_filter_prefixes, ...)
     IF jsonb_typeof(client_fsic) IS DISTINCT FROM 'object'
        OR jsonb_typeof(client_fsic->'super') IS DISTINCT FROM 'object'
        OR jsonb_typeof(client_fsic->'sub') IS DISTINCT FROM 'object' THEN
@@ -1367,9 +1404,11 @@ CREATE TABLE morango.peer_status (
     consecutive_failures    integer NOT NULL DEFAULT 0,
     next_retry_at           timestamptz,
     last_error              text,
-    running_session         uuid,
-    PRIMARY KEY (peer, profile, filter, direction)
+    running_session         uuid
 );
+-- the filter by its key: a filter may be longer than a btree entry can be
+CREATE UNIQUE INDEX peer_status_key
+    ON morango.peer_status (peer, profile, morango.filter_key(filter), direction);
 SELECT pg_catalog.pg_extension_config_dump('morango.peer_status', '');
 
 CREATE FUNCTION morango.sync_start(peer text, profile text, filter text[] DEFAULT NULL,
@@ -1486,6 +1525,13 @@ SELECT p.peer, p.profile, p.filter, p.direction, p.last_attempt_at, p.last_succe
 FROM morango.peer_status p;
 COMMENT ON VIEW morango.peers IS 'per peer: how its syncs went and when the next retry is';
 
+CREATE FUNCTION morango.peer_has_secret(peer text)
+RETURNS boolean
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_peer_has_secret_sql';
+COMMENT ON FUNCTION morango.peer_has_secret(text) IS
+    'does the peer''s connection string carry a password (any form libpq reads: keyword=value, URI, dbname)?';
+
 /*
  * Schedule a recurring background sync with pg_cron: the job only calls
  * morango.sync_start().  pg_cron must be installed in this database
@@ -1504,20 +1550,24 @@ DECLARE
     name text := format('morango sync %s %s %s %s', peer, profile,
                         COALESCE(filter::text, '{}'), direction);
 BEGIN
-    -- the job's command is stored in cron.job: no secrets in it
-    IF peer ~* 'password' THEN
+    -- the job's command is stored in cron.job and logged by pg_cron: no
+    -- secrets in it (libpq's own parser, so URIs and dbname= count too);
+    -- and no error here shows the peer or the command
+    IF morango.peer_has_secret(peer) THEN
         RAISE EXCEPTION 'a scheduled peer must not carry a password in its connection string'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Name the peer with CREATE SERVER ... FOREIGN DATA WRAPPER morango and keep the password in its user mapping.';
     END IF;
+    PERFORM morango.check_filter(filter);
     IF to_regprocedure('cron.schedule_in_database(text,text,text,text,text,boolean)') IS NULL THEN
         RAISE EXCEPTION 'pg_cron is not installed in this database'
             USING ERRCODE = 'undefined_function',
                   DETAIL = 'morango.schedule() registers a pg_cron job that calls morango.sync_start().',
                   HINT = format('Add pg_cron to shared_preload_libraries, set cron.database_name = %L, '
                                 'restart, and CREATE EXTENSION pg_cron here; or, from the cron database, '
-                                'run: SELECT cron.schedule_in_database(%L, %L, %L, %L)',
-                                current_database(), name, cron, cmd, current_database());
+                                'schedule with cron.schedule_in_database(..., %L) a job that runs '
+                                'SELECT morango.sync_start(...) with these arguments.',
+                                current_database(), current_database());
     END IF;
     RETURN cron.schedule_in_database(name, cron, cmd, current_database());
 END

@@ -74,8 +74,36 @@ SELECT morango.sync_start(NULL, 'facilitydata');
 \set VERBOSITY terse
 SELECT morango.schedule(:'peer', '*/5 * * * *', 'facilitydata');
 \set VERBOSITY default
--- and never stores a password in the job
+-- and never stores a password in the job, in any form libpq reads, nor
+-- shows one (or the peer, or the job's command) in its errors
 SELECT morango.schedule('host=x password=secret', '*/5 * * * *', 'facilitydata');
+\set VERBOSITY default
+SELECT morango.schedule('postgresql://sync:hunter2@db.example/app', '*/5 * * * *', 'facilitydata');
+\set VERBOSITY terse
+SELECT morango.schedule('postgresql://sync@db.example/app?password=hunter2', '*/5 * * * *', 'facilitydata');
+SELECT morango.schedule('postgresql://sync@db.example/app?pass%77ord=hunter2', '*/5 * * * *', 'facilitydata');
+SELECT morango.schedule('postgresql://sync:hunter%32@db.example/app', '*/5 * * * *', 'facilitydata');
+SELECT morango.schedule($$dbname='postgresql://sync:hunter2@db.example/app'$$, '*/5 * * * *', 'facilitydata');
+SELECT morango.schedule('host=db.example sslpassword=hunter2', '*/5 * * * *', 'facilitydata');
+\set VERBOSITY default
+SELECT morango.schedule('postgresql://sync:hunter2@[db.example/app', '*/5 * * * *', 'facilitydata');
+-- an empty password and a passfile are no secrets: the next check speaks,
+-- and its hint does not show the peer either
+SELECT morango.schedule('host=hidden.example password=', '*/5 * * * *', 'facilitydata');
+\set VERBOSITY terse
+SELECT morango.schedule('host=hidden.example passfile=/nonexistent', '*/5 * * * *', 'facilitydata');
+SELECT morango.schedule('w2', '*/5 * * * *', 'facilitydata', ARRAY[NULL]);
+SELECT p, morango.peer_has_secret(p) FROM (VALUES ('w2'), ('host=x'), ('host=x password=y'),
+    ('postgresql://u:p@h/d'), ('postgresql://u@h/d'), ('postgres://h/d?password=%41'),
+    ($$dbname='host=x password=y'$$), ($$dbname='host=x'$$)) AS v(p);
+-- a peer given with a password is stored and shown without it
+SET morango.retry_limit = 1;
+SELECT morango.sync_start('postgresql://sync:hunter2@127.0.0.1:1/nowhere', 'facilitydata') AS sid \gset
+SELECT morango.sync_wait(:'sid', '5 minutes');
+SELECT peer, position('hunter2' IN last_error) AS in_error FROM morango.peers WHERE peer LIKE 'user=sync %';
+SELECT peer, position('hunter2' IN last_error) AS in_error FROM morango.sync_sessions WHERE id = :'sid';
+RESET morango.retry_limit;
+\set VERBOSITY default
 
 -- a database that is not UTF8 syncs with one that is
 \c contrib_regression

@@ -100,9 +100,7 @@ typedef struct DeserCounts
 
 /* the partition filter predicate over store alias s, filter in $n */
 #define FILTER_PRED(n) \
-	"($" #n "::text[] IS NULL OR EXISTS" \
-	" (SELECT 1 FROM pg_catalog.unnest($" #n "::text[]) AS f(prefix)" \
-	"  WHERE pg_catalog.starts_with(s.partition, f.prefix)))"
+	"($" #n "::text[] IS NULL OR morango.in_filter(s.partition, $" #n "::text[]))"
 
 static const char *candidates_sql =
 "SELECT s.id, s.app_key FROM morango.store s"

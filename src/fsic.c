@@ -24,10 +24,9 @@
  * sorted arrays.  Instead of comparing every partition with every other
  * one, as Morango does, the algorithms sort and then walk the names in
  * order with a stack of the names the current one starts with (the names
- * starting with a given one are contiguous in sorted order): the diff is
- * O(n log n) in the number of entries; the expansion is too, plus, for
- * each chain of super partitions prefixing one another, the size of the
- * running maximum kept per link (super partitions are few in practice).
+ * starting with a given one are contiguous in sorted order): the diff and
+ * the expansion are O(n log n) in the number of entries of their input and
+ * output, whatever the shape of the partitions (a peer sends its FSIC).
  * Outputs list partitions and instances in sorted order (bytewise), and
  * instance ids in canonical form (lowercase, dashed).
  *
@@ -102,16 +101,6 @@ typedef struct FsicDiffLevel
 	int32		rank;
 	int64		running_max;	/* max counter of this level and those below */
 } FsicDiffLevel;
-
-/* A super partition on the prefix stack of the expansion walk. */
-typedef struct FsicSuperLevel
-{
-	const FsicPart *part;
-	FsicEntry  *cum;			/* max of this level's and those below, by
-								 * instance */
-	int			ncum;
-	bool		owned;			/* cum was palloc'd here */
-} FsicSuperLevel;
 
 /* ------------------------------------------------------------------------
  * Small helpers
@@ -874,39 +863,6 @@ fsic_to_json(const FsicPart *parts, int nparts, const FsicEntry *entries)
  */
 
 /*
- * fsic_merge_max
- *		Merge two entry lists sorted by instance into a new palloc'd sorted
- *		list, keeping the higher counter of an instance in both.
- */
-static FsicEntry *
-fsic_merge_max(const FsicEntry *a, int na, const FsicEntry *b, int nb, int *nout)
-{
-	FsicEntry  *out = palloc(sizeof(FsicEntry) * Max(na + nb, 1));
-	int			i = 0,
-				j = 0,
-				n = 0;
-
-	while (i < na || j < nb)
-	{
-		int			c = (i >= na) ? 1 : (j >= nb) ? -1 : fsic_inst_cmp(&a[i].inst, &b[j].inst);
-
-		if (c < 0)
-			out[n++] = a[i++];
-		else if (c > 0)
-			out[n++] = b[j++];
-		else
-		{
-			out[n] = a[i];
-			if (b[j].counter > out[n].counter)
-				out[n].counter = b[j].counter;
-			n++, i++, j++;
-		}
-	}
-	*nout = n;
-	return out;
-}
-
-/*
  * fsic_out_reserve
  *		Make room for n more entries in the growing output list.
  */
@@ -937,6 +893,140 @@ fsic_expand_too_big(void)
 }
 
 /*
+ * fsic_lower_bound
+ *		The index of the first of the nq partitions parts[queries[0 ..
+ *		nq - 1]] (in name order) whose name is >= u's, nq if none.
+ */
+static int
+fsic_lower_bound(const FsicPart *parts, const int *queries, int nq, const FsicPart *u)
+{
+	int			lo = 0,
+				hi = nq;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (fsic_name_cmp(&parts[queries[mid]], u) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * fsic_raise
+ *		Step (b) of morango_fsic_expand: for each of the nq partitions
+ *		parts[queries[...]] (sorted by name) and each instance, the highest
+ *		non-zero counter of that instance among the super partitions the
+ *		partition starts with (itself included), if there is one.  Returns
+ *		them as a palloc'd array sorted by (partition, instance), rank being
+ *		the partition's index in parts; *nout gets their number.  Throws if
+ *		there are more than MORANGO_FSIC_MAX_ENTRIES (each is an entry of
+ *		the expanded map).
+ *
+ *		Instance-major, so that the cost is O((e + r) log e) for e super
+ *		entries and r results, whatever the shape of the super partitions:
+ *		the super entries of one instance are walked in name order with a
+ *		stack of those the current name starts with, each holding the
+ *		running maximum down to it; the partitions under a super partition
+ *		with no super partition of that instance above it (the root of a
+ *		stack) are found by binary search and walked along, each taking the
+ *		maximum on top of the stack.  (Keeping, per super partition, the
+ *		maximum of every instance above it, as an earlier version did, costs
+ *		the length of a chain of super partitions times its instances, in
+ *		time and memory: a few megabytes of FSIC made it allocate
+ *		gigabytes.)
+ */
+static FsicDiffItem *
+fsic_raise(const FsicMap *super, const FsicPart *parts, const int *queries, int nq, int *nout)
+{
+	FsicDiffItem *items = palloc(sizeof(FsicDiffItem) * Max(super->nentries, 1));
+	FsicDiffLevel *stack;
+	FsicDiffItem *out;
+	int			nitems = 0;
+	int			n = 0;
+	int			cap = 64;
+
+	/* the super entries that can raise anything (a counter of 0 cannot) */
+	for (int u = 0; u < super->nparts; u++)
+		for (int k = 0; k < super->parts[u].count; k++)
+		{
+			const FsicEntry *e = &super->entries[super->parts[u].first + k];
+
+			if (e->counter == 0)
+				continue;
+			items[nitems].inst = e->inst;
+			items[nitems].rank = u;
+			items[nitems].side = FSIC_SENDER;
+			items[nitems].counter = e->counter;
+			nitems++;
+		}
+	qsort(items, nitems, sizeof(FsicDiffItem), fsic_item_cmp);
+
+	stack = palloc(sizeof(FsicDiffLevel) * Max(nitems, 1));
+	out = palloc(sizeof(FsicDiffItem) * cap);
+	for (int i = 0; i < nitems;)
+	{
+		int			end = i;
+		int			depth = 0;
+		int			q = -1;		/* the next partition to raise, -1: none */
+
+		while (end < nitems && fsic_inst_cmp(&items[end].inst, &items[i].inst) == 0)
+			end++;
+		for (int k = i; k <= end; k++)
+		{
+			const FsicPart *u = k < end ? &super->parts[items[k].rank] : NULL;
+
+			/* the partitions before u (all the rest after the last one) */
+			while (q >= 0 && q < nq &&
+				   (u == NULL || fsic_name_cmp(&parts[queries[q]], u) < 0))
+			{
+				const FsicPart *p = &parts[queries[q]];
+
+				while (depth > 0 && !fsic_is_prefix(&super->parts[stack[depth - 1].rank], p))
+					depth--;
+				if (depth == 0)
+				{
+					q = -1;		/* past the partitions under the stack */
+					break;
+				}
+				if (n >= MORANGO_FSIC_MAX_ENTRIES)
+					fsic_expand_too_big();
+				if (n == cap)
+				{
+					cap *= 2;
+					out = repalloc(out, sizeof(FsicDiffItem) * cap);
+				}
+				out[n].inst = items[i].inst;
+				out[n].rank = queries[q];
+				out[n].side = FSIC_SENDER;
+				out[n].counter = stack[depth - 1].running_max;
+				n++;
+				q++;
+			}
+			if (u == NULL)
+				break;
+			while (depth > 0 && !fsic_is_prefix(&super->parts[stack[depth - 1].rank], u))
+				depth--;
+			if (depth == 0)
+				q = fsic_lower_bound(parts, queries, nq, u);
+			stack[depth].rank = items[k].rank;
+			stack[depth].running_max = depth > 0 ?
+				Max(stack[depth - 1].running_max, items[k].counter) : items[k].counter;
+			depth++;
+		}
+		i = end;
+	}
+	qsort(out, n, sizeof(FsicDiffItem), fsic_item_out_cmp);
+	pfree(stack);
+	pfree(items);
+	*nout = n;
+	return out;
+}
+
+/*
  * morango_fsic_expand
  *		Morango's expand_fsic_for_use: the map used for queuing and for
  *		raising database max counters, from a raw v2 FSIC and the transfer's
@@ -963,8 +1053,11 @@ morango_fsic_expand(const char *raw_v2_json, const char *const *filter, int nfil
 	bool	   *subordinate;
 	int		   *stack;
 	int			depth = 0;
-	FsicSuperLevel *levels;
-	int			si = 0;
+	int		   *queries;
+	int			nqueries = 0;
+	FsicDiffItem *raised;
+	int			nraised;
+	int			ri = 0;
 	FsicPart   *oparts;
 	int			noparts = 0;
 	FsicEntry  *oentries;
@@ -1015,14 +1108,13 @@ morango_fsic_expand(const char *raw_v2_json, const char *const *filter, int nfil
 		stack[depth++] = i;
 	}
 
-	/*
-	 * (b) and (c): walk the super and sub partitions together in name
-	 * order (a super partition before a sub partition of the same name),
-	 * keeping on a stack the super partitions the current name starts
-	 * with, each with the running maximum of the counters down to it.
-	 */
-	levels = palloc(sizeof(FsicSuperLevel) * Max(super.nparts, 1));
-	depth = 0;
+	/* (b): what the super partitions raise, then (c) */
+	queries = palloc(sizeof(int) * Max(nparts, 1));
+	for (int k = 0; k < nparts; k++)
+		if (!subordinate[k])
+			queries[nqueries++] = k;
+	raised = fsic_raise(&super, parts, queries, nqueries, &nraised);
+
 	oparts = palloc(sizeof(FsicPart) * Max(nparts, 1));
 	ocap = Max(sub.nentries, 64);
 	oentries = palloc(sizeof(FsicEntry) * ocap);
@@ -1031,89 +1123,38 @@ morango_fsic_expand(const char *raw_v2_json, const char *const *filter, int nfil
 		const FsicPart *s = &parts[k];
 		const FsicEntry *own = s->first >= 0 ? sub.entries + s->first : NULL;
 		int			first = noentries;
+		int			nr = 0;
+		int			i = 0,
+					j = 0;
 
-		while (si < super.nparts && fsic_name_cmp(&super.parts[si], s) <= 0)
+		/* this partition's raises: raised[ri .. ri + nr - 1], by instance */
+		while (ri + nr < nraised && raised[ri + nr].rank == k)
+			nr++;
+		fsic_out_reserve(&oentries, &ocap, noentries,
+						 Min((int64) s->count + nr, (int64) MORANGO_FSIC_MAX_ENTRIES - noentries + 1));
+		while (i < s->count || j < nr)
 		{
-			const FsicPart *u = &super.parts[si++];
-			FsicSuperLevel *lv;
+			const FsicDiffItem *r = j < nr ? &raised[ri + j] : NULL;
+			int			c = (i >= s->count) ? 1 : (j >= nr) ? -1 : fsic_inst_cmp(&own[i].inst, &r->inst);
 
-			while (depth > 0 && !fsic_is_prefix(levels[depth - 1].part, u))
-			{
-				depth--;
-				if (levels[depth].owned)
-					pfree(levels[depth].cum);
-			}
-			lv = &levels[depth];
-			lv->part = u;
-			if (depth == 0)
-			{
-				lv->cum = super.entries + u->first;
-				lv->ncum = u->count;
-				lv->owned = false;
-			}
+			/* this partition and the entry about to be written */
+			if ((int64) noparts + 1 + noentries + 1 > MORANGO_FSIC_MAX_ENTRIES)
+				fsic_expand_too_big();
+			if (c < 0)
+				oentries[noentries++] = own[i++];
 			else
 			{
-				lv->cum = fsic_merge_max(levels[depth - 1].cum, levels[depth - 1].ncum,
-										 super.entries + u->first, u->count, &lv->ncum);
-				lv->owned = true;
-			}
-			depth++;
-		}
-		while (depth > 0 && !fsic_is_prefix(levels[depth - 1].part, s))
-		{
-			depth--;
-			if (levels[depth].owned)
-				pfree(levels[depth].cum);
-		}
-
-		if (subordinate[k] || depth == 0)
-		{
-			/* as it is */
-			if (s->count > 0 &&
-				(int64) noparts + 1 + noentries + s->count > MORANGO_FSIC_MAX_ENTRIES)
-				fsic_expand_too_big();
-			fsic_out_reserve(&oentries, &ocap, noentries, s->count);
-			if (s->count > 0)
-				memcpy(oentries + noentries, own, sizeof(FsicEntry) * s->count);
-			noentries += s->count;
-		}
-		else
-		{
-			/* raised to the super partitions' counters */
-			const FsicEntry *cum = levels[depth - 1].cum;
-			int			ncum = levels[depth - 1].ncum;
-			int			i = 0,
-						j = 0;
-
-			fsic_out_reserve(&oentries, &ocap, noentries,
-							 Min((int64) s->count + ncum,
-								 (int64) MORANGO_FSIC_MAX_ENTRIES - noentries));
-			while (i < s->count || j < ncum)
-			{
-				int			c = (i >= s->count) ? 1 : (j >= ncum) ? -1 :
-				fsic_inst_cmp(&own[i].inst, &cum[j].inst);
-
-				if (c > 0 && cum[j].counter == 0)
-				{
-					j++;		/* a counter of 0 raises nothing */
-					continue;
-				}
-				/* this partition and the entry about to be written */
-				if ((int64) noparts + 1 + noentries + 1 > MORANGO_FSIC_MAX_ENTRIES)
-					fsic_expand_too_big();
-				if (c < 0)
-					oentries[noentries++] = own[i++];
-				else if (c > 0)
-					oentries[noentries++] = cum[j++];
-				else
-				{
-					oentries[noentries] = own[i];
-					if (cum[j].counter > oentries[noentries].counter)
-						oentries[noentries].counter = cum[j].counter;
-					noentries++, i++, j++;
-				}
+				oentries[noentries].inst = r->inst;
+				oentries[noentries].counter = r->counter;
+				if (c == 0 && own[i].counter > r->counter)
+					oentries[noentries].counter = own[i].counter;
+				if (c == 0)
+					i++;
+				j++;
+				noentries++;
 			}
 		}
+		ri += nr;
 
 		/* (c) only partitions with entries are kept */
 		if (noentries > first)
@@ -1127,13 +1168,8 @@ morango_fsic_expand(const char *raw_v2_json, const char *const *filter, int nfil
 
 	result = fsic_to_json(oparts, noparts, oentries);
 
-	while (depth > 0)
-	{
-		depth--;
-		if (levels[depth].owned)
-			pfree(levels[depth].cum);
-	}
-	pfree(levels);
+	pfree(raised);
+	pfree(queries);
 	pfree(oparts);
 	pfree(oentries);
 	pfree(stack);

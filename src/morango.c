@@ -66,6 +66,18 @@ int			morango_max_peer_transfers = 10;
 int			morango_max_open_transfers = 100;
 int			morango_max_fsic_entries = 100000;
 
+/*
+ * morango.max_filter_prefixes, morango.max_filter_prefix_length: the
+ * largest filter accepted from anyone (filter.c).  Kolibri's filters have
+ * one to three prefixes and a hub may sync a few hundred facilities in one
+ * filter: 1000 leaves room for that.  A partition in Morango is at most 128
+ * characters (512 bytes of UTF-8): a longer prefix matches nothing there.
+ * The upper limit of the length keeps a prefix, which becomes a key of
+ * morango.database_max_counters, well inside a btree entry (2704 bytes).
+ */
+int			morango_max_filter_prefixes = 1000;
+int			morango_max_filter_prefix_length = 512;
+
 void		_PG_init(void);
 
 PG_FUNCTION_INFO_V1(morango_uncertified_sync_allowed);
@@ -205,6 +217,24 @@ _PG_init(void)
 							32 * 1024 * 1024, 1024, MORANGO_MAX_CHUNK_BYTES,
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_filter_prefixes",
+							"Most partition prefixes a sync filter may have.",
+							"Filters from peers and from local calls above this are refused.",
+							&morango_max_filter_prefixes,
+							1000, 1, 1000000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("morango.max_filter_prefix_length",
+							"Longest partition prefix, in bytes, a sync filter may have.",
+							"Filters from peers and from local calls with a longer prefix are refused.",
+							&morango_max_filter_prefix_length,
+							512, 1, 2000,
+							PGC_SUSET,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("morango.max_peer_transfers",

@@ -54,6 +54,8 @@ extern int	morango_max_chunk_bytes;
 extern int	morango_max_peer_transfers;
 extern int	morango_max_open_transfers;
 extern int	morango_max_fsic_entries;
+extern int	morango_max_filter_prefixes;
+extern int	morango_max_filter_prefix_length;
 
 /* fault.c: fault injection for the reliability tests (off by default) */
 extern void morango_fault_init(void);
@@ -93,10 +95,19 @@ extern char *morango_expressions_sql(MorangoModel *m, const char *row);
 extern int	morango_pin_settings(bool search_path);
 extern void morango_unpin_settings(int nestlevel);
 
-/* filter.c: partition filters (pure) */
+/* filter.c: partition filters, their bounds and O(log n) matching (no SPI) */
+typedef struct MorangoPrefix
+{
+	const char *str;			/* not necessarily NUL-terminated */
+	int			len;			/* in bytes */
+	int64		value;			/* the caller's, carried along by the sort */
+} MorangoPrefix;
+
 extern void morango_check_filter(ArrayType *filter);
-extern bool morango_partition_in_filter(const char *partition,
-										const char *const *prefixes, int nprefixes);
+extern int	morango_prefixes_sort(MorangoPrefix *prefixes, int n, bool reduce);
+extern int	morango_prefixes_find(const MorangoPrefix *set, int n, const char *s, int len);
+extern bool morango_prefixes_cover(const MorangoPrefix *set, int n, const char *s, int len);
+extern bool morango_prefixes_extend(const MorangoPrefix *set, int n, const char *s, int len);
 
 /* scope.c: certificate scopes (pure) */
 extern char *morango_scope_expand_line(const char *line,

@@ -6,13 +6,16 @@
  *
  * morango.queue(transfer_session) reads the two FSICs the transfer
  * session holds (this side's, as producer, and the receiver's), expands
- * both for the session's filter and diffs them (fsic.c, pure), and then
- * copies, in one statement, every store record under the filter whose last
- * saved version is newer than what the receiver has for its partition and
- * instance into morango.buffer, numbered in a stable order (seq), together
- * with every entry of its version vector (record_max_counter_buffer).
- * Morango's _queue_into_buffer_v2, without its string-built SQL and its
- * 100,000-entry limit: the diff goes in as one jsonb parameter.
+ * both for the session's filter and diffs them (fsic.c, pure).  It reads
+ * the candidates (records of the profile under the filter newer than the
+ * lowest counter the receiver needs of their instance) through a cursor,
+ * keeps those whose last saved version is newer than what the receiver has
+ * for their partition and instance (a binary search in the diff's sorted
+ * partitions, queue_instances), and then copies them, in one statement,
+ * into morango.buffer, numbered in a stable order (seq), together with
+ * every entry of their version vectors (record_max_counter_buffer).
+ * Morango's _queue_into_buffer_v2, without its string-built SQL, its
+ * 100,000-entry limit and its cost of (diff partitions) x (records).
  *
  * One bound on top (own_claim_sql): no record is sent with a version of
  * this database's current instance above what the FSIC this side sent
@@ -51,73 +54,56 @@
 PG_FUNCTION_INFO_V1(morango_queue);
 
 /*
- * The queue statement, for a diff naming ninst instances.  $1 ts, $2 the
- * FSIC diff {partition: {instance: counter}}, $3 profile, $4 filter; then
- * per instance i, $(5+2i) the instance and $(6+2i) the lowest counter any
- * partition needs of it; then $(5+2n) this database's current instance and
- * $(6+2n) the claim our FSIC makes for it (the bound in the header
- * comment).  The candidates are read by those (instance,
- * counter) ranges, written as constants so that the planner sees how many
- * records each range holds: an index scan of store_version for the few
- * records an incremental sync needs, a sequential scan for a full one.
- * The exact per-partition test follows on the candidates only.
+ * What the receiver lacks of one instance: the FSIC diff's partitions for
+ * it, sorted and prefix-free (filter.c), each with its counter as value
+ * ("send the versions above it"), and the lowest of those counters.
+ */
+typedef struct QueueInstance
+{
+	pg_uuid_t	inst;
+	MorangoPrefix *floors;
+	int			nfloors;
+	int64		min_counter;
+} QueueInstance;
+
+/*
+ * The candidates: the store records of the profile under the filter whose
+ * last saved version is above the lowest counter the receiver needs of its
+ * instance.  $1 profile, $2 filter; then per instance i, $(3+2i) the
+ * instance and $(4+2i) that counter; then $(3+2n) this database's current
+ * instance and $(4+2n) the claim our FSIC makes for it (the bound in the
+ * header comment).  The (instance, counter) ranges are written out so that
+ * the planner sees how many records each range holds: an index scan of
+ * store_version for the few records an incremental sync needs, a
+ * sequential scan for a full one.
  */
 static char *
-queue_sql(int ninst)
+candidates_sql(int ninst)
 {
-	int			own = 5 + 2 * ninst;	/* the own-instance bound's parameters */
 	StringInfoData sql;
 
 	initStringInfo(&sql);
-	appendStringInfoString(&sql,
-						   "WITH d AS ("
-						   "  SELECT p.key AS part, i.key::uuid AS inst, (i.value)::bigint AS ctr"
-						   "  FROM pg_catalog.jsonb_each($2) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
-						   "), cand AS MATERIALIZED ("
-						   "  SELECT s.id, s.partition, s.last_saved_instance, s.last_saved_counter"
-						   "  FROM morango.store s"
-						   "  WHERE s.profile = $3 AND (");
-	for (int i = 0; i < ninst; i++)
-		appendStringInfo(&sql, "%s(s.last_saved_instance = $%d AND s.last_saved_counter > $%d)",
-						 i ? " OR " : "", 5 + 2 * i, 6 + 2 * i);
-	if (ninst == 0)
-		appendStringInfoString(&sql, "false");
-	appendStringInfoString(&sql,
-						   ")"
-						   "), ");
 	/*
 	 * records with a version of our own instance above our claim (by I1, a
 	 * record's version vector holds its last saved version, so this covers
 	 * that too); usually none, read from record_max_counters_instance
 	 */
 	appendStringInfo(&sql,
-					 "over AS MATERIALIZED ("
+					 "WITH over AS MATERIALIZED ("
 					 "  SELECT r.record_id FROM morango.record_max_counters r"
 					 "  WHERE r.instance_id = $%d AND r.counter > $%d"
-					 "), ", own, own + 1);
-	appendStringInfoString(&sql,
-						   "sel AS ("
-						   "  SELECT DISTINCT c.id FROM d JOIN cand c"
-						   "    ON c.last_saved_instance = d.inst AND c.last_saved_counter > d.ctr"
-						   "   AND pg_catalog.starts_with(c.partition, d.part)"
-						   "  WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest($4::text[]) AS f(prefix)"
-						   "                WHERE pg_catalog.starts_with(c.partition, f.prefix))"
-						   "    AND NOT EXISTS (SELECT 1 FROM over WHERE over.record_id = c.id)"
-						   "), ins AS ("
-						   "  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
-						   "      partition, source_id, serialized, deleted, hard_deleted,"
-						   "      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
-						   "  SELECT $1, row_number() OVER (ORDER BY s.id), s.id, s.profile, s.model_name,"
-						   "         s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,"
-						   "         s.last_saved_instance, s.last_saved_counter, s.conflicting_serialized_data"
-						   "  FROM sel JOIN morango.store s ON s.id = sel.id"
-						   "  RETURNING record_id"
-						   "), rm AS ("
-						   "  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
-						   "  SELECT $1, r.record_id, r.instance_id, r.counter"
-						   "  FROM morango.record_max_counters r JOIN ins ON ins.record_id = r.record_id"
-						   ")"
-						   " SELECT count(*) FROM ins");
+					 ")"
+					 " SELECT s.id, s.partition, s.last_saved_instance, s.last_saved_counter"
+					 " FROM morango.store s"
+					 " WHERE s.profile = $1 AND morango.in_filter(s.partition, $2::text[])"
+					 "   AND NOT EXISTS (SELECT 1 FROM over WHERE over.record_id = s.id) AND (",
+					 3 + 2 * ninst, 4 + 2 * ninst);
+	for (int i = 0; i < ninst; i++)
+		appendStringInfo(&sql, "%s(s.last_saved_instance = $%d AND s.last_saved_counter > $%d)",
+						 i ? " OR " : "", 3 + 2 * i, 4 + 2 * i);
+	if (ninst == 0)
+		appendStringInfoString(&sql, "false");
+	appendStringInfoChar(&sql, ')');
 	return sql.data;
 }
 
@@ -132,6 +118,187 @@ static const char *own_claim_sql =
 "                       WHERE e.key::uuid = i.id), 0)"
 " FROM morango.instances i WHERE i.current";
 
+/* $1 ts, $2 the ids of the records to queue: into the buffer, numbered by id */
+static const char *insert_sql =
+"WITH ins AS ("
+"  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
+"      partition, source_id, serialized, deleted, hard_deleted,"
+"      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
+"  SELECT $1, row_number() OVER (ORDER BY s.id), s.id, s.profile, s.model_name,"
+"         s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,"
+"         s.last_saved_instance, s.last_saved_counter, s.conflicting_serialized_data"
+"  FROM pg_catalog.unnest($2::uuid[]) AS sel(id) JOIN morango.store s ON s.id = sel.id"
+"  RETURNING record_id"
+"), rm AS ("
+"  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
+"  SELECT $1, r.record_id, r.instance_id, r.counter"
+"  FROM morango.record_max_counters r JOIN ins ON ins.record_id = r.record_id"
+")"
+" SELECT count(*) FROM ins";
+
+/* bsearch comparator: a uuid against a QueueInstance */
+static int
+queue_instance_cmp(const void *key, const void *elem)
+{
+	return memcmp(key, &((const QueueInstance *) elem)->inst, UUID_LEN);
+}
+
+/*
+ * queue_instances
+ *		The diff {partition: {instance: counter}} by instance, sorted by
+ *		instance id; *ninst gets their number.  Runs inside SPI.
+ *
+ *		A record of instance i in partition p is wanted when, for some diff
+ *		partition P that p starts with, its counter is above P's counter
+ *		for i.  morango_fsic_diff() gives a partition Q the highest counter
+ *		of the receiver's partitions that Q starts with, so when P is a
+ *		prefix of Q, Q's counter is at least P's: the shortest diff
+ *		partition that p starts with has the lowest counter, and it is the
+ *		only one that matters.  So the partitions that start with another
+ *		one of the same instance are dropped (morango_prefixes_sort with
+ *		reduce keeps the shortest), and the one that can start p is found
+ *		by binary search: O((d + c) log d) for d diff entries and c
+ *		candidates, where comparing every candidate with every diff
+ *		partition would be O(d * c).
+ */
+static QueueInstance *
+queue_instances(Datum diffjson, int *ninst)
+{
+	QueueInstance *insts;
+	uint64		nrows;
+	int			n = 0;
+	bool		isnull;
+
+	nrows = morango_spi_exec("SELECT i.key::uuid, p.key, (i.value)::bigint"
+							 " FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
+							 " ORDER BY 1",
+							 1, (Oid[]) {JSONBOID}, &diffjson, NULL, SPI_OK_SELECT);
+	insts = palloc(sizeof(QueueInstance) * Max(nrows, 1));
+	for (uint64 r = 0, end; r < nrows; r = end)
+	{
+		QueueInstance *qi = &insts[n++];
+
+		memcpy(&qi->inst, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)),
+			   UUID_LEN);
+		for (end = r + 1; end < nrows; end++)
+			if (memcmp(&qi->inst, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[end],
+															  SPI_tuptable->tupdesc, 1, &isnull)),
+					   UUID_LEN) != 0)
+				break;
+		qi->nfloors = (int) (end - r);
+		qi->floors = palloc(sizeof(MorangoPrefix) * qi->nfloors);
+		qi->min_counter = PG_INT64_MAX;
+		for (int k = 0; k < qi->nfloors; k++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r + k];
+			text	   *part = DatumGetTextPP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+
+			qi->floors[k].str = VARDATA_ANY(part);
+			qi->floors[k].len = (int) VARSIZE_ANY_EXHDR(part);
+			qi->floors[k].value = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+			qi->min_counter = Min(qi->min_counter, qi->floors[k].value);
+		}
+		qi->nfloors = morango_prefixes_sort(qi->floors, qi->nfloors, true);
+	}
+	*ninst = n;
+	return insts;
+}
+
+/*
+ * queue_wanted
+ *		Is the candidate record (instance, partition, counter) one the
+ *		receiver lacks?
+ */
+static bool
+queue_wanted(const QueueInstance *insts, int ninst, pg_uuid_t *inst, text *partition,
+			 int64 counter)
+{
+	const QueueInstance *qi = bsearch(inst, insts, ninst, sizeof(QueueInstance),
+									  queue_instance_cmp);
+	int			k;
+
+	if (qi == NULL)
+		return false;
+	k = morango_prefixes_find(qi->floors, qi->nfloors, VARDATA_ANY(partition),
+							  (int) VARSIZE_ANY_EXHDR(partition));
+	return k >= 0 && counter > qi->floors[k].value;
+}
+
+/*
+ * queue_select
+ *		The ids of the records the receiver lacks, as a uuid[] Datum: the
+ *		candidates, read through a cursor in batches, tested in C.  Runs
+ *		inside SPI.
+ */
+static Datum
+queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
+{
+	int			nargs = 4 + 2 * ninst;
+	Oid		   *argtypes = palloc(sizeof(Oid) * nargs);
+	Datum	   *values = palloc(sizeof(Datum) * nargs);
+	bool		isnull;
+	pg_uuid_t  *ids;
+	Datum	   *elems;
+	int64		nids = 0;
+	int64		cap = 1024;
+	Portal		portal;
+
+	argtypes[0] = TEXTOID;
+	values[0] = t->profile;
+	argtypes[1] = TEXTARRAYOID;
+	values[1] = t->filter;
+	for (int i = 0; i < ninst; i++)
+	{
+		argtypes[2 + 2 * i] = UUIDOID;
+		values[2 + 2 * i] = UUIDPGetDatum(&insts[i].inst);
+		argtypes[3 + 2 * i] = INT8OID;
+		values[3 + 2 * i] = Int64GetDatum(insts[i].min_counter);
+	}
+	/* our instance and our claim for it (see the header comment) */
+	if (morango_spi_exec(own_claim_sql, 1, (Oid[]) {JSONBOID},
+						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(t->local_fsic))},
+						 NULL, SPI_OK_SELECT) != 1)
+		elog(ERROR, "no current morango instance");
+	argtypes[2 + 2 * ninst] = UUIDOID;
+	values[2 + 2 * ninst] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	argtypes[3 + 2 * ninst] = INT8OID;
+	values[3 + 2 * ninst] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	/* (the instance id points into that result, kept until SPI_finish) */
+	ids = palloc(sizeof(pg_uuid_t) * cap);
+	portal = SPI_cursor_open_with_args(NULL, candidates_sql(ninst), nargs, argtypes, values,
+									   NULL, false, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+
+			if (!queue_wanted(insts, ninst,
+							  DatumGetUUIDP(SPI_getbinval(tup, desc, 3, &isnull)),
+							  DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull)),
+							  DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull))))
+				continue;
+			if (nids == cap)
+			{
+				cap *= 2;
+				ids = repalloc_huge(ids, sizeof(pg_uuid_t) * cap);
+			}
+			memcpy(&ids[nids++], DatumGetUUIDP(SPI_getbinval(tup, desc, 1, &isnull)), UUID_LEN);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	elems = palloc_extended(sizeof(Datum) * Max(nids, 1), MCXT_ALLOC_HUGE);
+	for (int64 i = 0; i < nids; i++)
+		elems[i] = UUIDPGetDatum(&ids[i]);
+	return PointerGetDatum(construct_array(elems, (int) nids, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+}
+
 /*
  * morango_queue_internal
  *		Queue transfer session ts (this side must be its producer and it
@@ -142,16 +309,13 @@ int64
 morango_queue_internal(Datum ts)
 {
 	Oid			tstype[1] = {UUIDOID};
-	Oid		   *argtypes;
-	Datum	   *values;
 	Datum		diffjson;
+	QueueInstance *insts;
 	int			ninst;
-	int			nargs;
 	bool		isnull;
 	MorangoTransfer *t = morango_transfer_fetch(ts);
 	char	   *diff;
 	int64		total;
-	Datum		own[2];
 
 	if (t->receiver)
 		ereport(ERROR,
@@ -174,43 +338,10 @@ morango_queue_internal(Datum ts)
 	morango_spi_exec("DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1",
 					 1, tstype, &ts, NULL, SPI_OK_DELETE);
 
-	/* our instance and our claim for it (see the header comment) */
-	if (morango_spi_exec(own_claim_sql, 1, (Oid[]) {JSONBOID},
-						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(t->local_fsic))},
-						 NULL, SPI_OK_SELECT) != 1)
-		elog(ERROR, "no current morango instance");
-	own[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	own[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-
-	/* per instance, the lowest counter the receiver needs of it */
-	ninst = (int) morango_spi_exec("SELECT i.key::uuid, min((i.value)::bigint)"
-								   " FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
-								   " GROUP BY 1",
-								   1, (Oid[]) {JSONBOID}, &diffjson, NULL, SPI_OK_SELECT);
-	nargs = 6 + 2 * ninst;
-	argtypes = palloc(sizeof(Oid) * nargs);
-	values = palloc(sizeof(Datum) * nargs);
-	argtypes[0] = UUIDOID;
-	values[0] = ts;
-	argtypes[1] = JSONBOID;
-	values[1] = diffjson;
-	argtypes[2] = TEXTOID;
-	values[2] = t->profile;
-	argtypes[3] = TEXTARRAYOID;
-	values[3] = t->filter;
-	for (int i = 0; i < ninst; i++)
-	{
-		argtypes[4 + 2 * i] = UUIDOID;
-		values[4 + 2 * i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-		argtypes[5 + 2 * i] = INT8OID;
-		values[5 + 2 * i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
-	}
-	argtypes[4 + 2 * ninst] = UUIDOID;
-	values[4 + 2 * ninst] = own[0];
-	argtypes[5 + 2 * ninst] = INT8OID;
-	values[5 + 2 * ninst] = own[1];
-	/* (the instance ids point into those results, kept until SPI_finish) */
-	morango_spi_exec(queue_sql(ninst), nargs, argtypes, values, NULL, SPI_OK_SELECT);
+	/* (the partitions point into that result, kept until SPI_finish) */
+	insts = queue_instances(diffjson, &ninst);
+	morango_spi_exec(insert_sql, 2, (Oid[]) {UUIDOID, UUIDARRAYOID},
+					 (Datum[]) {ts, queue_select(t, insts, ninst)}, NULL, SPI_OK_SELECT);
 	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
 	morango_spi_exec("UPDATE morango.transfer_sessions"

@@ -89,14 +89,27 @@ morango_scope_expand_line(const char *line,
  * morango_filter_within
  *		Is every prefix of `a` under some prefix of `b`?  Then every partition
  *		`a` covers is covered by `b`.  An empty `a` is within anything.
+ *		O((na + nb) log nb): `b` is sorted once (filter.c), each prefix of
+ *		`a` is looked up by binary search.
  */
 bool
 morango_filter_within(const char *const *a, int na, const char *const *b, int nb)
 {
-	for (int i = 0; i < na; i++)
-		if (!morango_partition_in_filter(a[i], b, nb))
-			return false;
-	return true;
+	MorangoPrefix *set = palloc(sizeof(MorangoPrefix) * Max(nb, 1));
+	int			n;
+	bool		within = true;
+
+	for (int i = 0; i < nb; i++)
+	{
+		set[i].str = b[i];
+		set[i].len = (int) strlen(b[i]);
+		set[i].value = 0;
+	}
+	n = morango_prefixes_sort(set, nb, true);
+	for (int i = 0; i < na && within; i++)
+		within = morango_prefixes_cover(set, n, a[i], (int) strlen(a[i]));
+	pfree(set);
+	return within;
 }
 
 /* lookup callback over a jsonb object: strings as they are, numbers as text */

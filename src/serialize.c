@@ -162,9 +162,7 @@ static const char *stamp_sql =
 "          AND NOT cur.old_dirty AND (cur.old || cur.j) = cur.old) AS unchanged"
 "  FROM cur"
 "), c3 AS ("
-"  SELECT c2.*, ($4::text[] IS NULL OR EXISTS"
-"           (SELECT 1 FROM pg_catalog.unnest($4::text[]) AS f(prefix)"
-"            WHERE pg_catalog.starts_with(c2.part, f.prefix))) AS in_scope,"
+"  SELECT c2.*, ($4::text[] IS NULL OR morango.in_filter(c2.part, $4::text[])) AS in_scope,"
 /*
  * A verified model's record keeps the partition and source id its
  * expressions gave at its first serialization, and every receiver checks

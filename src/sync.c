@@ -932,7 +932,7 @@ start_session(Driver *d, char **running)
 	local_exec(d, "INSERT INTO morango.peer_status AS p (peer, profile, filter, direction,"
 			   "                                      last_attempt_at, running_session)"
 			   " VALUES ($1, $2, $3::text[], $4, now(), $5::uuid)"
-			   " ON CONFLICT (peer, profile, filter, direction)"
+			   " ON CONFLICT (peer, profile, morango.filter_key(filter), direction)"
 			   " DO UPDATE SET last_attempt_at = now(), running_session = EXCLUDED.running_session",
 			   5, (const char *[]) {d->peer_display, d->profile, d->filter, d->args->direction,
 				   d->session}, 0, NULL);

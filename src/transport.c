@@ -62,6 +62,7 @@ PG_FUNCTION_INFO_V1(morango_fdw_validator);
 PG_FUNCTION_INFO_V1(morango_peer_query_test);
 PG_FUNCTION_INFO_V1(morango_peer_display_test);
 PG_FUNCTION_INFO_V1(morango_peer_stats_test);
+PG_FUNCTION_INFO_V1(morango_peer_has_secret_sql);
 
 /* name of the foreign-data wrapper whose servers are peers */
 #define MORANGO_FDW_NAME			"morango"
@@ -427,15 +428,15 @@ morango_peer_display(const char *peer)
 }
 
 /*
- * peer_params_from_conninfo
- *		Connection parameters from a connection string (keyword=value or
- *		URI).  Only what the string sets is taken; libpq applies its own
- *		defaults (environment, service file) at connect time.
+ * peer_parse_conninfo
+ *		PQconninfoParse() of a connection string (keyword=value or URI), or
+ *		an error that does not show the string.  The caller frees the result
+ *		with PQconninfoFree().
  */
-static void
-peer_params_from_conninfo(const char *peer, PeerParams *params)
+static PQconninfoOption *
+peer_parse_conninfo(const char *peer)
 {
-	PQconninfoOption *volatile opts;
+	PQconninfoOption *opts;
 	char	   *parse_error = NULL;
 
 	opts = PQconninfoParse(peer, &parse_error);
@@ -460,6 +461,60 @@ peer_params_from_conninfo(const char *peer, PeerParams *params)
 				 errdetail("The connection string could not be parsed; the reason is not shown because the string may contain a password."),
 				 errhint("Give keyword=value pairs or a postgres:// URI, or the name of a foreign server of FOREIGN DATA WRAPPER morango.")));
 	}
+	return opts;
+}
+
+/*
+ * morango_peer_has_secret
+ *		Does the peer, a connection string, set a password or another
+ *		secret option (sslpassword; libpq marks them '*'), in any form
+ *		libpq reads: keyword=value, a URI's user:password@ or
+ *		?password= (percent-encoded or not), or inside a dbname that is
+ *		itself a connection string (which libpq expands)?  False for a
+ *		foreign server name.  An empty password is no secret.  Raises, not
+ *		showing the string, if libpq cannot parse it.  passfile is not a
+ *		secret: it names a file of the server's operating system user, and
+ *		the transport lets only superusers connect without a password.
+ */
+bool
+morango_peer_has_secret(const char *peer)
+{
+	PQconninfoOption *volatile opts;
+	volatile bool found = false;
+
+	if (!morango_peer_is_conninfo(peer))
+		return false;
+	opts = peer_parse_conninfo(peer);
+	PG_TRY();
+	{
+		for (PQconninfoOption *opt = opts; opt->keyword != NULL && !found; opt++)
+		{
+			if (opt->val == NULL || opt->val[0] == '\0')
+				continue;
+			if (strchr(opt->dispchar, '*') != NULL)
+				found = true;
+			else if (strcmp(opt->keyword, "dbname") == 0 && morango_peer_is_conninfo(opt->val))
+				found = morango_peer_has_secret(opt->val);
+		}
+	}
+	PG_FINALLY();
+	{
+		PQconninfoFree(opts);
+	}
+	PG_END_TRY();
+	return found;
+}
+
+/*
+ * peer_params_from_conninfo
+ *		Connection parameters from a connection string (keyword=value or
+ *		URI).  Only what the string sets is taken; libpq applies its own
+ *		defaults (environment, service file) at connect time.
+ */
+static void
+peer_params_from_conninfo(const char *peer, PeerParams *params)
+{
+	PQconninfoOption *volatile opts = peer_parse_conninfo(peer);
 
 	PG_TRY();
 	{
@@ -1395,6 +1450,17 @@ morango_peer_display_test(PG_FUNCTION_ARGS)
 	char	   *peer = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	PG_RETURN_TEXT_P(cstring_to_text(morango_peer_display(peer)));
+}
+
+/*
+ * morango.peer_has_secret(peer text) -> boolean
+ *		morango_peer_has_secret(): does the peer's connection string carry
+ *		a password (or another secret option)?  Strict.
+ */
+Datum
+morango_peer_has_secret_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(morango_peer_has_secret(text_to_cstring(PG_GETARG_TEXT_PP(0))));
 }
 
 /*

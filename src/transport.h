@@ -50,6 +50,7 @@ extern MorangoPeerStats morango_peer_stats;
 
 extern bool morango_peer_is_conninfo(const char *peer);
 extern char *morango_peer_display(const char *peer);
+extern bool morango_peer_has_secret(const char *peer);
 extern PGconn *morango_peer_connect(const char *peer, const char *application_name,
 									int connect_timeout_s);
 extern PGresult *morango_peer_exec(PGconn *conn, const char *sql, int nparams,
