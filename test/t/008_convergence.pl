@@ -30,6 +30,15 @@
 #  C6 morango.check_invariants() is empty everywhere; no buffer rows
 #     outside unfinished transfer sessions.
 #
+# A hostile peer takes part too (issue 12): a role granted the peer API,
+# not a superuser, that at random steps attacks a random database through
+# it: forged partitions, another role's sessions, counters that cannot be
+# real, an oversized chunk, a call inside a transaction block, more open
+# transfers than its quota, an oversized filter.  Every attack must be
+# refused (its SQLSTATE is checked) and leave the target's store, version
+# vectors, database max counters and table as they were; the oracle then
+# holds as without it.
+#
 # The seeds come from MORANGO_SEEDS (comma-separated) or a fixed list; the
 # number of steps from MORANGO_STEPS.  A failing seed is printed so that it
 # can be replayed:
@@ -41,6 +50,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
+use MIME::Base64;
+use Compress::Zlib;
 
 my @seeds = split /,/, ($ENV{MORANGO_SEEDS} || '1,2,3,4,5,6');
 my $steps = $ENV{MORANGO_STEPS} || 60;
@@ -61,7 +72,9 @@ my $schema = q{
     CREATE EXTENSION morango;
     CREATE TABLE item (id text PRIMARY KEY, part text NOT NULL, val text NOT NULL);
     SELECT morango.register_model('item', 'p', partition => 'part');
+    SELECT morango.grant_peer('hostile');
 };
+$node->safe_psql('postgres', 'CREATE ROLE hostile LOGIN');
 
 sub q1 { my ($db, $sql) = @_; return $node->safe_psql($db, $sql); }
 
@@ -161,9 +174,155 @@ sub run_seed
 		return $ret == 0;
 	};
 
+
+	# --- the hostile peer ---------------------------------------------------
+	# what an attack must not change on its target
+	my $fingerprint = sub {
+		my ($db) = @_;
+		return q1($db, qq{
+            SELECT md5(string_agg(t, ' ' ORDER BY t)) FROM (
+                SELECT s::text FROM morango.store s
+                UNION ALL SELECT r::text FROM morango.record_max_counters r
+                UNION ALL SELECT d::text FROM morango.database_max_counters d
+                UNION ALL SELECT i::text FROM item i) AS x(t)});
+	};
+	# one statement as the hostile role: (sqlstate or 'ok', message)
+	my $as_hostile = sub {
+		my ($db, $sql) = @_;
+		my ($ret, $out, $err) = $node->psql($db, "\\set VERBOSITY sqlstate\n$sql",
+			extra_params => [ '-U', 'hostile', '-v', 'ON_ERROR_STOP=1' ]);
+		return ('ok', $out) if $ret == 0;
+		my ($state) = $err =~ /ERROR:\s+([0-9A-Z]{5})/;
+		return ($state // 'unknown', $err);
+	};
+	my $hcount = 0;
+	my $uuid = sub { return sprintf('%08x-0000-4000-8000-%012x', $seed, ++$hcount); };
+	my $lit = sub { my ($v) = @_; $v =~ s/'/''/g; return "'$v'"; };
+	my $packed = sub {
+		my ($json) = @_;
+		return encode_base64(pack('N', length $json) . compress($json, 1), '');
+	};
+	# a record of item as a device sends it
+	my $record = sub {
+		my ($db, $seq, $part, $key, $data, $inst, $ctr, $rmcs) = @_;
+		my $id = q1($db, "SELECT morango.record_id(" . $lit->($part) . ", " . $lit->($key) . ", 'item')");
+		return {
+			id => $id, seq => $seq, profile => 'p', model_name => 'item', partition => $part,
+			source_id => $key, serialized => $data, deleted => JSON::PP::false,
+			hard_deleted => JSON::PP::false, last_saved_instance => $inst, last_saved_counter => $ctr,
+			conflicting_serialized_data => [], rmcs => $rmcs // { $inst => $ctr } };
+	};
+	# the sync sessions the hostile role opened: closed after each attack,
+	# so that its quota is free again
+	my @opened;
+	my $begin = sub {
+		my ($db, $ts, $push, $filter, $fsic) = @_;
+		my $ss = $uuid->();
+		push @opened, $ss;
+		return sprintf("SELECT morango.peer_begin(3, %s, %s, 'p', %s, %s, %s, %s, '{}')",
+			$lit->($ss), $lit->($ts), $push ? 'true' : 'false', $lit->("{$filter}"),
+			$lit->('c0000000-0000-0000-0000-0000000000ee'),
+			$lit->(encode_json($fsic // { super => {}, sub => {} })));
+	};
+	# open a push of part on db as the hostile role, then push one chunk
+	my $push_chunk = sub {
+		my ($db, $part, $text) = @_;
+		my $ts = $uuid->();
+		my ($st, $m) = $as_hostile->($db, $begin->($db, $ts, 1, $part,
+			{ super => {}, sub => { $part => { 'c0000000-0000-0000-0000-0000000000ee' => 5 } } }));
+		return ($st, $m) unless $st eq 'ok';
+		return $as_hostile->($db, sprintf('SELECT morango.peer_push_chunk(%s, %s)', $lit->($ts), $lit->($text)));
+	};
+	my %attacks = (
+		# a record filed under part whose data says another partition
+		forged_partition => sub {
+			my ($db, $part) = @_;
+			my ($other) = grep { $_ ne $part } @parts;
+			my $key = 'h' . $hcount;
+			return ('22000', $push_chunk->($db, $part, $packed->(encode_json([ $record->($db, 1, $part, $key,
+				{ id => $key, part => $other, val => 'forged' }, 'c0000000-0000-0000-0000-0000000000ee', 5) ]))));
+		},
+		# a version of the target's own instance far above its counter
+		poisoned_counter => sub {
+			my ($db, $part) = @_;
+			my $key = 'h' . $hcount;
+			return ('22000', $push_chunk->($db, $part, $packed->(encode_json([ $record->($db, 1, $part, $key,
+				{ id => $key, part => $part, val => 'poison' }, 'c0000000-0000-0000-0000-0000000000ee', 5,
+				{ 'c0000000-0000-0000-0000-0000000000ee' => 5, $instance{$db} => 9223372036854775807 }) ]))));
+		},
+		# a chunk declaring more bytes than the receiver takes (never inflated)
+		oversized_chunk => sub {
+			my ($db, $part) = @_;
+			my $text = encode_base64(pack('N', 300_000_000) . compress('[]', 1), '');
+			return ('54000', $push_chunk->($db, $part, $text));
+		},
+		# another role's session: a transfer the honest syncs opened here
+		hijack => sub {
+			my ($db, $part) = @_;
+			my @ts = split /\n/, q1($db, q{
+                SELECT t.id || ' ' || t.sync_session_id FROM morango.transfer_sessions t
+                JOIN morango.sync_sessions s ON s.id = t.sync_session_id
+                WHERE s.is_server ORDER BY t.started_at, t.id});
+			return ('skip') unless @ts;
+			my ($ts, $ss) = split / /, $ts[ int(rand(@ts)) ];
+			my @calls = (
+				sprintf('SELECT morango.peer_pull_chunk(%s, 0, 10)', $lit->($ts)),
+				sprintf('SELECT morango.peer_push_chunk(%s, %s)', $lit->($ts), $lit->($packed->('[]'))),
+				sprintf('SELECT morango.peer_finish(%s, 0)', $lit->($ts)),
+				sprintf('SELECT morango.peer_close(%s, NULL)', $lit->($ss)));
+			return ('28000', $as_hostile->($db, $calls[ int(rand(@calls)) ]));
+		},
+		# a call inside a transaction block, to hold its locks while idle
+		transaction_block => sub {
+			my ($db, $part) = @_;
+			return ('25001', $as_hostile->($db, "BEGIN;\n" . $begin->($db, $uuid->(), 0, $part) . ";\nCOMMIT;"));
+		},
+		# more open transfers than its quota
+		quota => sub {
+			my ($db, $part) = @_;
+			my ($st, $m);
+			for (1 .. 12)
+			{
+				($st, $m) = $as_hostile->($db, $begin->($db, $uuid->(), 1, $part));
+				last unless $st eq 'ok';
+			}
+			return ('53300', $st, $m);
+		},
+		# a filter of more prefixes than a filter may have
+		huge_filter => sub {
+			my ($db, $part) = @_;
+			return ('54000', $as_hostile->($db, $begin->($db, $uuid->(), 0,
+				join(',', map { "$part:x$_" } 1 .. 2000))));
+		},
+	);
+	my @attack_names = sort keys %attacks;
+	my $attack = sub {
+		my ($db) = @_;
+		my @mine = grep { within($_, $holds{$db}) } @parts;
+		my $part = $mine[ int(rand(@mine)) ];
+		my $name = $attack_names[ int(rand(@attack_names)) ];
+		my $before = $fingerprint->($db);
+		my ($want, $got, $msg) = $attacks{$name}->($db, $part);
+		return if $want eq 'skip';
+		push @log, "hostile $name on $db ($part): $got";
+		die "hostile $name on $db was not refused with $want: $got $msg" if $got ne $want;
+		die "hostile $name on $db changed its state" if $fingerprint->($db) ne $before;
+		for my $ss (@opened)
+		{
+			my ($st, $m) = $as_hostile->($db, sprintf('SELECT morango.peer_close(%s, NULL)', $lit->($ss)));
+			die "the hostile role could not close its own session: $m" if $st ne 'ok';
+		}
+		@opened = ();
+	};
+
 	for my $step (1 .. $steps)
 	{
 		my $db = $dbs[ int(rand(@dbs)) ];
+		if (rand() < 0.12)
+		{
+			$attack->($db);
+			next;
+		}
 		my $r = rand();
 		my @mine = grep { within($_, $holds{$db}) } @parts;
 		if ($r < 0.40)
@@ -334,6 +493,9 @@ sub run_seed
 	my $nversions = scalar keys %versions;
 	my $nsyncs = grep { /^sync/ } @log;
 	my $nfailed = grep { /^sync.*failed$/ } @log;
+	my %tally;
+	$tally{$_}++ for map { /^hostile (\S+)/ ? $1 : () } @log;
+	my $nattacks = join(' ', map { "$_ $tally{$_}" } sort keys %tally) || 'none';
 	my $nconflicts = q1('d0', q{SELECT count(*) FROM morango.store WHERE conflicting_serialized_data <> '[]'});
 	if (@failures)
 	{
@@ -357,7 +519,7 @@ sub run_seed
 		system('cp', '-a', $node->data_dir, $ENV{MORANGO_KEEP_DIR}) == 0 or die 'cannot keep the cluster';
 		$node->start;
 	}
-	ok(!@failures, "seed $seed: $records records, $nversions versions, $nsyncs syncs ($nfailed failed), $nconflicts records with conflicts: converged");
+	ok(!@failures, "seed $seed: $records records, $nversions versions, $nsyncs syncs ($nfailed failed), attacks refused: $nattacks; $nconflicts records with conflicts: converged");
 }
 
 for my $seed (@seeds)
