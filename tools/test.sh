@@ -62,7 +62,7 @@ run_suite() {
     mg_log "suite $name"
     # the TAP tests' own knobs (MORANGO_SEEDS, MORANGO_STEPS, ...) go through
     local knobs
-    knobs=$(env | grep -E '^MORANGO_(SEEDS|STEPS|KEEP_DIR|HOSTILE_ALL)=' | tr '\n' ' ')
+    knobs=$(env | grep -E '^MORANGO_(SEEDS|STEPS|KEEP_DIR)=' | tr '\n' ' ')
     (cd "$work" && MG_ENV="PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres MORANGO_TEST_PORT_BASE=$((port + 10)) $knobs" \
         mg_as_user make -s installcheck "$@") >"$out" 2>&1
     local rc=$?
