@@ -46,9 +46,16 @@ int			morango_retry_max_delay = 900000;
 /* morango.allow_uncertified_sync: sync without certificates where we hold some */
 bool		morango_allow_uncertified_sync = false;
 
+/*
+ * morango.max_peer_certificates: certificates (and, separately, revocations)
+ * one peer role may store through the peer API
+ */
+int			morango_max_peer_certificates_guc = 1000;
+
 void		_PG_init(void);
 
 PG_FUNCTION_INFO_V1(morango_uncertified_sync_allowed);
+PG_FUNCTION_INFO_V1(morango_max_peer_certificates);
 
 /*
  * _PG_init
@@ -149,6 +156,16 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomIntVariable("morango.max_peer_certificates",
+							"Certificates, and revocations, one peer role may store through the peer API.",
+							"Counted per role, separately for certificates (handshake chains, signing "
+							"requests) and revocations; beyond it the call is refused and stores nothing.",
+							&morango_max_peer_certificates_guc,
+							1000, 0, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
 	morango_fault_init();
 
 	MarkGUCPrefixReserved("morango");
@@ -166,4 +183,16 @@ Datum
 morango_uncertified_sync_allowed(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(morango_allow_uncertified_sync);
+}
+
+/*
+ * morango.max_peer_certificates() -> integer
+ *
+ * The setting as this module sees it (read through C for the same reason
+ * as morango.uncertified_sync_allowed()).
+ */
+Datum
+morango_max_peer_certificates(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(morango_max_peer_certificates_guc);
 }
