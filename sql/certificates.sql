@@ -283,6 +283,15 @@ SELECT cert_try(format('SELECT morango.revocations_save(%L, %L)', '{}', :'xroot'
 SELECT count(*) = :stored_before AS nothing_stored, problem(:'xc') IS NULL AS xc_usable
 FROM morango.certificate_revocations;
 SELECT morango.revocations_save(jsonb_build_array(r, r), :'xroot') AS stored_again_none FROM rv;
+-- what travels is bounded (1000 a call): revocations of certificates known
+-- here first, so that many a device signs for unknown ones (ids that sort
+-- first) cannot crowd them out
+SELECT morango.revocations_save(jsonb_agg(revocation(
+           format('00000000-0000-0000-0000-%s', lpad(i::text, 12, '0'))::uuid, :'xc', :'xc')), :'xroot') AS junk
+FROM generate_series(1, 1000) i;
+SELECT jsonb_array_length(v) AS sent, v @> jsonb_build_array((SELECT r FROM rv)) AS known_sent
+FROM (SELECT morango.revocations_of(:'xroot') AS v) x;
+DELETE FROM morango.certificate_revocations WHERE certificate_id::text LIKE '00000000-0000-0000-0000-%';
 -- a revocation of a certificate not known here is kept, and counts once the
 -- certificate is known and only if its signer is an ancestor
 SELECT morango.issue_certificate(:'xroot', 'full-facility', jsonb_build_object('dataset_id', hex(:'xroot'))) AS xe \gset

@@ -2065,8 +2065,11 @@ $$;
 
 /*
  * morango.revocations_of(root) -> jsonb: the revocations this database
- * holds under a root, as they travel (at most 1000, the most a peer takes
- * in one call).
+ * holds under a root, as they travel: at most 1000 (the most a peer takes
+ * in one call), those of certificates known here first, then those whose
+ * signer is nearest the root, so that revocations anyone can check, and
+ * those made high up, are not crowded out by many that a device signed
+ * for certificates nobody here knows.
  */
 CREATE FUNCTION morango.revocations_of(root uuid)
 RETURNS jsonb
@@ -2075,8 +2078,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT COALESCE(jsonb_agg(jsonb_build_object('serialized', serialized, 'signature', signature)
                               ORDER BY certificate_id, signer_id), '[]')
-    FROM (SELECT * FROM morango.certificate_revocations WHERE root_id = root
-          ORDER BY certificate_id, signer_id LIMIT 1000) r
+    FROM (SELECT r.serialized, r.signature, r.certificate_id, r.signer_id
+          FROM morango.certificate_revocations r
+          WHERE r.root_id = root
+          ORDER BY NOT EXISTS (SELECT 1 FROM morango.certificates c WHERE c.id = r.certificate_id),
+                   (SELECT max(a.depth) FROM morango.certificate_ancestry(r.signer_id) a),
+                   r.certificate_id, r.signer_id
+          LIMIT 1000) r
 $$;
 
 /*
