@@ -1,6 +1,7 @@
 --
 -- certificates: keys and signatures, scope templates and the subset rule,
--- certificate chains (create, issue, export, verify and save), nonces.
+-- certificate chains (create, issue, export, verify and save), nonces,
+-- expiry, revocation, signing requests' validity and the peer quota.
 --
 
 -- errors with ids masked, so the output does not depend on random keys
@@ -170,6 +171,239 @@ SELECT cert_try('SELECT morango.key_generate()') AS generate;
 SELECT cert_try($$SELECT morango.sign('k', 'm')$$) AS sign;
 SELECT cert_try(format('SELECT morango.issue_certificate(%L, %L, %L)', :'root', 'full-facility', '{}')) AS issue;
 RESET ROLE;
+
+-- Expiry.  With one, the signed JSON has one more key at its end; without,
+-- it is Morango's bytes exactly.
+SELECT morango.create_root_certificate('full-facility', expires => '2100-01-01 00:00:00+00') AS xroot \gset
+SELECT serialized LIKE '%"public_key_string": "%", "expires": "2100-01-01T00:00:00Z"}' AS expires_last,
+       expires_at = '2100-01-01 00:00:00+00' AS expires_at
+FROM morango.certificates WHERE id = :'xroot';
+SELECT morango.create_root_certificate('full-facility') AS nroot \gset
+SELECT expires_at IS NULL AS never, NOT serialized::jsonb ? 'expires' AS no_key,
+       serialized = morango.certificate_serialize(id, parent_id, profile, salt, scope_definition_id,
+                                                  scope_version, scope_params, public_key) AS morango_form
+FROM morango.certificates WHERE id = :'nroot';
+-- a child expires with its parent by default, never after it
+SELECT morango.issue_certificate(:'xroot', 'full-facility', jsonb_build_object('dataset_id', hex(:'xroot'))) AS xa \gset
+SELECT expires_at = '2100-01-01 00:00:00+00' AS child_expires_with_parent
+FROM morango.certificates WHERE id = :'xa';
+SELECT cert_try(format($$SELECT morango.issue_certificate(%L, 'full-facility', %L, expires => '2100-01-01 00:00:01+00')$$,
+                       :'xroot', jsonb_build_object('dataset_id', hex(:'xroot')))) AS outlives_parent;
+-- a child signed by hand without an expiry, under a parent that has one
+SELECT cert_try(format($$
+    SELECT morango.certificate_check(s, morango.sign(k.private_key, s))
+    FROM morango.certificate_keys k, kp,
+         LATERAL (SELECT morango.certificate_serialize(
+             morango.sha2_uuid(kp.public_key || ':facilitydata:s1'), %1$L, 'facilitydata', 's1',
+             'full-facility', 1, %2$L, kp.public_key) AS s) x
+    WHERE k.certificate_id = %1$L$$, :'xroot', jsonb_build_object('dataset_id', hex(:'xroot')))) AS never_expires_under_parent;
+-- "expires" must be YYYY-MM-DDTHH:MM:SSZ
+CREATE FUNCTION kp_root(extra text) RETURNS text LANGUAGE sql AS $$
+    SELECT regexp_replace(morango.certificate_serialize(id, NULL, 'facilitydata', '', 'full-facility', 1,
+                       jsonb_build_object('dataset_id', replace(id::text, '-', '')), public_key), '}$', extra || '}')
+    FROM (SELECT morango.sha2_uuid(public_key || ':facilitydata') AS id, public_key FROM kp) k
+$$;
+SELECT e AS expires,
+       cert_try(format('SELECT morango.certificate_check(%L, morango.sign(%L, %L))',
+                       kp_root(', "expires": ' || e), private_key, kp_root(', "expires": ' || e))) AS checked
+FROM kp, (VALUES ('"2100-01-01T00:00:00Z"'), ('"2100-01-01"'), ('"2100-02-30T00:00:00Z"'),
+                 ('"2100-01-01T00:00:00+01:00"'), ('20300101'), ('null')) v(e);
+-- past expiries may be issued, but such a certificate can neither be used nor sign
+SELECT morango.issue_certificate(:'xroot', 'single-user',
+           jsonb_build_object('dataset_id', hex(:'xroot'), 'user_id', 'u1'), expires => '2001-01-01 00:00:00+00') AS expired \gset
+-- why a certificate cannot be used, ids and revocation times masked
+CREATE FUNCTION problem(c uuid) RETURNS text LANGUAGE sql AS $$
+    SELECT regexp_replace(regexp_replace(p.problem || ' / ' || p.detail,
+               '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<id>', 'g'),
+               'revoked by <id> at [0-9T:Z-]{20}', 'revoked by <id> at <time>')
+    FROM morango.certificate_problem(c) p
+$$;
+SELECT problem(:'expired') AS expired, problem(:'xa') IS NULL AS xa_usable;
+SELECT cert_try(format($$SELECT morango.issue_certificate(%L, 'single-user', %L)$$, :'expired',
+                       jsonb_build_object('dataset_id', hex(:'xroot'), 'user_id', 'u1'))) AS sign_when_expired;
+SELECT cert_try(format('SELECT morango.rotate_certificate(%L)', :'expired')) AS rotate_when_expired;
+SELECT cert_try(format('SELECT morango.certificate_assert_usable(%L)', :'expired')) AS assert_usable;
+
+-- Revocation: signed by the nearest ancestor whose key is here; the
+-- certificate and everything under it can no longer be used
+SELECT morango.issue_certificate(:'xa', 'single-user',
+           jsonb_build_object('dataset_id', hex(:'xroot'), 'user_id', 'u1')) AS xb \gset
+SELECT morango.issue_certificate(:'xa', 'single-user',
+           jsonb_build_object('dataset_id', hex(:'xroot'), 'user_id', 'u2')) AS xc \gset
+SELECT morango.issue_certificate(:'xb', 'single-user',
+           jsonb_build_object('dataset_id', hex(:'xroot'), 'user_id', 'u1')) AS xd \gset
+SELECT morango.revoke_certificate(:'xb', 'device lost') = :'xa' AS signed_by_parent;
+SELECT problem(:'xb') AS revoked, problem(:'xd') AS descendant, problem(:'xc') IS NULL AS sibling_usable;
+SELECT cert_try(format($$SELECT morango.issue_certificate(%L, 'single-user', %L)$$, :'xb',
+                       jsonb_build_object('dataset_id', hex(:'xroot'), 'user_id', 'u1'))) AS sign_when_revoked;
+SELECT cert_try(format('SELECT morango.revoke_certificate(%L)', :'xroot')) AS revoke_root,
+       cert_try(format('SELECT morango.revoke_certificate(%L, %L)', :'xc', repeat('x', 501))) AS long_reason,
+       cert_try(format('SELECT morango.revoke_certificate(%L)', gen_random_uuid())) AS unknown;
+-- the nearest ancestor whose key is here signs: with xb's and xa's keys
+-- dropped, the root
+DELETE FROM morango.certificate_keys WHERE certificate_id IN (:'xa', :'xb');
+SELECT morango.revoke_certificate(:'xd') = :'xroot' AS signed_by_grandparent;
+-- what travels: {"serialized", "signature"}, checked by whoever receives it
+SELECT jsonb_array_length(morango.revocations_of(:'xroot')) AS revocations,
+       jsonb_array_length(morango.revocations_of(:'nroot')) AS other_root;
+CREATE TEMP TABLE rv AS
+SELECT r FROM jsonb_array_elements(morango.revocations_of(:'xroot')) r
+WHERE (r->>'serialized')::jsonb->>'certificate_id' = hex(:'xb');
+SELECT (morango.revocation_check(r->>'serialized', r->>'signature')).certificate_id = :'xb' AS checks FROM rv;
+SELECT cert_try(format('SELECT morango.revocation_check(%L, %L)', replace(r->>'serialized', 'lost', 'found'),
+                       r->>'signature')) AS tampered FROM rv;
+CREATE FUNCTION revocation(cert uuid, signer uuid, signing_key uuid) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT jsonb_build_object('serialized', d, 'signature', morango.sign(k.private_key, d))
+    FROM morango.certificate_keys k,
+         LATERAL (SELECT morango.revocation_serialize(cert, signer, '2026-01-01 00:00:00+00', 'test') AS d) x
+    WHERE k.certificate_id = signing_key
+$$;
+SELECT cert_try(format('SELECT morango.revocation_check(%L, %L)', r->>'serialized', r->>'signature')) AS by_sibling
+FROM (SELECT revocation(:'xd', :'xc', :'xc') AS r) x;
+SELECT cert_try(format('SELECT morango.revocation_check(%L, %L)', r->>'serialized', r->>'signature')) AS by_itself
+FROM (SELECT revocation(:'xc', :'xc', :'xc') AS r) x;
+SELECT cert_try(format('SELECT morango.revocation_check(%L, %L)', r->>'serialized', r->>'signature')) AS wrong_key
+FROM (SELECT revocation(:'xc', :'xroot', :'xc') AS r) x;
+SELECT cert_try($$SELECT morango.revocation_check('{"certificate_id": 1}', 'AAAA')$$) AS malformed,
+       cert_try($$SELECT morango.revocation_check('{"certificate_id": "x", "signer_id": "y", "revoked_at": "z", "reason": ""}', 'AAAA')$$) AS bad_ids,
+       (morango.revocation_check(morango.revocation_serialize(gen_random_uuid(), gen_random_uuid(), now(), ''), 'AAAA'))
+           IS NULL AS unknown_signer_skipped;
+-- several at once: all or nothing, under the session's root only, bounded
+SELECT count(*) AS stored_before FROM morango.certificate_revocations \gset
+SELECT cert_try(format('SELECT morango.revocations_save(%L, %L)',
+                       jsonb_build_array(revocation(:'xc', :'xroot', :'xroot'),
+                                         revocation(:'xd', :'xc', :'xc')), :'xroot')) AS one_bad;
+SELECT morango.issue_certificate(:'nroot', 'full-facility', jsonb_build_object('dataset_id', hex(:'nroot'))) AS na \gset
+SELECT cert_try(format('SELECT morango.revocations_save(%L, %L)',
+                       jsonb_build_array(revocation(:'na', :'nroot', :'nroot')), :'xroot')) AS other_root;
+SELECT cert_try(format('SELECT morango.revocations_save(%L, %L)', '{}', :'xroot')) AS not_array,
+       cert_try(format('SELECT morango.revocations_save(%L, %L)',
+                       (SELECT jsonb_agg(r) FROM rv, generate_series(1, 1001)), :'xroot')) AS too_many,
+       cert_try(format('SELECT morango.revocations_save(%L, %L)', '[{"serialized": 1}]', :'xroot')) AS element_shape;
+SELECT count(*) = :stored_before AS nothing_stored, problem(:'xc') IS NULL AS xc_usable
+FROM morango.certificate_revocations;
+SELECT morango.revocations_save(jsonb_build_array(r, r), :'xroot') AS stored_again_none FROM rv;
+-- what travels is bounded (1000 a call): revocations of certificates known
+-- here first, so that many a device signs for unknown ones (ids that sort
+-- first) cannot crowd them out
+SELECT morango.revocations_save(jsonb_agg(revocation(
+           format('00000000-0000-0000-0000-%s', lpad(i::text, 12, '0'))::uuid, :'xc', :'xc')), :'xroot') AS junk
+FROM generate_series(1, 1000) i;
+SELECT jsonb_array_length(v) AS sent, v @> jsonb_build_array((SELECT r FROM rv)) AS known_sent
+FROM (SELECT morango.revocations_of(:'xroot') AS v) x;
+DELETE FROM morango.certificate_revocations WHERE certificate_id::text LIKE '00000000-0000-0000-0000-%';
+-- a revocation of a certificate not known here is kept, and counts once the
+-- certificate is known and only if its signer is an ancestor
+SELECT morango.issue_certificate(:'xroot', 'full-facility', jsonb_build_object('dataset_id', hex(:'xroot'))) AS xe \gset
+CREATE TEMP TABLE ec AS
+SELECT morango.certificate_chain(:'xe') AS c, private_key FROM morango.certificate_keys WHERE certificate_id = :'xe';
+DELETE FROM morango.certificates WHERE id = :'xe';
+SELECT morango.revocations_save(jsonb_build_array(revocation(:'xe', :'xc', :'xc')), :'xroot') AS by_stranger_stored;
+SELECT morango.save_certificate_chain(c) = :'xe' AS known_again FROM ec;
+SELECT problem(:'xe') IS NULL AS stranger_counts_for_nothing;
+SELECT morango.revocations_save(jsonb_build_array(revocation(:'xe', :'xroot', :'xroot')), :'xroot') AS by_root_stored;
+SELECT problem(:'xe') AS by_root_counts;
+
+-- Sessions: the handshake (client side here) and every transfer's scope
+-- check refuse expired and revoked certificates
+SELECT gen_random_uuid() AS ss, gen_random_uuid() AS nonce \gset
+SELECT cert_try(format('SELECT morango.session_authenticate(%L, %L, %L, %L, %L, %L, %L)',
+           :'ss', 'facilitydata', :'xc', :'expired', morango.certificate_chain(:'expired'),
+           morango.certificate_sign(:'expired', morango.handshake_message(:'nonce', :'ss', :'xc', :'expired', 'facilitydata')),
+           :'nonce')) AS peer_expired;
+SELECT cert_try(format('SELECT morango.session_authenticate(%L, %L, %L, %L, %L, %L, %L)',
+           :'ss', 'facilitydata', :'expired', :'xc', morango.certificate_chain(:'xc'),
+           morango.certificate_sign(:'xc', morango.handshake_message(:'nonce', :'ss', :'expired', :'xc', 'facilitydata')),
+           :'nonce')) AS ours_expired;
+SELECT cert_try(format('SELECT morango.session_authenticate(%L, %L, %L, %L, %L, %L, %L)',
+           :'ss', 'facilitydata', :'xc', :'xe', morango.certificate_chain(:'xe'),
+           morango.sign(private_key, morango.handshake_message(:'nonce', :'ss', :'xc', :'xe', 'facilitydata')),
+           :'nonce')) AS peer_revoked
+FROM ec;
+SELECT count(*) AS sessions_bound FROM morango.session_certificates;
+-- bound while valid, expired since: the next transfer is refused
+BEGIN;
+SELECT morango.issue_certificate(:'xroot', 'full-facility', jsonb_build_object('dataset_id', hex(:'xroot')),
+                                 expires => now() + interval '2 seconds') AS soon \gset
+SELECT morango.session_bind(:'ss', 'facilitydata', :'xc', :'soon');
+SELECT morango.session_scope_check(:'ss', 'facilitydata', true, ARRAY[hex(:'xroot') || ':user-rw:u2']) IS NOT NULL AS before_expiry;
+COMMIT;
+CREATE FUNCTION wait_until(t timestamptz) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..300 LOOP    -- at most 30 s
+        EXIT WHEN clock_timestamp() > t;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    RETURN clock_timestamp() > t;
+END
+$$;
+SELECT wait_until(expires_at) AS expired_now FROM morango.certificates WHERE id = :'soon';
+SELECT cert_try(format('SELECT morango.session_scope_check(%L, %L, true, %L)', :'ss', 'facilitydata',
+                       ARRAY[hex(:'xroot') || ':user-rw:u2'])) AS after_expiry;
+-- bound while valid, revoked since
+SELECT gen_random_uuid() AS ss2 \gset
+SELECT morango.session_bind(:'ss2', 'facilitydata', :'xc', :'xa');
+SELECT morango.session_scope_check(:'ss2', 'facilitydata', false, ARRAY[hex(:'xroot') || ':user-rw:u2']) IS NOT NULL AS before_revocation;
+SELECT morango.revoke_certificate(:'xc') = :'xroot' AS revoked;
+SELECT cert_try(format('SELECT morango.session_scope_check(%L, %L, false, %L)', :'ss2', 'facilitydata',
+                       ARRAY[hex(:'xroot') || ':user-rw:u2'])) AS after_revocation;
+DELETE FROM morango.session_certificates;
+
+-- Signing requests over the peer API: the grant's validity, capped at the
+-- parent's expiry; the role the call acts for (SET ROLE counts); a quota
+SET client_min_messages = warning;
+DO $$ BEGIN
+    CREATE ROLE regress_cert_peer LOGIN;
+    CREATE ROLE regress_cert_other LOGIN;
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+RESET client_min_messages;
+SELECT morango.grant_peer('regress_cert_peer'), morango.grant_peer('regress_cert_other');
+SELECT cert_try(format($$SELECT morango.grant_certificate_signing('regress_cert_peer', %L, 'single-user', '{}', '0 days')$$,
+                       :'xroot')) AS zero_validity;
+SELECT morango.grant_certificate_signing('regress_cert_peer', :'xroot', 'single-user', '{}', '30 days');
+SELECT public_key AS pub FROM kp \gset
+SELECT jsonb_build_object('dataset_id', hex(:'xroot'), 'user_id', 'u5') AS u5 \gset
+SET ROLE regress_cert_peer;
+SELECT morango.peer_certificate_sign(:'xroot', 'single-user', :'u5', :'pub')->-1->>'serialized' AS s30 \gset
+RESET ROLE;
+SELECT expires_at BETWEEN now() + interval '30 days' - interval '1 minute' AND now() + interval '30 days' AS thirty_days,
+       stored_by
+FROM morango.certificates WHERE serialized = :'s30';
+SELECT morango.grant_certificate_signing('regress_cert_peer', :'xroot', 'single-user', '{}', '100 years');
+SET ROLE regress_cert_peer;
+SELECT morango.peer_certificate_sign(:'xroot', 'single-user', :'u5', :'pub')->-1->>'serialized' AS s100 \gset
+RESET ROLE;
+SELECT expires_at = '2100-01-01 00:00:00+00' AS capped_at_parent FROM morango.certificates WHERE serialized = :'s100';
+-- another role, reached with SET ROLE from a superuser login, has no grant
+SET ROLE regress_cert_other;
+SELECT cert_try(format('SELECT morango.peer_certificate_sign(%L, %L, %L, %L)', :'xroot', 'single-user', :'u5', :'pub')) AS other_role;
+RESET ROLE;
+-- the quota: 2 stored, a third refused; only a superuser sets it
+SELECT count(*) AS certificates_before FROM morango.certificates \gset
+SET morango.max_peer_certificates = 2;
+SET ROLE regress_cert_peer;
+SELECT cert_try(format('SELECT morango.peer_certificate_sign(%L, %L, %L, %L)', :'xroot', 'single-user', :'u5', :'pub')) AS over_quota;
+SELECT cert_try('SET morango.max_peer_certificates = 100') AS set_by_peer;
+RESET ROLE;
+DELETE FROM morango.certificates WHERE id = :'xe';
+SELECT cert_try(format('SELECT morango.save_certificate_chain(%L, %L)', c, 'regress_cert_peer')) AS chain_over_quota FROM ec;
+SELECT morango.save_certificate_chain(c) = :'xe' AS chain_stored_locally FROM ec;
+SET morango.max_peer_certificates = 0;
+SELECT cert_try(format('SELECT morango.revocations_save(%L, %L, %L)',
+                       jsonb_build_array(revocation(:'xa', :'xroot', :'xroot')), :'xroot', 'regress_cert_peer')) AS revocations_over_quota;
+RESET morango.max_peer_certificates;
+SELECT count(*) = :certificates_before AS nothing_more_stored,
+       (SELECT count(*) FROM morango.certificate_revocations WHERE stored_by IS NOT NULL) AS peer_revocations
+FROM morango.certificates;
+SELECT current_setting('morango.max_peer_certificates') AS default_quota;
+
+DROP OWNED BY regress_cert_peer, regress_cert_other;
+DROP ROLE regress_cert_peer;
+DROP ROLE regress_cert_other;
+DROP FUNCTION kp_root(text);
+DROP FUNCTION problem(uuid);
+DROP FUNCTION revocation(uuid, uuid, uuid);
+DROP FUNCTION wait_until(timestamptz);
 
 DELETE FROM morango.certificates;
 DELETE FROM morango.scope_definitions;

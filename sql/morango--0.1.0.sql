@@ -1363,6 +1363,7 @@ BEGIN
                    'morango.peer_close(uuid, text), '
                    'morango.peer_nonce(), '
                    'morango.peer_authenticate(uuid, text, jsonb, uuid, uuid, text), '
+                   'morango.peer_revocations(uuid, jsonb), '
                    'morango.peer_certificate_sign(uuid, text, jsonb, text) TO %s', role);
 END
 $$;
@@ -1633,9 +1634,12 @@ CREATE TABLE morango.certificates (
     signature           text NOT NULL,
     read_filter         text[] NOT NULL, -- the scope, expanded when verified
     write_filter        text[] NOT NULL,
-    created_at          timestamptz NOT NULL DEFAULT now()
+    expires_at          timestamptz,     -- "expires" of serialized; NULL: never
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    stored_by           name             -- the peer role that stored it (quota); NULL: stored here
 );
 CREATE INDEX ON morango.certificates (parent_id);
+CREATE INDEX ON morango.certificates (stored_by) WHERE stored_by IS NOT NULL;
 COMMENT ON TABLE morango.certificates IS
     'verified certificates, root first; serialized + signature are what travels';
 
@@ -1652,9 +1656,34 @@ CREATE TABLE morango.nonces (
 );
 COMMENT ON TABLE morango.nonces IS 'single-use handshake nonces, valid for 60 seconds';
 
+/*
+ * Revocations: a signed statement by a strict ancestor of a certificate
+ * that the certificate (and so everything under it) may no longer be used.
+ * The revoked certificate need not be known here (revocations are relayed
+ * through databases that never saw it): a revocation counts once the
+ * certificate is known and its signer is one of its strict ancestors.
+ */
+CREATE TABLE morango.certificate_revocations (
+    certificate_id  uuid NOT NULL,        -- the revoked certificate
+    signer_id       uuid NOT NULL REFERENCES morango.certificates (id) ON DELETE CASCADE,
+    root_id         uuid NOT NULL,        -- the signer's root: revocations travel per root
+    revoked_at      timestamptz NOT NULL,
+    reason          text NOT NULL,
+    serialized      text NOT NULL,        -- the signed bytes, kept verbatim
+    signature       text NOT NULL,
+    stored_by       name,                 -- the peer role that stored it (quota); NULL: stored here
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (certificate_id, signer_id)
+);
+CREATE INDEX ON morango.certificate_revocations (root_id);
+CREATE INDEX ON morango.certificate_revocations (stored_by) WHERE stored_by IS NOT NULL;
+COMMENT ON TABLE morango.certificate_revocations IS
+    'signed revocations of certificates (morango.revoke_certificate(), or received in syncs)';
+
 SELECT pg_catalog.pg_extension_config_dump('morango.scope_definitions', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.certificates', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.certificate_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('morango.certificate_revocations', '');
 
 CREATE FUNCTION morango.key_generate(OUT private_key text, OUT public_key text)
 RETURNS record
@@ -1705,22 +1734,61 @@ SET search_path = pg_catalog, pg_temp
 RETURN substr(encode(sha256(convert_to(value, 'UTF8')), 'hex'), 1, 32)::uuid;
 
 /*
+ * morango.utc_text(t) -> text: t as ISO 8601 UTC to the second,
+ * "2027-01-01T00:00:00Z", the form expiries and revocation times travel in
+ * (and are shown in messages), whatever the session's TimeZone.
+ */
+CREATE FUNCTION morango.utc_text(t timestamptz)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+
+/*
+ * morango.utc_parse(text) -> timestamptz: the inverse of utc_text(); NULL
+ * unless the text is exactly in that form.
+ */
+CREATE FUNCTION morango.utc_parse(value text)
+RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t timestamptz;
+BEGIN
+    IF value !~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$' THEN
+        RETURN NULL;
+    END IF;
+    t := value::timestamptz;
+    RETURN CASE WHEN morango.utc_text(t) = value THEN t END;
+EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+    RETURN NULL;
+END
+$$;
+
+/*
  * The signed form of a certificate: Morango's JSON, in its key order, with
- * ids as 32 hex digits and the parameters as a JSON string.
+ * ids as 32 hex digits and the parameters as a JSON string.  A certificate
+ * with an expiry has one more key at the end, "expires" (utc_text());
+ * without one the bytes are exactly Morango's.  Morango's deserialize reads
+ * the keys it knows and ignores others, so Morango devices still store and
+ * verify such certificates (but do not enforce the expiry).
  */
 CREATE FUNCTION morango.certificate_serialize(id uuid, parent_id uuid, profile text, salt text,
                                               scope_definition_id text, scope_version integer,
-                                              scope_params jsonb, public_key text)
+                                              scope_params jsonb, public_key text,
+                                              expires timestamptz DEFAULT NULL)
 RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 RETURN format('{"id": %s, "parent_id": %s, "profile": %s, "salt": %s, '
               '"scope_definition_id": %s, "scope_version": %s, "scope_params": %s, '
-              '"public_key_string": %s}',
+              '"public_key_string": %s%s}',
               to_json(replace(id::text, '-', '')),
               COALESCE(to_json(replace(parent_id::text, '-', ''))::text, 'null'),
               to_json(profile), to_json(salt), to_json(scope_definition_id),
-              scope_version, to_json(scope_params::text), to_json(public_key));
+              scope_version, to_json(scope_params::text), to_json(public_key),
+              ', "expires": ' || to_json(morango.utc_text(expires)));
 
 /*
  * morango.certificate_check(serialized, signature) -> morango.certificates
@@ -1729,8 +1797,11 @@ RETURN format('{"id": %s, "parent_id": %s, "profile": %s, "salt": %s, '
  * is the hash of its key, profile and salt; its scope definition is known;
  * a root signs itself and its filters start with its id; a child's parent
  * is stored here, signed it, has the same profile and a scope covering the
- * child's.  Returns the row to store; raises invalid_authorization_
- * specification naming the rule broken.  Stores nothing.
+ * child's and that does not expire after it (nor never, under a parent
+ * that expires).  Whether a certificate has expired or was revoked is not
+ * checked here but where it is used (certificate_assert_usable()).
+ * Returns the row to store; raises invalid_authorization_specification
+ * naming the rule broken.  Stores nothing.
  */
 CREATE FUNCTION morango.certificate_check(serialized text, signature text)
 RETURNS morango.certificates
@@ -1759,7 +1830,12 @@ BEGIN
            OR jsonb_typeof(doc->'scope_definition_id') IS DISTINCT FROM 'string'
            OR jsonb_typeof(doc->'scope_version') IS DISTINCT FROM 'number'
            OR jsonb_typeof(doc->'scope_params') IS DISTINCT FROM 'string'
-           OR jsonb_typeof(doc->'public_key_string') IS DISTINCT FROM 'string' THEN
+           OR jsonb_typeof(doc->'public_key_string') IS DISTINCT FROM 'string'
+           OR COALESCE(jsonb_typeof(doc->'expires'), 'string') <> 'string' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
+        END IF;
+        c.expires_at := morango.utc_parse(doc->>'expires');
+        IF doc ? 'expires' AND c.expires_at IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
         END IF;
         c.id := (doc->>'id')::uuid;
@@ -1774,7 +1850,8 @@ BEGIN
         RAISE EXCEPTION 'malformed certificate'
             USING ERRCODE = 'invalid_authorization_specification',
                   DETAIL = 'A certificate is a JSON object with id, parent_id, profile, salt, '
-                           'scope_definition_id, scope_version, scope_params and public_key_string.';
+                           'scope_definition_id, scope_version, scope_params and public_key_string, '
+                           'and optionally expires (YYYY-MM-DDTHH:MM:SSZ).';
     END;
     c.profile := doc->>'profile';
     c.salt := doc->>'salt';
@@ -1844,8 +1921,105 @@ BEGIN
                                       c.read_filter, c.write_filter,
                                       parent.read_filter, parent.write_filter);
         END IF;
+        IF parent.expires_at < COALESCE(c.expires_at, 'infinity') THEN
+            RAISE EXCEPTION 'certificate % outlives its parent %', c.id, c.parent_id
+                USING ERRCODE = 'invalid_authorization_specification',
+                      DETAIL = format('The parent expires at %s, the certificate %s.',
+                                      morango.utc_text(parent.expires_at),
+                                      COALESCE('at ' || morango.utc_text(c.expires_at), 'never')),
+                      HINT = 'A certificate must expire no later than its parent.';
+        END IF;
     END IF;
     RETURN c;
+END
+$$;
+
+/*
+ * morango.certificate_ancestry(certificate) -> (id, parent_id, depth): a
+ * stored certificate (depth 0) and its ancestors up to the root (the row
+ * whose parent_id is NULL), each with its distance from the certificate.
+ * No rows for an unknown certificate.
+ */
+CREATE FUNCTION morango.certificate_ancestry(certificate uuid)
+RETURNS TABLE (id uuid, parent_id uuid, depth integer)
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE up AS (
+        SELECT c.id, c.parent_id, 0 AS depth FROM morango.certificates c WHERE c.id = certificate
+        UNION ALL
+        SELECT p.id, p.parent_id, up.depth + 1
+        FROM morango.certificates p JOIN up ON p.id = up.parent_id
+        WHERE up.depth < 1000
+    )
+    SELECT id, parent_id, depth FROM up
+$$;
+
+/*
+ * morango.certificate_root(certificate) -> uuid: the root of a stored
+ * certificate's chain (NULL for an unknown certificate).
+ */
+CREATE FUNCTION morango.certificate_root(certificate uuid)
+RETURNS uuid
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT a.id FROM morango.certificate_ancestry(certificate) a WHERE a.parent_id IS NULL);
+
+/*
+ * morango.certificate_problem(certificate) -> (problem, detail)
+ *
+ * Why a stored certificate may not be used, or NULLs when it may: it or
+ * one of its ancestors has expired, or has a revocation signed by one of
+ * its own strict ancestors (a revocation signed by anyone else counts for
+ * nothing).  The certificate itself is named first.
+ */
+CREATE FUNCTION morango.certificate_problem(certificate uuid, OUT problem text, OUT detail text)
+RETURNS record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH up AS (
+        SELECT a.id, a.depth, c.expires_at
+        FROM morango.certificate_ancestry(certificate) a JOIN morango.certificates c ON c.id = a.id
+    ), bad AS (
+        SELECT u.depth, u.id, 'expired' AS what,
+               format('%s expired at %s.', u.id, morango.utc_text(u.expires_at)) AS why
+        FROM up u WHERE u.expires_at <= now()
+        UNION ALL
+        SELECT u.depth, u.id, 'been revoked',
+               format('%s was revoked by %s at %s%s', u.id, r.signer_id, morango.utc_text(r.revoked_at),
+                      CASE WHEN r.reason = '' THEN '.' ELSE ': ' || r.reason END)
+        FROM up u
+        JOIN morango.certificate_revocations r ON r.certificate_id = u.id
+        JOIN up a ON a.id = r.signer_id AND a.depth > u.depth
+    )
+    SELECT CASE WHEN depth = 0 THEN format('certificate %s has %s', certificate, what)
+                ELSE format('certificate %s cannot be used: its ancestor %s has %s', certificate, id, what)
+           END,
+           why
+    FROM bad ORDER BY depth, what LIMIT 1
+$$;
+
+/*
+ * morango.certificate_assert_usable(certificate): raise
+ * invalid_authorization_specification when the certificate has expired or
+ * been revoked, or an ancestor has (certificate_problem()).  Every use of a
+ * certificate goes through this: the handshake on both sides, the scope
+ * check of every transfer, signing a child, rotating.
+ */
+CREATE FUNCTION morango.certificate_assert_usable(certificate uuid)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+BEGIN
+    SELECT * INTO p FROM morango.certificate_problem(certificate);
+    IF p.problem IS NOT NULL THEN
+        RAISE EXCEPTION '%', p.problem
+            USING ERRCODE = 'invalid_authorization_specification', DETAIL = p.detail;
+    END IF;
 END
 $$;
 
@@ -1922,12 +2096,15 @@ END
 $$;
 
 /*
- * morango.create_root_certificate(scope_definition, params) -> uuid
+ * morango.create_root_certificate(scope_definition, params, expires) -> uuid
  *
  * A new key pair and the self-signed certificate over it: the root of a
  * dataset.  The scope's primary parameter is the certificate's own id.
+ * With `expires` (kept to the second), the root and so everything under it
+ * can no longer be used from then on.
  */
-CREATE FUNCTION morango.create_root_certificate(scope_definition text, params jsonb DEFAULT '{}')
+CREATE FUNCTION morango.create_root_certificate(scope_definition text, params jsonb DEFAULT '{}',
+                                                expires timestamptz DEFAULT NULL)
 RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1943,20 +2120,25 @@ BEGIN
     params := params || jsonb_build_object(sd.primary_scope_param_key, replace(cid::text, '-', ''));
     RETURN morango.certificate_add(
         morango.certificate_serialize(cid, NULL, sd.profile, '', sd.id, sd.version, params,
-                                      kp.public_key),
+                                      kp.public_key, expires),
         kp.private_key, kp.private_key);
 END
 $$;
 
 /*
- * morango.issue_certificate(parent, scope_definition, params, public_key) -> uuid
+ * morango.issue_certificate(parent, scope_definition, params, public_key,
+ *                           expires) -> uuid
  *
- * Sign a child of `parent` (whose private key this database holds).  With a
- * public key, the child is for someone else (a signing request); without,
- * a key pair is made here and its private key kept.
+ * Sign a child of `parent` (whose private key this database holds, and
+ * which has neither expired nor been revoked).  With a public key, the
+ * child is for someone else (a signing request); without, a key pair is
+ * made here and its private key kept.  Without `expires`, the child
+ * expires with its parent (never, if the parent does not); an expiry after
+ * the parent's is refused.
  */
 CREATE FUNCTION morango.issue_certificate(parent uuid, scope_definition text, params jsonb,
-                                          public_key text DEFAULT NULL)
+                                          public_key text DEFAULT NULL,
+                                          expires timestamptz DEFAULT NULL)
 RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1971,7 +2153,9 @@ DECLARE
     cid     uuid;
 BEGIN
     pkey := morango.private_key(parent);
+    PERFORM morango.certificate_assert_usable(parent);
     sd := morango.scope_definition_get(scope_definition, params);
+    expires := COALESCE(expires, (SELECT c.expires_at FROM morango.certificates c WHERE c.id = parent));
     IF public_key IS NULL THEN
         kp := morango.key_generate();
         pub := kp.public_key;
@@ -1981,7 +2165,8 @@ BEGIN
     END IF;
     cid := morango.sha2_uuid(pub || ':' || sd.profile || ':' || salt);
     RETURN morango.certificate_add(
-        morango.certificate_serialize(cid, parent, sd.profile, salt, sd.id, sd.version, params, pub),
+        morango.certificate_serialize(cid, parent, sd.profile, salt, sd.id, sd.version, params, pub,
+                                      expires),
         pkey, own);
 END
 $$;
@@ -1992,9 +2177,11 @@ $$;
  * Replace a certificate's key pair: issue a new certificate with the same
  * parent, scope definition and parameters for a new key (this database must
  * hold the parent's private key), drop the old private key, and move
- * signing grants to the new certificate.  The old certificate stays known
- * (others may hang under it) but can no longer be used from here.  A root
- * cannot be rotated: its id is the dataset id.
+ * signing grants to the new certificate.  The new certificate expires
+ * when the old one does.  The old certificate stays known (others may hang
+ * under it) but can no longer be used from here.  A root cannot be
+ * rotated: its id is the dataset id; an expired or revoked certificate
+ * cannot be either (its replacement would undo the revocation).
  */
 CREATE FUNCTION morango.rotate_certificate(certificate uuid)
 RETURNS uuid
@@ -2006,6 +2193,7 @@ DECLARE
     fresh   uuid;
 BEGIN
     PERFORM morango.private_key(certificate);
+    PERFORM morango.certificate_assert_usable(certificate);
     SELECT * INTO old FROM morango.certificates WHERE id = certificate;
     IF old.parent_id IS NULL THEN
         RAISE EXCEPTION 'a root certificate cannot be rotated'
@@ -2014,7 +2202,8 @@ BEGIN
     END IF;
     PERFORM morango.private_key(old.parent_id,
                                 'Ask the holder of the parent again with morango.request_certificate().');
-    fresh := morango.issue_certificate(old.parent_id, old.scope_definition_id, old.scope_params);
+    fresh := morango.issue_certificate(old.parent_id, old.scope_definition_id, old.scope_params,
+                                       expires => old.expires_at);
     DELETE FROM morango.certificate_keys WHERE certificate_id = certificate;
     UPDATE morango.certificate_signers SET parent_id = fresh WHERE parent_id = certificate;
     RETURN fresh;
@@ -2035,16 +2224,10 @@ AS $$
 DECLARE
     chain jsonb;
 BEGIN
-    WITH RECURSIVE up AS (
-        SELECT c.id, c.parent_id, c.serialized, c.signature, 0 AS depth
-        FROM morango.certificates c WHERE c.id = certificate
-        UNION ALL
-        SELECT p.id, p.parent_id, p.serialized, p.signature, up.depth + 1
-        FROM morango.certificates p JOIN up ON p.id = up.parent_id
-    )
-    SELECT jsonb_agg(jsonb_build_object('serialized', serialized, 'signature', signature)
-                     ORDER BY depth DESC)
-    INTO chain FROM up;
+    SELECT jsonb_agg(jsonb_build_object('serialized', c.serialized, 'signature', c.signature)
+                     ORDER BY a.depth DESC)
+    INTO chain
+    FROM morango.certificate_ancestry(certificate) a JOIN morango.certificates c ON c.id = a.id;
     IF chain IS NULL THEN
         RAISE EXCEPTION 'certificate % does not exist', certificate USING ERRCODE = 'undefined_object';
     END IF;
@@ -2053,13 +2236,44 @@ END
 $$;
 
 /*
- * morango.save_certificate_chain(chain jsonb) -> uuid
+ * morango.peer_quota_lock(role): serialize, per peer role, the calls that
+ * store certificates or revocations for it, so that their quota check
+ * (peer_quota_check()) sees the other calls' rows.
+ * morango.peer_quota_check(role, what, stored): raise
+ * configuration_limit_exceeded when `stored` (the role's rows, counting
+ * those about to be stored) is over morango.max_peer_certificates.
+ */
+CREATE FUNCTION morango.peer_quota_lock(role name)
+RETURNS void
+LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN pg_advisory_xact_lock(hashtext('morango peer quota'), hashtext(role));
+
+CREATE FUNCTION morango.peer_quota_check(role name, what text, stored bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF stored > morango.max_peer_certificates() THEN
+        RAISE EXCEPTION 'role "%" may not store more than % % on this database',
+            role, morango.max_peer_certificates(), what
+            USING ERRCODE = 'configuration_limit_exceeded',
+                  HINT = 'A superuser can raise morango.max_peer_certificates.';
+    END IF;
+END
+$$;
+
+/*
+ * morango.save_certificate_chain(chain jsonb, stored_by name) -> uuid
  *
  * Verify a chain (root first, each element the parent of the next) and store
  * the certificates not yet known; returns the last one's id.  A certificate
- * already stored must be byte-identical.  All or nothing.
+ * already stored must be byte-identical.  All or nothing.  With stored_by
+ * (the peer API: the role the call acts for), the new certificates are
+ * recorded as that role's and its quota applies.
  */
-CREATE FUNCTION morango.save_certificate_chain(chain jsonb)
+CREATE FUNCTION morango.save_certificate_chain(chain jsonb, stored_by name DEFAULT NULL)
 RETURNS uuid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2077,6 +2291,9 @@ BEGIN
        OR jsonb_array_length(chain) > 32 THEN
         RAISE EXCEPTION 'a certificate chain is a JSON array of 1 to 32 certificates, root first'
             USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    IF stored_by IS NOT NULL THEN
+        PERFORM morango.peer_quota_lock(stored_by);
     END IF;
     FOR elem IN SELECT e FROM jsonb_array_elements(chain) e LOOP
         IF jsonb_typeof(elem->'serialized') IS DISTINCT FROM 'string'
@@ -2104,12 +2321,238 @@ BEGIN
             END IF;
         ELSE
             c := morango.certificate_check(elem->>'serialized', elem->>'signature');
+            c.stored_by := save_certificate_chain.stored_by;
             INSERT INTO morango.certificates SELECT (c).*;
         END IF;
         prev := cid;
         i := i + 1;
     END LOOP;
+    IF stored_by IS NOT NULL THEN   -- over the quota: raising undoes what this call stored
+        PERFORM morango.peer_quota_check(stored_by, 'certificates',
+            (SELECT count(*) FROM morango.certificates x WHERE x.stored_by = save_certificate_chain.stored_by));
+    END IF;
     RETURN prev;
+END
+$$;
+
+/*
+ * Revocations (doc/design.md §10).  A revocation travels as
+ * {"serialized": <text>, "signature": <base64>}: `serialized` is the JSON
+ * {"certificate_id", "signer_id", "revoked_at", "reason"} (ids as 32 hex
+ * digits, the time as utc_text()), signed with the signer's key.
+ */
+CREATE FUNCTION morango.revocation_serialize(certificate uuid, signer uuid, revoked_at timestamptz,
+                                             reason text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN format('{"certificate_id": %s, "signer_id": %s, "revoked_at": %s, "reason": %s}',
+              to_json(replace(certificate::text, '-', '')), to_json(replace(signer::text, '-', '')),
+              to_json(morango.utc_text(revoked_at)), to_json(reason));
+
+/*
+ * morango.revocation_check(serialized, signature) -> morango.certificate_revocations
+ *
+ * Verify one received revocation: bounded sizes, well formed, signed by
+ * the key of its signer, and, when the revoked certificate is known here,
+ * the signer is one of its strict ancestors.  Returns the row to store, or
+ * NULL when the signer is not known here (it cannot be verified: it is not
+ * stored; the peer sends it again in later syncs).  Raises
+ * invalid_authorization_specification naming the rule broken.  Stores
+ * nothing.
+ */
+CREATE FUNCTION morango.revocation_check(serialized text, signature text)
+RETURNS morango.certificate_revocations
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    doc     jsonb;
+    r       morango.certificate_revocations;
+    signer  morango.certificates;
+BEGIN
+    IF serialized IS NULL OR signature IS NULL
+       OR octet_length(serialized) > 2048 OR octet_length(signature) > 4096 THEN
+        RAISE EXCEPTION 'a revocation needs its serialized form (at most 2048 bytes) and a signature'
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    BEGIN
+        doc := serialized::jsonb;
+        IF jsonb_typeof(doc) <> 'object'
+           OR jsonb_typeof(doc->'certificate_id') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(doc->'signer_id') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(doc->'revoked_at') IS DISTINCT FROM 'string'
+           OR jsonb_typeof(doc->'reason') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
+        END IF;
+        r.certificate_id := (doc->>'certificate_id')::uuid;
+        r.signer_id := (doc->>'signer_id')::uuid;
+        r.revoked_at := morango.utc_parse(doc->>'revoked_at');
+        IF r.revoked_at IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation';
+        END IF;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'malformed revocation'
+            USING ERRCODE = 'invalid_authorization_specification',
+                  DETAIL = 'A revocation is a JSON object with certificate_id, signer_id, '
+                           'revoked_at (YYYY-MM-DDTHH:MM:SSZ) and reason.';
+    END;
+    r.reason := doc->>'reason';
+    r.serialized := serialized;
+    r.signature := signature;
+    r.received_at := now();
+
+    SELECT * INTO signer FROM morango.certificates WHERE id = r.signer_id;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF NOT morango.verify(signer.public_key, serialized, signature) THEN
+        RAISE EXCEPTION 'the revocation of certificate % has an invalid signature', r.certificate_id
+            USING ERRCODE = 'invalid_authorization_specification',
+                  DETAIL = format('It must be signed by the key of its signer %s.', r.signer_id);
+    END IF;
+    IF EXISTS (SELECT 1 FROM morango.certificates WHERE id = r.certificate_id)
+       AND NOT EXISTS (SELECT 1 FROM morango.certificate_ancestry(r.certificate_id) a
+                       WHERE a.id = r.signer_id AND a.depth > 0) THEN
+        RAISE EXCEPTION 'the revocation of certificate % is not signed by one of its ancestors',
+            r.certificate_id
+            USING ERRCODE = 'invalid_authorization_specification',
+                  DETAIL = format('It is signed by %s.', r.signer_id);
+    END IF;
+    r.root_id := morango.certificate_root(r.signer_id);
+    RETURN r;
+END
+$$;
+
+/*
+ * morango.revocations_save(revocations jsonb, root uuid, stored_by name)
+ *   -> integer
+ *
+ * Verify received revocations (a JSON array of at most 1000) and store the
+ * new ones: all or nothing.  Every one must check out
+ * (revocation_check()) and be signed under `root` (the root of the sync
+ * session's certificates); those whose signer is unknown here are left
+ * out.  With stored_by (the peer API), they are recorded as that role's
+ * and its quota applies.  Returns the number stored.
+ */
+CREATE FUNCTION morango.revocations_save(revocations jsonb, root uuid, stored_by name DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad     bigint;
+    checked morango.certificate_revocations[];
+    n       integer;
+BEGIN
+    IF jsonb_typeof(revocations) IS DISTINCT FROM 'array' OR jsonb_array_length(revocations) > 1000
+       OR octet_length(revocations::text) > 2097152 THEN
+        RAISE EXCEPTION 'revocations are a JSON array of at most 1000 revocations (2 MB)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT min(i) INTO bad FROM jsonb_array_elements(revocations) WITH ORDINALITY AS e(v, i)
+    WHERE jsonb_typeof(v->'serialized') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(v->'signature') IS DISTINCT FROM 'string';
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'element % of the revocations needs "serialized" and "signature"', bad - 1
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    SELECT array_agg(r) INTO checked
+    FROM (SELECT morango.revocation_check(v->>'serialized', v->>'signature') AS r
+          FROM jsonb_array_elements(revocations) AS e(v)) x
+    WHERE (r).signer_id IS NOT NULL;
+    IF EXISTS (SELECT 1 FROM unnest(checked) r WHERE r.root_id IS DISTINCT FROM root) THEN
+        RAISE EXCEPTION 'the revocation of certificate % is signed under another root',
+            (SELECT r.certificate_id FROM unnest(checked) r WHERE r.root_id IS DISTINCT FROM root
+             ORDER BY 1 LIMIT 1)
+            USING ERRCODE = 'invalid_authorization_specification',
+                  DETAIL = format('This sync session runs under root %s.', root);
+    END IF;
+    IF stored_by IS NOT NULL THEN
+        PERFORM morango.peer_quota_lock(stored_by);
+    END IF;
+    INSERT INTO morango.certificate_revocations
+    SELECT (r).certificate_id, (r).signer_id, (r).root_id, (r).revoked_at, (r).reason, (r).serialized,
+           (r).signature, revocations_save.stored_by, (r).received_at
+    FROM unnest(checked) r
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF stored_by IS NOT NULL AND n > 0 THEN   -- over the quota: raising undoes the insert
+        PERFORM morango.peer_quota_check(stored_by, 'revocations',
+            (SELECT count(*) FROM morango.certificate_revocations x
+             WHERE x.stored_by = revocations_save.stored_by));
+    END IF;
+    RETURN n;
+END
+$$;
+
+/*
+ * morango.revocations_of(root) -> jsonb: the revocations this database
+ * holds under a root, as they travel: at most 1000 (the most a peer takes
+ * in one call), those of certificates known here first, then those whose
+ * signer is nearest the root, so that revocations anyone can check, and
+ * those made high up, are not crowded out by many that a device signed
+ * for certificates nobody here knows.
+ */
+CREATE FUNCTION morango.revocations_of(root uuid)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('serialized', serialized, 'signature', signature)
+                              ORDER BY certificate_id, signer_id), '[]')
+    FROM (SELECT r.serialized, r.signature, r.certificate_id, r.signer_id
+          FROM morango.certificate_revocations r
+          WHERE r.root_id = root
+          ORDER BY NOT EXISTS (SELECT 1 FROM morango.certificates c WHERE c.id = r.certificate_id),
+                   (SELECT max(a.depth) FROM morango.certificate_ancestry(r.signer_id) a),
+                   r.certificate_id, r.signer_id
+          LIMIT 1000) r
+$$;
+
+/*
+ * morango.revoke_certificate(certificate, reason) -> uuid
+ *
+ * Revoke a certificate: sign a revocation with the key of its nearest
+ * strict ancestor whose private key this database holds, and store it.
+ * From then on the certificate and everything under it can no longer be
+ * used here, and the revocation travels with every certified sync of its
+ * root.  Returns the signer's id.
+ */
+CREATE FUNCTION morango.revoke_certificate(certificate uuid, reason text DEFAULT '')
+RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    signer  uuid;
+    doc     text;
+    at      timestamptz := date_trunc('second', now());
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM morango.certificates WHERE id = certificate) THEN
+        RAISE EXCEPTION 'certificate % does not exist', certificate USING ERRCODE = 'undefined_object';
+    END IF;
+    IF reason IS NULL OR length(reason) > 500 THEN
+        RAISE EXCEPTION 'a revocation reason is a text of at most 500 characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT a.id INTO signer
+    FROM morango.certificate_ancestry(certificate) a
+    JOIN morango.certificate_keys k ON k.certificate_id = a.id
+    WHERE a.depth > 0
+    ORDER BY a.depth LIMIT 1;
+    IF signer IS NULL THEN
+        RAISE EXCEPTION 'this database holds the private key of no ancestor of certificate %', certificate
+            USING ERRCODE = 'invalid_authorization_specification',
+                  HINT = 'A revocation is signed by an ancestor of the certificate: revoke it where one is held.';
+    END IF;
+    doc := morango.revocation_serialize(certificate, signer, at, reason);
+    INSERT INTO morango.certificate_revocations
+        (certificate_id, signer_id, root_id, revoked_at, reason, serialized, signature)
+    VALUES (certificate, signer, morango.certificate_root(signer), at, reason, doc,
+            morango.certificate_sign(signer, doc))
+    ON CONFLICT DO NOTHING;
+    RETURN signer;
 END
 $$;
 
@@ -2167,13 +2610,15 @@ SELECT pg_catalog.pg_extension_config_dump('morango.session_certificates', '');
  * Who may obtain certificates from this database over the peer API
  * (morango.peer_certificate_sign): members of `role`, for children of
  * `parent_id` with this scope definition and parameters that contain
- * `params` (so '{"user_id": "u1"}' limits a role to user u1's scope).
+ * `params` (so '{"user_id": "u1"}' limits a role to user u1's scope),
+ * valid for `validity` from signing (NULL: as long as the parent).
  */
 CREATE TABLE morango.certificate_signers (
     role                oid NOT NULL,    -- pg_authid oid
     parent_id           uuid NOT NULL REFERENCES morango.certificates (id) ON DELETE CASCADE,
     scope_definition_id text NOT NULL REFERENCES morango.scope_definitions (id) ON DELETE CASCADE,
     params              jsonb NOT NULL DEFAULT '{}',
+    validity            interval CHECK (validity > interval '0'),
     PRIMARY KEY (role, parent_id, scope_definition_id, params)
 );
 SELECT pg_catalog.pg_extension_config_dump('morango.certificate_signers', '');
@@ -2184,6 +2629,13 @@ AS 'MODULE_PATHNAME', 'morango_uncertified_sync_allowed'
 LANGUAGE C STABLE;
 COMMENT ON FUNCTION morango.uncertified_sync_allowed() IS
     'the value of morango.allow_uncertified_sync (superuser-only setting)';
+
+CREATE FUNCTION morango.max_peer_certificates()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'morango_max_peer_certificates'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION morango.max_peer_certificates() IS
+    'the value of morango.max_peer_certificates (superuser-only setting)';
 
 /*
  * morango.certificate_sign(certificate, message) -> text: sign with the
@@ -2268,9 +2720,13 @@ $$;
  * certificate chain and its signature of handshake_message() made with its
  * certificate's key; the server verifies and stores the chain, checks the
  * signature against the message rebuilt with its own certificate, consumes
- * the nonce, binds the session to both certificates and to the role that
- * connected, and answers {"chain": its own chain, "signature": its
- * signature of the same message}, proving it holds server_certificate's key.
+ * the nonce, binds the session to both certificates and to the role the
+ * call acts for (peer_role()), and answers {"chain": its own chain,
+ * "signature": its signature of the same message}, proving it holds
+ * server_certificate's key.  Refused, before anything is stored: a chain
+ * under another root than the server's certificate (such a session could
+ * never transfer anything), more certificates than the role's quota, and,
+ * on either side, a certificate that has expired or been revoked.
  */
 CREATE FUNCTION morango.peer_authenticate(sync_session uuid, profile text, client_chain jsonb,
                                           server_certificate uuid, nonce uuid, signature text)
@@ -2279,8 +2735,10 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    client  uuid;
-    message text;
+    client      uuid;
+    message     text;
+    root        uuid;
+    client_root uuid;
 BEGIN
     PERFORM morango.peer_guard('peer_authenticate');
     IF sync_session IS NULL OR profile IS NULL OR client_chain IS NULL OR server_certificate IS NULL
@@ -2294,7 +2752,22 @@ BEGIN
         RAISE EXCEPTION 'this peer does not hold certificate %', server_certificate
             USING ERRCODE = 'invalid_authorization_specification';
     END IF;
-    client := morango.save_certificate_chain(client_chain);
+    PERFORM morango.certificate_assert_usable(server_certificate);
+    root := morango.certificate_root(server_certificate);
+    BEGIN
+        client_root := ((client_chain->0->>'serialized')::jsonb->>'id')::uuid;
+    EXCEPTION WHEN invalid_text_representation THEN
+        client_root := NULL;    -- save_certificate_chain() names what is wrong
+    END;
+    IF client_root <> root THEN
+        RAISE EXCEPTION 'the client''s certificate chain starts at root %, not at this peer''s root %',
+            client_root, root
+            USING ERRCODE = 'invalid_authorization_specification',
+                  DETAIL = 'A session between two roots could never transfer anything: '
+                           'the filters of a root start with its own id.';
+    END IF;
+    client := morango.save_certificate_chain(client_chain, morango.peer_role());
+    PERFORM morango.certificate_assert_usable(client);
     message := morango.handshake_message(nonce, sync_session, client, server_certificate, profile);
     IF NOT morango.verify((SELECT public_key FROM morango.certificates WHERE id = client), message, signature) THEN
         RAISE EXCEPTION 'the client''s signature does not match certificate %', client
@@ -2314,7 +2787,8 @@ $$;
  *
  * The client's half: verify and store the server's chain, check it is the
  * certificate we asked for and that its key signed the handshake message,
- * and bind the session to both certificates.
+ * that neither certificate has expired or been revoked, and bind the
+ * session to both certificates.
  */
 CREATE FUNCTION morango.session_authenticate(sync_session uuid, profile text, local_certificate uuid,
                                              peer_certificate uuid, peer_chain jsonb,
@@ -2339,7 +2813,77 @@ BEGIN
         RAISE EXCEPTION 'the peer could not prove it holds certificate %', got
             USING ERRCODE = 'invalid_authorization_specification';
     END IF;
+    PERFORM morango.certificate_assert_usable(local_certificate);
+    PERFORM morango.certificate_assert_usable(got);
     PERFORM morango.session_bind(sync_session, profile, local_certificate, got);
+END
+$$;
+
+/*
+ * morango.peer_revocations(sync_session, revocations) -> jsonb
+ *
+ * Revocations travel with every certified sync (peer API; the initiator
+ * calls it right after the handshake).  On a session authenticated by
+ * peer_authenticate() for the role the call acts for, store the valid new
+ * revocations the client sends (revocations_save(): at most 1000, all or
+ * nothing, counted in the role's quota) and answer this database's
+ * revocations under the root of the session's certificates.  A client
+ * revoked by what arrives is refused at its next transfer_open().
+ */
+CREATE FUNCTION morango.peer_revocations(sync_session uuid, revocations jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bound   morango.session_certificates;
+    root    uuid;
+BEGIN
+    PERFORM morango.peer_guard('peer_revocations');
+    IF sync_session IS NULL OR revocations IS NULL THEN
+        RAISE EXCEPTION 'peer_revocations: an argument is missing' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO bound FROM morango.session_certificates WHERE sync_session_id = sync_session;
+    IF NOT FOUND OR bound.peer_role IS NULL THEN
+        RAISE EXCEPTION 'sync session % is not authenticated', sync_session
+            USING ERRCODE = 'invalid_authorization_specification',
+                  HINT = 'Call morango.peer_authenticate() first.';
+    END IF;
+    IF bound.peer_role <> morango.peer_role() THEN
+        RAISE EXCEPTION 'sync session % belongs to another role', sync_session
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    PERFORM morango.certificate_assert_usable(bound.local_certificate_id);
+    PERFORM morango.certificate_assert_usable(bound.peer_certificate_id);
+    root := morango.certificate_root(bound.local_certificate_id);
+    PERFORM morango.revocations_save(revocations, root, morango.peer_role());
+    RETURN morango.revocations_of(root);
+END
+$$;
+COMMENT ON FUNCTION morango.peer_revocations(uuid, jsonb) IS
+    'peer API: exchange the revocations under the root of an authenticated sync session';
+
+/*
+ * morango.session_revocations(sync_session, revocations) -> integer
+ *
+ * The initiator's half of peer_revocations(): store the valid new
+ * revocations the peer answered, under the root of the session's
+ * certificates.  Returns the number stored.
+ */
+CREATE FUNCTION morango.session_revocations(sync_session uuid, revocations jsonb)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bound morango.session_certificates;
+BEGIN
+    SELECT * INTO bound FROM morango.session_certificates WHERE sync_session_id = sync_session;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'sync session % is not authenticated', sync_session
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+    RETURN morango.revocations_save(revocations, morango.certificate_root(bound.local_certificate_id));
 END
 $$;
 
@@ -2352,8 +2896,10 @@ $$;
  * scope (Morango's rule: push, within the client's write and the server's
  * read; pull, the reverse).  Without, the session is refused when this
  * database holds a certificate for the profile, unless
- * morango.allow_uncertified_sync is on.  Returns the sender's write filter,
- * or NULL for an uncertified session.
+ * morango.allow_uncertified_sync is on.  A session whose certificates (or
+ * their ancestors) have expired or been revoked since the handshake is
+ * refused.  Returns the sender's write filter, or NULL for an uncertified
+ * session.
  */
 CREATE FUNCTION morango.session_scope_check(sync_session uuid, profile text, we_receive boolean,
                                             filter text[])
@@ -2386,6 +2932,8 @@ BEGIN
         RAISE EXCEPTION 'sync session % belongs to another role', sync_session
             USING ERRCODE = 'invalid_authorization_specification';
     END IF;
+    PERFORM morango.certificate_assert_usable(bound.local_certificate_id);
+    PERFORM morango.certificate_assert_usable(bound.peer_certificate_id);
     SELECT * INTO mine FROM morango.certificates WHERE id = bound.local_certificate_id;
     SELECT * INTO theirs FROM morango.certificates WHERE id = bound.peer_certificate_id;
     IF mine.profile <> profile OR theirs.profile <> profile THEN
@@ -2412,13 +2960,18 @@ END
 $$;
 
 /*
- * morango.grant_certificate_signing(role, parent, scope_definition, params)
+ * morango.grant_certificate_signing(role, parent, scope_definition, params,
+ *                                   validity)
  *
  * Let members of `role`, connected as a peer, obtain children of `parent`
- * with this scope definition and parameters containing `params`.
+ * with this scope definition and parameters containing `params`, each
+ * expiring `validity` after it is signed (capped at the parent's expiry;
+ * NULL: when the parent does).  Granting the same again replaces the
+ * validity.
  */
 CREATE FUNCTION morango.grant_certificate_signing(role regrole, parent uuid, scope_definition text,
-                                                  params jsonb DEFAULT '{}')
+                                                  params jsonb DEFAULT '{}',
+                                                  validity interval DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2426,9 +2979,14 @@ AS $$
 BEGIN
     PERFORM morango.private_key(parent);
     PERFORM morango.scope_definition_get(scope_definition, params);
-    INSERT INTO morango.certificate_signers (role, parent_id, scope_definition_id, params)
-    VALUES (role::oid, parent, scope_definition, params)
-    ON CONFLICT DO NOTHING;
+    IF validity <= interval '0' THEN
+        RAISE EXCEPTION 'the validity of a certificate must be positive'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO morango.certificate_signers AS s (role, parent_id, scope_definition_id, params, validity)
+    VALUES (role::oid, parent, scope_definition, params, validity)
+    ON CONFLICT ON CONSTRAINT certificate_signers_pkey
+    DO UPDATE SET validity = EXCLUDED.validity;
 END
 $$;
 
@@ -2437,8 +2995,11 @@ $$;
  *   -> jsonb
  *
  * The server side of a certificate signing request (peer API): if the role
- * that connected may obtain this scope (morango.certificate_signers), sign
- * a child of `parent` for `public_key` and return its chain.
+ * the call acts for (peer_role()) may obtain this scope
+ * (morango.certificate_signers), sign a child of `parent` for `public_key`,
+ * expiring as the grant says (the longest of the matching grants), and
+ * return its chain.  The new certificate counts in the role's quota
+ * (morango.max_peer_certificates).
  */
 CREATE FUNCTION morango.peer_certificate_sign(parent uuid, scope_definition text, params jsonb,
                                               public_key text)
@@ -2447,7 +3008,11 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    issued uuid;
+    issued      uuid;
+    who         name := morango.peer_role();
+    grants      bigint;
+    forever     boolean;
+    validity    interval;
 BEGIN
     PERFORM morango.peer_guard('peer_certificate_sign');
     IF parent IS NULL OR scope_definition IS NULL OR params IS NULL OR public_key IS NULL
@@ -2455,18 +3020,27 @@ BEGIN
         RAISE EXCEPTION 'peer_certificate_sign: an argument is missing or too large'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM morango.certificate_signers s
-                   WHERE s.parent_id = parent AND s.scope_definition_id = scope_definition
-                     AND peer_certificate_sign.params @> s.params
-                     AND CASE WHEN EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = s.role)
-                              THEN pg_has_role(session_user, s.role, 'MEMBER') ELSE false END) THEN
+    SELECT count(*), bool_or(s.validity IS NULL), max(s.validity) INTO grants, forever, validity
+    FROM morango.certificate_signers s
+    WHERE s.parent_id = parent AND s.scope_definition_id = scope_definition
+      AND peer_certificate_sign.params @> s.params
+      AND CASE WHEN EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = s.role)
+               THEN pg_has_role(who, s.role, 'MEMBER') ELSE false END;
+    IF grants = 0 THEN
         RAISE EXCEPTION 'role "%" may not obtain certificates of scope "%" under certificate %',
-            session_user, scope_definition, parent
+            who, scope_definition, parent
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'On that database, run morango.grant_certificate_signing().';
     END IF;
-    -- two statements: the chain must see the new certificate
-    issued := morango.issue_certificate(parent, scope_definition, params, public_key);
+    PERFORM morango.peer_quota_lock(who);
+    PERFORM morango.peer_quota_check(who, 'certificates',
+        (SELECT count(*) + 1 FROM morango.certificates c WHERE c.stored_by = who));
+    -- two statements: the chain must see the new certificate; the expiry
+    -- is capped at the parent's by issue_certificate's default
+    issued := morango.issue_certificate(parent, scope_definition, params, public_key,
+        LEAST(CASE WHEN NOT forever THEN now() + validity END,
+              (SELECT c.expires_at FROM morango.certificates c WHERE c.id = parent)));
+    UPDATE morango.certificates SET stored_by = who WHERE id = issued;
     RETURN morango.certificate_chain(issued);
 END
 $$;

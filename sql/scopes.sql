@@ -4,7 +4,8 @@
 -- certificate through a signing request and syncs its own data and the
 -- facility-wide read-only data; City (full facility) syncs with Facility,
 -- then with Cloud; a second City device syncing with Cloud then holds
--- Facility's data.  Then every refusal, each changing nothing.
+-- Facility's data.  Then every refusal, each changing nothing; and
+-- Facility revokes Home, which reaches Cloud through City.
 --
 \set VERBOSITY terse
 SET client_min_messages = warning;
@@ -240,6 +241,102 @@ SELECT masked('SELECT count(*) FROM morango.certificates') AS read_certificates,
        masked($$INSERT INTO morango.certificate_signers VALUES (0, gen_random_uuid(), 'x')$$) AS write_signers;
 RESET ROLE;
 SELECT * FROM notes;
+-- the session is bound to the role the calls act for (SET ROLE counts),
+-- not to the login
+SELECT peer_role FROM morango.session_certificates WHERE sync_session_id = :'ss';
+
+-- Revocations by hand, as the peer role: only on an authenticated session
+-- of the calling role, and only valid ones (Home is no ancestor of City)
+\c regress_scope_home
+SELECT morango.revocation_serialize(:'city', :'home', '2026-01-01 00:00:00+00', 'hostile') AS hostile_doc \gset
+SELECT jsonb_build_array(jsonb_build_object('serialized', :'hostile_doc',
+           'signature', morango.certificate_sign(:'home', :'hostile_doc'))) AS hostile \gset
+\c regress_scope_facility
+SET ROLE regress_scope_peer;
+SELECT masked(format('SELECT morango.peer_revocations(%L, %L)', :'ss', :'hostile')) AS not_an_ancestor,
+       masked(format('SELECT morango.peer_revocations(%L, %L)', gen_random_uuid(), '[]')) AS not_authenticated,
+       masked(format('SELECT morango.peer_revocations(%L, %L)', :'ss', '[]')) AS valid_call;
+\c regress_scope_facility regress_scope_admin
+SELECT masked(format('SELECT morango.peer_revocations(%L, %L)', :'ss', '[]')) AS session_of_another_role;
+\c regress_scope_facility :me
+SELECT count(*) AS facility_revocations FROM morango.certificate_revocations;
+
+-- A client chain under another root is refused before anything is stored
+\c regress_scope_stranger
+SELECT morango.create_root_certificate('full-facility') AS sroot \gset
+SELECT morango.certificate_chain(:'sroot') AS stranger_chain, gen_random_uuid() AS ss3 \gset
+\c regress_scope_facility
+SELECT count(*) AS facility_certificates FROM morango.certificates \gset
+SET ROLE regress_scope_peer;
+SELECT morango.peer_nonce() AS nonce3 \gset
+\c regress_scope_stranger
+SELECT morango.certificate_sign(:'sroot', morango.handshake_message(:'nonce3', :'ss3', :'sroot', :'root',
+                                                                   'facilitydata')) AS ssig \gset
+\c regress_scope_facility
+SET ROLE regress_scope_peer;
+SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
+              :'ss3', 'facilitydata', :'stranger_chain', :'root', :'nonce3', :'ssig')) AS other_root;
+-- and a chain with more new certificates than the role's quota (City2's:
+-- Facility knows its root and Cloud's certificate, not City2's)
+\c regress_scope_city2
+SELECT morango.certificate_chain(:'city2') AS city2_chain \gset
+\c regress_scope_facility
+SET morango.max_peer_certificates = 0;
+SET ROLE regress_scope_peer;
+SELECT morango.peer_nonce() AS nonce4 \gset
+SELECT masked(format('SELECT morango.peer_authenticate(%L, %L, %L, %L, %L, %L)',
+              gen_random_uuid(), 'facilitydata', :'city2_chain', :'root', :'nonce4', 'AAAA')) AS over_quota;
+RESET ROLE;
+RESET morango.max_peer_certificates;
+SELECT count(*) = :facility_certificates AS nothing_stored,
+       count(*) FILTER (WHERE stored_by IS NOT NULL) AS stored_by_peer_roles
+FROM morango.certificates;
+
+-- A revocation travels with sync.  Home syncs with Cloud too; then
+-- Facility revokes Home (the laptop was lost)
+\c regress_scope_home
+SELECT morango.sync(:'cloud', 'facilitydata', ARRAY[:'ds' || ':user-rw:u1'], 'pull',
+                    certificate => :'home', peer_certificate => :'cloud_cert') IS NOT NULL AS pulled_from_cloud;
+\c regress_scope_facility
+SELECT morango.revoke_certificate(:'home', 'laptop lost') = :'root' AS revoked_by_root;
+SELECT count(*) AS facility_sessions_before FROM morango.session_certificates \gset
+-- the session Home authenticated before is refused at its next transfer
+SET ROLE regress_scope_peer;
+SELECT masked(format($$SELECT morango.peer_begin(2, %L, gen_random_uuid(), 'facilitydata', true, %L,
+                                                 gen_random_uuid(), '{"super": {}, "sub": {}}')$$,
+              :'ss', ARRAY[:'ds' || ':user-rw:u1'])) AS bound_session_revoked;
+RESET ROLE;
+-- Facility refuses Home's next sync; Cloud, which has not heard, does not yet
+\c regress_scope_home
+\set VERBOSITY sqlstate
+SELECT morango.sync(:'facility', 'facilitydata', ARRAY[:'ds' || ':user-rw:u1'], 'pull',
+                    certificate => :'home', peer_certificate => :'root');
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
+\set VERBOSITY terse
+\c regress_scope_facility
+SELECT count(*) = :facility_sessions_before AS refused_in_the_handshake FROM morango.session_certificates;
+\c regress_scope_home
+SELECT morango.sync(:'cloud', 'facilitydata', ARRAY[:'ds' || ':user-rw:u1'], 'pull',
+                    certificate => :'home', peer_certificate => :'cloud_cert') IS NOT NULL AS cloud_has_not_heard;
+-- City syncs with Facility and hears of it, then tells Cloud
+\c regress_scope_city
+SELECT morango.sync(:'facility', 'facilitydata', ARRAY[:'ds'], 'pull',
+                    certificate => :'city', peer_certificate => :'root') IS NOT NULL AS synced;
+SELECT count(*) AS city_revocations FROM morango.certificate_revocations;
+SELECT morango.sync(:'cloud', 'facilitydata', ARRAY[:'ds'], 'pull',
+                    certificate => :'city', peer_certificate => :'cloud_cert') IS NOT NULL AS synced;
+\c regress_scope_cloud
+SELECT certificate_id = :'home' AS home_revoked, signer_id = :'root' AS by_root, reason, stored_by
+FROM morango.certificate_revocations;
+-- now Cloud refuses Home too, and nothing moved
+\c regress_scope_home
+SELECT count(*) AS home_store_before FROM morango.store \gset
+\set VERBOSITY sqlstate
+SELECT morango.sync(:'cloud', 'facilitydata', ARRAY[:'ds' || ':user-rw:u1'], 'pull',
+                    certificate => :'home', peer_certificate => :'cloud_cert');
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate, mask(:'LAST_ERROR_MESSAGE') AS refused;
+\set VERBOSITY terse
+SELECT count(*) = :home_store_before AS home_store_unchanged FROM morango.store;
 
 -- the invariants hold in every database the syncs touched (doc/invariants.md)
 \c regress_scope_facility :me

@@ -78,9 +78,16 @@ int			morango_max_fsic_entries = 100000;
 int			morango_max_filter_prefixes = 1000;
 int			morango_max_filter_prefix_length = 512;
 
+/*
+ * morango.max_peer_certificates: certificates (and, separately, revocations)
+ * one peer role may store through the peer API
+ */
+int			morango_max_peer_certificates_guc = 1000;
+
 void		_PG_init(void);
 
 PG_FUNCTION_INFO_V1(morango_uncertified_sync_allowed);
+PG_FUNCTION_INFO_V1(morango_max_peer_certificates);
 
 /*
  * _PG_init
@@ -234,7 +241,7 @@ _PG_init(void)
 							&morango_max_filter_prefix_length,
 							512, 1, 2000,
 							PGC_SUSET,
-							0,
+							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("morango.max_peer_transfers",
@@ -264,6 +271,16 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("morango.max_peer_certificates",
+							"Certificates, and revocations, one peer role may store through the peer API.",
+							"Counted per role, separately for certificates (handshake chains, signing "
+							"requests) and revocations; beyond it the call is refused and stores nothing.",
+							&morango_max_peer_certificates_guc,
+							1000, 0, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
 	morango_fault_init();
 
 	MarkGUCPrefixReserved("morango");
@@ -281,4 +298,16 @@ Datum
 morango_uncertified_sync_allowed(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(morango_allow_uncertified_sync);
+}
+
+/*
+ * morango.max_peer_certificates() -> integer
+ *
+ * The setting as this module sees it (read through C for the same reason
+ * as morango.uncertified_sync_allowed()).
+ */
+Datum
+morango_max_peer_certificates(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(morango_max_peer_certificates_guc);
 }

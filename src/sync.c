@@ -770,7 +770,10 @@ run_pull(Driver *d, const char *ts)
  * (nonce, session, both certificates, profile), then check the peer's
  * chain and its signature of the same message.  Both
  * sides bind the session to the two certificates; transfer_open then
- * checks every transfer's filter against their scopes.
+ * checks every transfer's filter against their scopes.  Then the two sides
+ * exchange the revocations they hold under the session's root
+ * (peer_revocations), and we check again that neither certificate has
+ * been revoked: a revocation reaches every database that syncs.
  */
 static void
 authenticate(Driver *d)
@@ -778,6 +781,7 @@ authenticate(Driver *d)
 	char	   *nonce[1];
 	char	   *mine[2];
 	char	   *theirs[2];
+	char	   *revocations[1];
 
 	if (d->args->certificate[0] == '\0')
 		return;
@@ -792,9 +796,21 @@ authenticate(Driver *d)
 					  6, (const char *[]) {d->session, d->profile, mine[0], d->args->peer_certificate,
 						  nonce[0], mine[1]}, 2, (const char *const[]) {"chain", "signature"}, theirs);
 	local_step(d, "morango sync: verify the peer",
-			   "SELECT morango.session_authenticate($1::uuid, $2, $3::uuid, $4::uuid, $5::jsonb, $6, $7::uuid)",
+			   "SELECT morango.session_authenticate($1::uuid, $2, $3::uuid, $4::uuid, $5::jsonb, $6, $7::uuid),"
+			   "       morango.revocations_of(morango.certificate_root($3::uuid))::text",
 			   7, (const char *[]) {d->session, d->profile, d->args->certificate,
-				   d->args->peer_certificate, theirs[0], theirs[1], nonce[0]}, 0, NULL);
+				   d->args->peer_certificate, theirs[0], theirs[1], nonce[0]}, 2, mine);
+
+	/* one function call, parameters only: the shape every peer call has */
+	remote_call(d, "SELECT morango.peer_revocations($1, $2)",
+				2, (const char *[]) {d->session, mine[1]}, 1, revocations);
+	local_step(d, "morango sync: store revocations",
+			   "SELECT morango.session_revocations($1::uuid, $2::jsonb)",
+			   2, (const char *[]) {d->session, revocations[0]}, 0, NULL);
+	local_step(d, "morango sync: check revocations",
+			   "SELECT morango.certificate_assert_usable($1::uuid),"
+			   "       morango.certificate_assert_usable($2::uuid)",
+			   2, (const char *[]) {d->args->peer_certificate, d->args->certificate}, 0, NULL);
 }
 
 /* the unfinished transfer of a direction ($2: push) of sync session $1, or a new id */
