@@ -384,10 +384,9 @@ initial_load(Oid relid, List *pk, const char *qualname)
 		for (uint64 i = 0; i < a.fetched; i++)
 		{
 			bool		isnull;
+			Datum		key = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
 
-			astate = accumArrayResult(astate,
-									  SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull),
-									  isnull, TEXTOID, CurrentMemoryContext);
+			astate = accumArrayResult(astate, key, isnull, TEXTOID, CurrentMemoryContext);
 		}
 		SPI_freetuptable(SPI_tuptable);
 		morango_spi_exec("INSERT INTO morango.changes (model, key, hard)"
