@@ -137,3 +137,17 @@ SELECT receive('numbered', '', '1', '{"id": 1, "v": "x"}', profile => 'edges') I
 SELECT * FROM morango.deserialize('edges');
 SELECT id, seqno IS NOT NULL AS numbered, v FROM numbered;
 SELECT morango.serialize('edges') >= 0 AS ok;
+
+-- a local delete noted before a peer's hard delete of the same record
+-- arrives: the tombstone serialize stamps stays hard-deleted (deletes are
+-- sticky) and keeps no data (found by the convergence test: a soft
+-- tombstone without data, which no receiver could check against its data)
+CREATE TABLE gone (id int PRIMARY KEY, v text);
+SELECT morango.register_model('gone', 'edges');
+INSERT INTO gone VALUES (1, 'x');
+SELECT morango.serialize('edges') > 0 AS stamped;
+DELETE FROM gone WHERE id = 1;
+SELECT receive('gone', '', '1', NULL, is_hard => true, profile => 'edges', ctr => 9) IS NOT NULL;
+SELECT morango.serialize('edges') > 0 AS stamped;
+SELECT deleted, hard_deleted, serialized, conflicting_serialized_data
+FROM morango.store WHERE model_name = 'gone';

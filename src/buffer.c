@@ -398,9 +398,11 @@ verify_error_callback(void *arg)
  *		item 1): else a peer could file data under a partition its scope
  *		allows while the data says it belongs to another one (a learner
  *		writing another's grade).  Raises, naming the first bad record;
- *		the caller's transaction then stores nothing.  Hard-deleted records
- *		carry no data: their id alone (the id rule) ties them to their
- *		partition.  Records of models not registered here are checked by
+ *		the caller's transaction then stores nothing.  Hard-deleted records,
+ *		and tombstones without data (Morango's own conflict merge makes
+ *		some), carry nothing to check: their id alone (the id rule) ties
+ *		them to their partition, and they can only delete the row of a
+ *		record with that id.  Records of models not registered here are checked by
  *		deserialize, before they are ever written into a table.  The
  *		expressions run as the table's owner (owner.c), one statement per
  *		model in the chunk.
@@ -439,11 +441,13 @@ verify_chunk(MorangoTransfer *t, Datum chunk, const char *tsname)
 		sql = psprintf("SELECT x.id::text, x.partition, x.source_id, _morango_e._morango_p,"
 					   "       _morango_e._morango_sid"
 					   " FROM pg_catalog.jsonb_to_recordset($1) AS x(id uuid, model_name text,"
-					   "      partition text, source_id text, serialized jsonb, hard_deleted boolean),"
+					   "      partition text, source_id text, serialized jsonb, deleted boolean,"
+					   "      hard_deleted boolean),"
 					   "      pg_catalog.jsonb_populate_record(NULL::%s,"
 					   "          CASE WHEN pg_catalog.jsonb_typeof(x.serialized) = 'object'"
 					   "               THEN %s ELSE '{}'::jsonb END) AS r, %s"
 					   " WHERE x.model_name = $2 AND x.hard_deleted IS NOT TRUE"
+					   "   AND NOT (x.deleted AND x.serialized = '{}'::jsonb)"
 					   "   AND (_morango_e._morango_p IS DISTINCT FROM x.partition"
 					   "        OR ($3 AND _morango_e._morango_sid IS DISTINCT FROM x.source_id))"
 					   " LIMIT 1",

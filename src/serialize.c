@@ -196,9 +196,15 @@ static const char *stamp_sql =
 "                      WHEN EXCLUDED.deleted THEN s.serialized"
 "                      ELSE s.serialized || EXCLUDED.serialized END,"
 "    deleted = EXCLUDED.deleted,"
-"    hard_deleted = EXCLUDED.hard_deleted,"
+/*
+ * a tombstone stamped on a hard-deleted record (a local delete noted
+ * before a peer's hard delete arrived) stays hard-deleted: deletes are
+ * sticky, and a soft tombstone without data would be one no receiver can
+ * check against its data
+ */
+"    hard_deleted = EXCLUDED.hard_deleted OR (EXCLUDED.deleted AND s.hard_deleted),"
 "    conflicting_serialized_data ="
-"      CASE WHEN EXCLUDED.hard_deleted THEN '[]'::jsonb"
+"      CASE WHEN EXCLUDED.hard_deleted OR (EXCLUDED.deleted AND s.hard_deleted) THEN '[]'::jsonb"
 "           WHEN s.dirty_bit"
 "             THEN morango.conflict_history(s.serialized, s.conflicting_serialized_data)"
 "           ELSE s.conflicting_serialized_data END,"

@@ -262,7 +262,7 @@ sub run_seed
 			my @ts = split /\n/, q1($db, q{
                 SELECT t.id || ' ' || t.sync_session_id FROM morango.transfer_sessions t
                 JOIN morango.sync_sessions s ON s.id = t.sync_session_id
-                WHERE s.is_server ORDER BY t.started_at, t.id});
+                WHERE s.is_server AND s.peer_role <> 'hostile' ORDER BY t.started_at, t.id});
 			return ('skip') unless @ts;
 			my ($ts, $ss) = split / /, $ts[ int(rand(@ts)) ];
 			my @calls = (
