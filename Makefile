@@ -27,6 +27,8 @@ OBJS = \
 	src/serialize.o \
 	src/deserialize.o \
 	src/session.o \
+	src/transfer.o \
+	src/protocol.o \
 	src/queue.o \
 	src/buffer.o \
 	src/dequeue.o \
@@ -35,7 +37,8 @@ OBJS = \
 	src/pack.o \
 	src/certify.o \
 	src/peer.o \
-	src/sync.o
+	src/driver.o \
+	src/worker.o
 
 DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
 

@@ -715,6 +715,9 @@ COMMENT ON FUNCTION morango.conflict_history(jsonb, jsonb) IS
     'a conflict history with newest in front, bounded in entries and bytes (oldest dropped first)';
 
 /*
+ * Session state (src/transfer.c, the one writer of sync and transfer
+ * sessions' stages and statuses; doc/protocol.md, "Session states").
+ *
  * Open a transfer session (and its sync session) on this side, or find
  * the one that exists: returns its state.  Used by the initiator and, as
  * is_server, by morango.peer_begin().
@@ -724,89 +727,9 @@ CREATE FUNCTION morango.transfer_open(sync_session uuid, transfer_session uuid, 
                                       peer text DEFAULT NULL, peer_instance uuid DEFAULT NULL,
                                       direction text DEFAULT NULL)
 RETURNS jsonb
-LANGUAGE plpgsql
+LANGUAGE C
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    ss      morango.sync_sessions;
-    ts      morango.transfer_sessions;
-    resumed boolean := true;
-BEGIN
-    -- only a profile this database has (a model registered for it, a scope
-    -- definition naming it, or a record of it in the store): a peer cannot
-    -- make sessions, buffers or database max counters for invented profiles
-    IF NOT (EXISTS (SELECT 1 FROM morango.models m WHERE m.profile = transfer_open.profile)
-            OR EXISTS (SELECT 1 FROM morango.scope_definitions d WHERE d.profile = transfer_open.profile)
-            OR EXISTS (SELECT 1 FROM morango.store s WHERE s.profile = transfer_open.profile)) THEN
-        RAISE EXCEPTION 'profile % is not known on this database', quote_literal(transfer_open.profile)
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'Register a table of that profile here first (morango.register_model).';
-    END IF;
-    -- certificates: may this filter flow, in this direction? (raises if not)
-    PERFORM morango.session_scope_check(sync_session, profile, is_server = push, filter);
-    SELECT * INTO ss FROM morango.sync_sessions WHERE id = sync_session FOR UPDATE;
-    IF NOT FOUND THEN
-        -- a server-side session belongs to the role that opens it
-        INSERT INTO morango.sync_sessions (id, profile, is_server, peer, filter, direction,
-                                           local_instance_id, peer_instance_id, process_id,
-                                           peer_role)
-        VALUES (sync_session, profile, is_server, peer, filter, direction,
-                morango.instance_id(), peer_instance, pg_backend_pid(),
-                CASE WHEN is_server THEN morango.peer_role() END)
-        RETURNING * INTO ss;
-    ELSIF ss.profile <> profile OR ss.is_server <> is_server THEN
-        RAISE EXCEPTION 'sync session % belongs to another profile or side', sync_session
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    ELSIF NOT ss.active AND NOT is_server THEN
-        RAISE EXCEPTION 'sync session % is closed', sync_session
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    ELSIF NOT ss.active THEN
-        -- the client resumes a session we closed (cleanup): take it up again
-        UPDATE morango.sync_sessions SET active = true, status = 'started', ended_at = NULL
-        WHERE id = sync_session;
-    END IF;
-    -- the peer's instance as it says now: what received versions of the
-    -- sender's own instance are checked against (src/buffer.c)
-    UPDATE morango.sync_sessions SET last_activity_at = now(), process_id = pg_backend_pid(),
-        peer_instance_id = COALESCE(transfer_open.peer_instance, peer_instance_id)
-    WHERE id = sync_session;
-
-    SELECT * INTO ts FROM morango.transfer_sessions WHERE id = transfer_session FOR UPDATE;
-    IF NOT FOUND THEN
-        resumed := false;
-        INSERT INTO morango.transfer_sessions (id, sync_session_id, push, filter)
-        VALUES (transfer_session, sync_session, push, filter)
-        RETURNING * INTO ts;
-    ELSIF ts.sync_session_id <> sync_session OR ts.push <> push OR ts.filter <> filter THEN
-        RAISE EXCEPTION 'transfer session % does not match its sync session, direction or filter',
-            transfer_session USING ERRCODE = 'object_not_in_prerequisite_state';
-    ELSIF NOT ts.active AND ts.status = 'errored' AND is_server THEN
-        -- expired here (cleanup) while the client still wants it: start it over
-        resumed := false;
-        DELETE FROM morango.buffer WHERE transfer_session_id = transfer_session;
-        DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = transfer_session;
-        UPDATE morango.transfer_sessions
-        SET active = true, stage = 'initializing', status = 'pending', records_total = NULL,
-            records_transferred = 0, records_dequeued = 0, conflicts = 0,
-            local_fsic = NULL, remote_fsic = NULL, ended_at = NULL, last_error = NULL,
-            last_activity_at = now()
-        WHERE id = transfer_session
-        RETURNING * INTO ts;
-    END IF;
-
-    RETURN jsonb_build_object(
-        'resumed', resumed,
-        'active', ts.active,
-        'stage', ts.stage,
-        'status', ts.status,
-        'records_total', ts.records_total,
-        'records_transferred', ts.records_transferred,
-        'last_seq', (SELECT COALESCE(max(seq), 0) FROM morango.buffer
-                     WHERE transfer_session_id = transfer_session),
-        'local_fsic', ts.local_fsic,
-        'remote_fsic', ts.remote_fsic);
-END
-$$;
+AS 'MODULE_PATHNAME', 'morango_transfer_open_sql';
 COMMENT ON FUNCTION morango.transfer_open(uuid, uuid, text, boolean, boolean, text[], text, uuid, text) IS
     'open or find a transfer session and its sync session on this side; returns its state';
 
@@ -815,17 +738,39 @@ COMMENT ON FUNCTION morango.transfer_open(uuid, uuid, text, boolean, boolean, te
  */
 CREATE FUNCTION morango.transfer_close(transfer_session uuid, error text DEFAULT NULL)
 RETURNS void
-LANGUAGE sql
+LANGUAGE C
 SET search_path = pg_catalog, pg_temp
-AS $$
-    DELETE FROM morango.buffer WHERE transfer_session_id = transfer_session;
-    DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = transfer_session;
-    UPDATE morango.transfer_sessions
-    SET active = false, stage = 'cleanup',
-        status = CASE WHEN error IS NULL THEN 'completed' ELSE 'errored' END,
-        last_error = error, ended_at = now(), last_activity_at = now()
-    WHERE id = transfer_session;
-$$;
+AS 'MODULE_PATHNAME', 'morango_transfer_close_sql';
+COMMENT ON FUNCTION morango.transfer_close(uuid, text) IS
+    'close a transfer session on this side (completed, or errored with error); its buffers are emptied';
+
+/*
+ * Close, as errored, transfer and sync sessions idle for longer than
+ * older_than, emptying their buffers (and any buffer a closed transfer
+ * still holds); returns the number of transfer sessions expired.
+ */
+CREATE FUNCTION morango.sessions_expire(older_than interval)
+RETURNS bigint
+LANGUAGE C STRICT
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'morango_sessions_expire_sql';
+
+/*
+ * A sync session that stops without ending: errored (a failed attempt) or
+ * cancelled (morango.sync_cancel()); it stays active, so that a later sync
+ * resumes it.
+ */
+CREATE FUNCTION morango.sync_session_interrupt(sync_session uuid, status text, error text)
+RETURNS void
+LANGUAGE C STRICT
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'morango_sync_session_interrupt_sql';
+
+/* The stages and statuses as the C code knows them (a test compares them with the tables). */
+CREATE FUNCTION morango.session_states(OUT kind text, OUT "position" integer, OUT name text)
+RETURNS SETOF record
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'morango_session_states';
 
 /*
  * Expire transfer and sync sessions idle for longer than older_than: their
@@ -843,29 +788,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    WITH stale AS (
-        UPDATE morango.transfer_sessions
-        SET active = false, status = 'errored', ended_at = now(),
-            last_error = COALESCE(last_error, 'expired by morango.cleanup()')
-        WHERE active AND last_activity_at < now() - older_than
-        RETURNING id
-    ), b AS (
-        DELETE FROM morango.buffer USING stale WHERE transfer_session_id = stale.id
-    ), r AS (
-        DELETE FROM morango.record_max_counter_buffer USING stale WHERE transfer_session_id = stale.id
-    )
-    SELECT count(*) INTO n FROM stale;
-    -- buffers of sessions that are closed are never needed
-    DELETE FROM morango.buffer b USING morango.transfer_sessions t
-    WHERE t.id = b.transfer_session_id AND NOT t.active;
-    DELETE FROM morango.record_max_counter_buffer b USING morango.transfer_sessions t
-    WHERE t.id = b.transfer_session_id AND NOT t.active;
-    UPDATE morango.sync_sessions s
-    SET active = false, status = 'errored', ended_at = now(),
-        last_error = COALESCE(last_error, 'expired by morango.cleanup()')
-    WHERE active AND last_activity_at < now() - older_than
-      AND NOT EXISTS (SELECT 1 FROM morango.transfer_sessions t
-                      WHERE t.sync_session_id = s.id AND t.active);
+    n := morango.sessions_expire(older_than);
     -- history: closed sessions ended before keep (transfer sessions go by
     -- their foreign key), and certificate bindings nothing uses any more
     WITH old AS (
@@ -893,8 +816,8 @@ COMMENT ON FUNCTION morango.cleanup(interval, interval) IS
 
 CREATE FUNCTION morango.protocol_version()
 RETURNS integer
-LANGUAGE sql IMMUTABLE
-AS $$ SELECT 3 $$;
+LANGUAGE C IMMUTABLE
+AS 'MODULE_PATHNAME', 'morango_protocol_version';
 COMMENT ON FUNCTION morango.protocol_version() IS 'version of the sync protocol this extension speaks';
 
 /*
@@ -923,73 +846,6 @@ CREATE FUNCTION morango.peer_limits()
 RETURNS jsonb
 LANGUAGE C STABLE
 AS 'MODULE_PATHNAME', 'morango_peer_limits';
-
-/*
- * morango.peer_owns(sync_session, what) -> boolean
- *
- * Does the calling peer role own sync_session?  Raises 28000 ("what
- * belongs to another role", what naming the id the caller gave) if the
- * session exists here but is not a server-side session opened by this
- * role, or if it is bound by the certificate handshake to another role.
- * Returns false if the session is unknown here, true if it is the
- * caller's.
- */
-CREATE FUNCTION morango.peer_owns(sync_session uuid, what text)
-RETURNS boolean
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    me    name := morango.peer_role();
-    ss    morango.sync_sessions;
-    known boolean;
-BEGIN
-    SELECT * INTO ss FROM morango.sync_sessions WHERE id = sync_session;
-    known := FOUND;
-    IF (known AND (NOT ss.is_server OR ss.peer_role IS DISTINCT FROM me))
-       OR EXISTS (SELECT 1 FROM morango.session_certificates b
-                  WHERE b.sync_session_id = peer_owns.sync_session
-                    AND b.peer_role IS DISTINCT FROM me) THEN
-        RAISE EXCEPTION '% belongs to another role', what
-            USING ERRCODE = 'invalid_authorization_specification';
-    END IF;
-    RETURN known;
-END
-$$;
-
-/*
- * The transfer session of the server side, checked: it exists, belongs to
- * the calling role, is active (unless finished_ok) and goes the direction
- * wanted (if want_push is given).
- */
-CREATE FUNCTION morango.peer_session(transfer_session uuid, want_push boolean DEFAULT NULL,
-                                     finished_ok boolean DEFAULT false)
-RETURNS morango.transfer_sessions
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    ts morango.transfer_sessions;
-BEGIN
-    SELECT t.* INTO ts FROM morango.transfer_sessions t WHERE t.id = transfer_session;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'transfer session % does not exist', transfer_session
-            USING ERRCODE = 'undefined_object';
-    END IF;
-    PERFORM morango.peer_owns(ts.sync_session_id, format('transfer session %s', transfer_session));
-    IF NOT ts.active AND NOT finished_ok THEN
-        RAISE EXCEPTION 'transfer session % is finished', transfer_session
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    IF want_push IS NOT NULL AND ts.push <> want_push THEN
-        RAISE EXCEPTION 'transfer session % is a %, not a %', transfer_session,
-            CASE WHEN ts.push THEN 'push' ELSE 'pull' END,
-            CASE WHEN want_push THEN 'push' ELSE 'pull' END
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    RETURN ts;
-END
-$$;
 
 /*
  * The options a client sends in peer_begin, checked: a json object of at
@@ -1027,155 +883,27 @@ BEGIN
 END
 $$;
 
-/* a peer speaking a protocol version this database does not speak */
-CREATE FUNCTION morango.protocol_refuse(protocol integer)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RAISE EXCEPTION 'morango protocol version % is not supported', protocol
-        USING ERRCODE = 'feature_not_supported',
-              DETAIL = format('This peer speaks protocol version %s.', morango.protocol_version()),
-              HINT = 'Install the same morango version on both sides.';
-END
-$$;
-
 /*
- * Open (or resume) a transfer session on the server side.  The client
- * sends its FSIC and its options (its chunk limits); for a pull the server
- * serializes, computes its FSIC and queues; for a push it computes its
- * receiver FSIC.  Returns the server's state, FSIC, identity and limits.
- * The sync session and the transfer session belong to the role that
- * opens them; open ones are counted per role and in all.
+ * The peer API proper (src/peer.c): thin C entry points that check their
+ * caller (morango_peer_guard_check, the calling role's ownership of the
+ * sessions named) and their arguments, then run the protocol's steps
+ * (src/protocol.c), the same the initiator runs.
+ *
+ * peer_begin: open (or resume) a transfer session on the server side.  The
+ * client sends its FSIC and its options (its chunk limits); for a pull the
+ * server serializes, computes its FSIC and queues; for a push it computes
+ * its receiver FSIC.  Returns the server's state, FSIC, identity and
+ * limits.  The sync session and the transfer session belong to the role
+ * that opens them; open ones are counted per role and in all.
  */
 CREATE FUNCTION morango.peer_begin(protocol integer, sync_session uuid, transfer_session uuid,
                                    profile text, push boolean, filter text[],
                                    client_instance uuid, client_fsic jsonb, options jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
-AS $$
-DECLARE
-    st      jsonb;
-    mine    jsonb;
-    total   bigint;
-    resumed boolean;
-    lim     jsonb;
-    opts    jsonb;
-    other   uuid;
-    me      name;
-BEGIN
-    PERFORM morango.peer_guard('peer_begin');
-    IF protocol IS DISTINCT FROM morango.protocol_version() THEN
-        PERFORM morango.protocol_refuse(protocol);
-    END IF;
-    IF sync_session IS NULL OR transfer_session IS NULL OR profile IS NULL OR profile = ''
-       OR push IS NULL OR client_instance IS NULL THEN
-        RAISE EXCEPTION 'peer_begin: an argument is missing' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF octet_length(profile) > 1000 THEN
-        RAISE EXCEPTION 'peer_begin: the profile name is longer than 1000 bytes'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    lim := morango.peer_limits();
-    opts := morango.peer_options_check(options);
-    -- the sessions named must be unknown here or this role's
-    PERFORM morango.peer_owns(sync_session, format('sync session %s', sync_session));
-    SELECT t.sync_session_id INTO other FROM morango.transfer_sessions t WHERE t.id = transfer_session;
-    IF FOUND AND other <> sync_session THEN
-        PERFORM morango.peer_owns(other, format('transfer session %s', transfer_session));
-    END IF;
-    IF filter IS NULL OR array_ndims(filter) IS DISTINCT FROM 1  -- before array_position(), which raises on 2-D
-       OR cardinality(filter) = 0 OR array_position(filter, NULL) IS NOT NULL THEN
-        RAISE EXCEPTION 'peer_begin: filter must be a non-empty array of partition prefixes'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM morango.check_filter(filter);   -- its bounds (morango.max_filter_prefixes, ...)
-    IF jsonb_typeof(client_fsic) IS DISTINCT FROM 'object'
-       OR jsonb_typeof(client_fsic->'super') IS DISTINCT FROM 'object'
-       OR jsonb_typeof(client_fsic->'sub') IS DISTINCT FROM 'object' THEN
-        RAISE EXCEPTION 'peer_begin: the client FSIC must be {"super": {...}, "sub": {...}}'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- its size, before anything walks it: entries and bytes
-    IF pg_column_size(client_fsic) > 256 * (lim->>'max_fsic_entries')::bigint
-       OR (SELECT count(*)
-           FROM (SELECT * FROM jsonb_each(client_fsic->'super')
-                 UNION ALL SELECT * FROM jsonb_each(client_fsic->'sub')) AS p,
-                LATERAL jsonb_object_keys(CASE WHEN jsonb_typeof(p.value) = 'object'
-                                               THEN p.value ELSE '{}' END) AS i)
-          > (lim->>'max_fsic_entries')::bigint THEN
-        RAISE EXCEPTION 'peer_begin: the client FSIC is too large'
-            USING ERRCODE = 'program_limit_exceeded',
-                  DETAIL = format('This peer takes FSICs of at most %s (partition, instance) entries '
-                                  '(morango.max_fsic_entries) and %s bytes.', lim->>'max_fsic_entries',
-                                  256 * (lim->>'max_fsic_entries')::bigint);
-    END IF;
-    -- the FSIC is checked by expanding it (bad shapes and counters raise)
-    PERFORM morango.fsic_expand(client_fsic, filter);
-    PERFORM morango.fsic_claims_check(client_fsic);  -- no claim above our own counter
-    -- a bound on what peers can open here (morango.cleanup() closes idle ones)
-    -- (a new transfer, or one expired here that transfer_open starts over)
-    IF NOT EXISTS (SELECT 1 FROM morango.transfer_sessions
-                   WHERE id = transfer_session AND (active OR status <> 'errored')) THEN
-        -- per role, counted under a lock so that concurrent calls cannot
-        -- all pass; the total is counted without one (it may be passed by
-        -- as many calls as run at once)
-        me := morango.peer_role();
-        PERFORM pg_advisory_xact_lock(hashtext('morango peer transfers'), hashtext(me));
-        IF (SELECT count(*) FROM morango.transfer_sessions t
-            JOIN morango.sync_sessions s ON s.id = t.sync_session_id
-            WHERE t.active AND s.is_server AND s.peer_role = me) >= (lim->>'max_peer_transfers')::bigint THEN
-            RAISE EXCEPTION 'role "%" has % open transfer sessions on this peer, its quota', me,
-                lim->>'max_peer_transfers'
-                USING ERRCODE = 'too_many_connections',
-                      DETAIL = 'morango.max_peer_transfers bounds the open transfer sessions of one peer role.',
-                      HINT = 'Finish or close them (peer_finish, peer_close), or wait for morango.cleanup() '
-                             'on the peer to expire idle ones.';
-        END IF;
-        IF (SELECT count(*) FROM morango.transfer_sessions t
-            JOIN morango.sync_sessions s ON s.id = t.sync_session_id
-            WHERE t.active AND s.is_server) >= (lim->>'max_open_transfers')::bigint THEN
-            RAISE EXCEPTION 'too many open transfer sessions on this peer'
-                USING ERRCODE = 'too_many_connections',
-                      DETAIL = 'morango.max_open_transfers bounds the open transfer sessions of all peer roles.',
-                      HINT = 'Run morango.cleanup() on the peer, or wait for running syncs to end.';
-        END IF;
-    END IF;
-
-    st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter,
-                                NULL, client_instance);
-    IF NOT (st->>'active')::boolean THEN
-        RETURN st || jsonb_build_object('instance_id', morango.instance_id());
-    END IF;
-    -- the client's limits, for the chunks we send it (a resume may change them)
-    UPDATE morango.transfer_sessions SET peer_options = opts WHERE id = transfer_session;
-
-    resumed := (st->>'resumed')::boolean;
-    IF st->'remote_fsic' = 'null'::jsonb THEN
-        IF NOT push THEN
-            -- we produce: stamp local changes first, then our FSIC, then queue
-            PERFORM morango.serialize(profile, filter);
-        END IF;
-        mine := morango.fsic(profile, filter);
-        UPDATE morango.transfer_sessions
-        SET local_fsic = mine, remote_fsic = client_fsic,
-            stage = 'serializing', status = 'completed', last_activity_at = now()
-        WHERE id = transfer_session;
-        IF NOT push THEN
-            SELECT morango.queue(transfer_session) INTO total;  -- a statement: visible in pg_stat_statements
-        END IF;
-        st := morango.transfer_open(sync_session, transfer_session, profile, true, push, filter);
-    END IF;
-    RETURN st || jsonb_build_object('instance_id', morango.instance_id(), 'resumed', resumed,
-                                    'server_fsic', st->'local_fsic',
-                                    'limits', jsonb_build_object(
-                                        'max_chunk_records', lim->'max_chunk_records',
-                                        'max_chunk_bytes', lim->'max_chunk_bytes'));
-END
-$$;
+AS 'MODULE_PATHNAME', 'morango_peer_begin';
 COMMENT ON FUNCTION morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb, jsonb) IS
     'peer API: open or resume a transfer session on this (server) side';
 
@@ -1188,14 +916,9 @@ CREATE FUNCTION morango.peer_begin(protocol integer, sync_session uuid, transfer
                                    profile text, push boolean, filter text[],
                                    client_instance uuid, client_fsic jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM morango.protocol_refuse(protocol);
-    RETURN NULL;
-END
-$$;
+AS 'MODULE_PATHNAME', 'morango_peer_begin_v2';
 COMMENT ON FUNCTION morango.peer_begin(integer, uuid, uuid, text, boolean, text[], uuid, jsonb) IS
     'peer API of protocol version 2: refused with the version this database speaks';
 
@@ -1206,55 +929,19 @@ COMMENT ON FUNCTION morango.peer_begin(integer, uuid, uuid, text, boolean, text[
  */
 CREATE FUNCTION morango.peer_pull_chunk(transfer_session uuid, after_seq bigint, max_records integer)
 RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
-AS $$
-DECLARE
-    ts  morango.transfer_sessions;
-    lim jsonb;
-    c   record;
-BEGIN
-    PERFORM morango.peer_guard('peer_pull_chunk');
-    ts := morango.peer_session(transfer_session, false);
-    IF after_seq IS NULL OR after_seq < 0 OR max_records IS NULL OR max_records < 1
-       OR max_records > 100000 THEN
-        RAISE EXCEPTION 'peer_pull_chunk: after_seq must be >= 0 and max_records between 1 and 100000'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    lim := morango.peer_limits();
-    SELECT * INTO c FROM morango.read_packed_chunk(transfer_session, after_seq,
-        least(max_records, (ts.peer_options->>'max_chunk_records')::integer,
-              (lim->>'max_chunk_records')::integer),
-        least((ts.peer_options->>'max_chunk_bytes')::bigint, (lim->>'max_chunk_bytes')::bigint));
-    -- queue numbers records 1..records_total, so the last one sent is the count
-    UPDATE morango.transfer_sessions
-    SET stage = 'transferring', status = 'started',
-        records_transferred = GREATEST(records_transferred, c.last_seq),
-        bytes_sent = bytes_sent + length(c.packed), last_activity_at = now()
-    WHERE id = transfer_session;
-    RETURN jsonb_build_object('packed', c.packed, 'last_seq', c.last_seq, 'records', c.records);
-END
-$$;
+AS 'MODULE_PATHNAME', 'morango_peer_pull_chunk';
 COMMENT ON FUNCTION morango.peer_pull_chunk(uuid, bigint, integer) IS
     'peer API: the next chunk of a pull, packed';
 
 CREATE FUNCTION morango.peer_push_chunk(transfer_session uuid, packed text)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
-AS $$
-BEGIN
-    PERFORM morango.peer_guard('peer_push_chunk');
-    PERFORM morango.peer_session(transfer_session, true);
-    IF packed IS NULL THEN
-        RAISE EXCEPTION 'peer_push_chunk: the chunk is missing' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    -- refused before unpacking if over morango.max_chunk_bytes (src/pack.c)
-    RETURN morango.receive_packed_chunk(transfer_session, packed);
-END
-$$;
+AS 'MODULE_PATHNAME', 'morango_peer_push_chunk';
 COMMENT ON FUNCTION morango.peer_push_chunk(uuid, text) IS
     'peer API: a packed chunk of a push (validated, all or nothing)';
 
@@ -1265,49 +952,10 @@ COMMENT ON FUNCTION morango.peer_push_chunk(uuid, text) IS
  */
 CREATE FUNCTION morango.peer_finish(transfer_session uuid, records_total bigint)
 RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
-AS $$
-DECLARE
-    ts      morango.transfer_sessions;
-    ss      morango.sync_sessions;
-    dq      record;
-    ds      record;
-    result  jsonb := jsonb_build_object('stage', 'cleanup', 'status', 'completed');
-BEGIN
-    PERFORM morango.peer_guard('peer_finish');
-    ts := morango.peer_session(transfer_session, NULL, true);
-    IF NOT ts.active THEN   -- finished before (a resumed client asks again)
-        RETURN jsonb_build_object('stage', ts.stage, 'status', ts.status);
-    END IF;
-    SELECT * INTO ss FROM morango.sync_sessions WHERE id = ts.sync_session_id;
-    IF ts.push THEN
-        IF records_total IS NULL OR records_total < 0 THEN
-            RAISE EXCEPTION 'peer_finish: records_total is required for a push'
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        UPDATE morango.transfer_sessions SET records_total = peer_finish.records_total
-        WHERE id = transfer_session;
-        SELECT * INTO dq FROM morango.dequeue(transfer_session);
-        SELECT * INTO ds FROM morango.deserialize(ss.profile, ts.filter);
-        result := result || jsonb_build_object(
-            'new', dq.new, 'fast_forwards', dq.fast_forwards,
-            'conflicts', dq.conflicts, 'ignored', dq.ignored,
-            'deserialized', ds.applied, 'deleted', ds.deleted, 'failed', ds.failed);
-    ELSIF ts.records_transferred < ts.records_total THEN
-        -- a pull the client ends before it took every record did not complete
-        PERFORM morango.transfer_close(transfer_session,
-            format('the client finished the pull after %s of %s records', ts.records_transferred,
-                   ts.records_total));
-        UPDATE morango.sync_sessions SET last_activity_at = now() WHERE id = ss.id;
-        RETURN jsonb_build_object('stage', 'cleanup', 'status', 'errored');
-    END IF;
-    PERFORM morango.transfer_close(transfer_session);
-    UPDATE morango.sync_sessions SET last_activity_at = now() WHERE id = ss.id;
-    RETURN result;
-END
-$$;
+AS 'MODULE_PATHNAME', 'morango_peer_finish';
 COMMENT ON FUNCTION morango.peer_finish(uuid, bigint) IS
     'peer API: finish a transfer (a push is dequeued and deserialized here)';
 
@@ -1318,29 +966,9 @@ COMMENT ON FUNCTION morango.peer_finish(uuid, bigint) IS
  */
 CREATE FUNCTION morango.peer_close(sync_session uuid, error text DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM morango.peer_guard('peer_close');
-    IF octet_length(error) > 65536 THEN
-        RAISE EXCEPTION 'peer_close: the error text is longer than 64 kB'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF NOT morango.peer_owns(sync_session, format('sync session %s', sync_session)) THEN
-        RETURN;
-    END IF;
-    -- a transfer still open ends with its sync session: no chunk or finish
-    -- is taken for it any more (a peer_begin with the same ids starts it over)
-    PERFORM morango.transfer_close(t.id, 'its sync session was closed before it finished')
-    FROM morango.transfer_sessions t
-    WHERE t.sync_session_id = peer_close.sync_session AND t.active;
-    UPDATE morango.sync_sessions
-    SET active = false, status = CASE WHEN error IS NULL THEN 'completed' ELSE 'errored' END,
-        last_error = left(error, 1000), ended_at = now(), last_activity_at = now()
-    WHERE id = sync_session AND active;
-END
-$$;
+AS 'MODULE_PATHNAME', 'morango_peer_close';
 COMMENT ON FUNCTION morango.peer_close(uuid, text) IS 'peer API: close a sync session on this side';
 
 /*
@@ -1483,9 +1111,7 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM pg_terminate_backend(w, 10000);
-    UPDATE morango.sync_sessions SET status = 'cancelled', last_error = 'cancelled by morango.sync_cancel()',
-        last_activity_at = now()
-    WHERE id = sync_session AND active;
+    PERFORM morango.sync_session_interrupt(sync_session, 'cancelled', 'cancelled by morango.sync_cancel()');
     UPDATE morango.peer_status SET running_session = NULL WHERE running_session = sync_session;
     RETURN true;
 END

@@ -724,10 +724,11 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this side sends in transfer session %s; it cannot receive a chunk", tsname)));
-	if (morango_transfer_past(t, "dequeuing"))
+	if (morango_transfer_past(t, MORANGO_STAGE_DEQUEUING))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("transfer session %s is past transferring (stage %s)", tsname, t->stage)));
+				 errmsg("transfer session %s is past transferring (stage %s)", tsname,
+						morango_stage_name(t->stage))));
 	check_chunk_types(jb, tsname);
 	values[2] = t->profile;
 	values[3] = t->filter;
@@ -761,14 +762,13 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 	check_chunk_counters(jb, tsname, ts);
 	verify_chunk(t, chunk, tsname);
 
-	morango_spi_exec("UPDATE morango.transfer_sessions"
-					 " SET records_transferred = records_transferred + $2,"
-					 "     bytes_received = bytes_received + $3,"
-					 "     stage = 'transferring', status = 'started', last_activity_at = now()"
-					 " WHERE id = $1",
-					 3, (Oid[]) {UUIDOID, INT8OID, INT8OID},
-					 (Datum[]) {ts, Int64GetDatum(added), Int64GetDatum(nbytes)},
-					 NULL, SPI_OK_UPDATE);
+	{
+		MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;
+
+		u.transferred_add = added;
+		u.bytes_received_add = nbytes;
+		morango_transfer_transition(t, MORANGO_STAGE_TRANSFERRING, MORANGO_STATUS_STARTED, &u);
+	}
 	morango_fault("receive_chunk");
 	return added;
 }

@@ -140,11 +140,6 @@ static const char *forward_sql =
 ")"
 " SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up";
 
-/* $1 ts */
-static const char *empty_sql =
-"WITH b AS (DELETE FROM morango.buffer WHERE transfer_session_id = $1)"
-" DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1";
-
 /*
  * $1 map {partition: {instance: counter}}, $2 profile, $3 ts, $4 the
  * session's filter, $5 the partitions of this transfer's conflicts: raise
@@ -218,7 +213,7 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this side sends in transfer session %s; only the receiver dequeues", tsname)));
-	if (!t->active || morango_transfer_past(t, "deserializing"))
+	if (!t->active || morango_transfer_past(t, MORANGO_STAGE_DESERIALIZING))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s was dequeued already", tsname)));
@@ -294,20 +289,16 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 						 conflict_parts_null ? "    n" : NULL, SPI_OK_INSERT);
 	}
 
-	ret = SPI_execute_with_args(empty_sql, 1, t1, &ts, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	/* what was merged leaves the buffer (transfer.c empties buffers) */
+	morango_transfer_clear_buffers(ts);
 
-	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
-								" SET stage = 'deserializing', status = 'pending', conflicts = $2,"
-								"     records_dequeued = $3, last_activity_at = now()"
-								" WHERE id = $1",
-								3, (Oid[]) {UUIDOID, INT8OID, INT8OID},
-								(Datum[]) {ts, Int64GetDatum(counts[2]),
-								Int64GetDatum(counts[0] + counts[1] + counts[2] + counts[3])},
-								NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	{
+		MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;
+
+		u.conflicts = counts[2];
+		u.records_dequeued = counts[0] + counts[1] + counts[2] + counts[3];
+		morango_transfer_transition(t, MORANGO_STAGE_DESERIALIZING, MORANGO_STATUS_PENDING, &u);
+	}
 }
 
 /*

@@ -26,8 +26,7 @@
 #include "utils/array.h"
 #include "utils/uuid.h"
 
-/* the version of the sync protocol (doc/protocol.md); both sides check it */
-#define MORANGO_PROTOCOL_VERSION 3
+#include "transfer.h"
 
 /*
  * The hard ceilings of a chunk, whatever the settings say: records, and
@@ -137,35 +136,20 @@ extern int64 morango_serialize_internal(Datum profile, bool profile_null,
 extern void morango_deserialize_internal(const char *profile, Datum filter, bool filter_null,
 										 int64 *applied, int64 *deleted, int64 *failed);
 
-/* session.c: a transfer session's state, as the steps read it */
-typedef struct MorangoTransfer
-{
-	Datum		id;				/* uuid */
-	char	   *name;			/* its text, for messages */
-	Datum		profile;		/* text */
-	Datum		filter;			/* text[] */
-	int			nfilter;
-	const char **prefixes;
-	bool		active;
-	bool		receiver;		/* this side receives the records */
-	char	   *stage;
-	int64		records_total;	/* -1: not known yet */
-	int64		records_transferred;
-	char	   *local_fsic;		/* NULL if not set */
-	char	   *remote_fsic;
-} MorangoTransfer;
-
+/* session.c */
 extern pg_uuid_t *morango_lock_instance(int64 *counter);
 extern void morango_analyze_store(int64 written);
 extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 							   const char *nulls, int expected);
-extern MorangoTransfer *morango_transfer_fetch(Datum ts);
-extern bool morango_transfer_past(MorangoTransfer *t, const char *stage);
 
 /* queue.c, buffer.c, dequeue.c */
 extern int64 morango_queue_internal(Datum ts);
+extern int64 morango_queue_transfer(MorangoTransfer *t);
 extern int64 morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes);
 extern void morango_dequeue_internal(Datum ts, int64 *counts);
+
+/* pack.c */
+extern int64 morango_receive_packed(Datum ts, text *packed);
 
 /* capture.c */
 extern void morango_capture_init(void);

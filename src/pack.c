@@ -225,13 +225,27 @@ morango_unpack_chunk(PG_FUNCTION_ARGS)
 Datum
 morango_receive_packed_chunk(PG_FUNCTION_ARGS)
 {
-	text	   *p = PG_GETARG_TEXT_PP(1);
-	Datum		chunk = json_to_jsonb(morango_unpack(p, morango_max_chunk_bytes));
 	int64		added;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	added = morango_receive_chunk_internal(PG_GETARG_DATUM(0), chunk, VARSIZE_ANY_EXHDR(p));
+	added = morango_receive_packed(PG_GETARG_DATUM(0), PG_GETARG_TEXT_PP(1));
 	SPI_finish();
 	PG_RETURN_INT64(added);
+}
+
+/*
+ * morango_receive_packed
+ *		Unpack chunk p (refused before unpacking if it holds more than
+ *		morango.max_chunk_bytes of JSON) and receive it into transfer
+ *		session ts's incoming buffer (buffer.c); the session counts the
+ *		packed bytes.  Returns the number of records added.  Runs inside
+ *		SPI.
+ */
+int64
+morango_receive_packed(Datum ts, text *p)
+{
+	Datum		chunk = json_to_jsonb(morango_unpack(p, morango_max_chunk_bytes));
+
+	return morango_receive_chunk_internal(ts, chunk, VARSIZE_ANY_EXHDR(p));
 }

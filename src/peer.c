@@ -35,6 +35,8 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
@@ -49,10 +51,19 @@
 #include "utils/wait_event.h"
 
 #include "morango.h"
+#include "protocol.h"
+#include "transfer.h"
 
 PG_FUNCTION_INFO_V1(morango_peer_role);
 PG_FUNCTION_INFO_V1(morango_peer_guard);
 PG_FUNCTION_INFO_V1(morango_peer_limits);
+PG_FUNCTION_INFO_V1(morango_protocol_version);
+PG_FUNCTION_INFO_V1(morango_peer_begin);
+PG_FUNCTION_INFO_V1(morango_peer_begin_v2);
+PG_FUNCTION_INFO_V1(morango_peer_pull_chunk);
+PG_FUNCTION_INFO_V1(morango_peer_push_chunk);
+PG_FUNCTION_INFO_V1(morango_peer_finish);
+PG_FUNCTION_INFO_V1(morango_peer_close);
 
 /* how often the watchdog looks at a guarded transaction, in ms */
 #define GUARD_TICK_MS 1000
@@ -223,8 +234,8 @@ guard_xact_end(XactEvent event, void *arg)
 }
 
 /*
- * morango.peer_guard(fname text) -> void
- *		The first statement of every peer API function morango.<fname>.  For
+ * morango_peer_guard_check
+ *		The first step of every peer API function morango.<fname>.  For
  *		a session user that is not a superuser, refuses the call unless it
  *		is the whole top-level statement, outside any transaction block or
  *		pipeline (see the file header); then makes the transaction commit
@@ -232,13 +243,11 @@ guard_xact_end(XactEvent event, void *arg)
  *		Superusers (tests, and an administrator calling the API by hand)
  *		are not restricted.
  */
-Datum
-morango_peer_guard(PG_FUNCTION_ARGS)
+static void
+morango_peer_guard_check(const char *fname)
 {
-	char	   *fname = text_to_cstring(PG_GETARG_TEXT_PP(0));
-
 	if (superuser_arg(GetSessionUserId()))
-		PG_RETURN_VOID();
+		return;
 
 	if (IsTransactionBlock() || IsSubTransaction() || (MyXactFlags & XACT_FLAGS_PIPELINING))
 		ereport(ERROR,
@@ -272,6 +281,17 @@ morango_peer_guard(PG_FUNCTION_ARGS)
 							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), GUARD_TICK_MS),
 							 GUARD_TICK_MS);
 	}
+}
+
+/*
+ * morango.peer_guard(fname text) -> void
+ *		morango_peer_guard_check() from SQL (the certificate handshake's
+ *		peer functions, in plpgsql).
+ */
+Datum
+morango_peer_guard(PG_FUNCTION_ARGS)
+{
+	morango_peer_guard_check(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
 
@@ -294,4 +314,522 @@ morango_peer_limits(PG_FUNCTION_ARGS)
 								morango_max_fsic_entries);
 
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+}
+
+/* ---- the peer API: the responder's side of the protocol ---- */
+
+/* run a check written in SQL (it raises if its argument is bad) */
+static void
+sql_check(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	morango_spi_exec(sql, nargs, types, values, NULL, SPI_OK_SELECT);
+}
+
+/*
+ * Does the calling peer role own sync session ss?  Raises 28000 ("what
+ * belongs to another role") if the session exists here but is not a
+ * responder's session opened by this role, or if the certificate
+ * handshake bound it to another role.  Returns false if the session is
+ * unknown here, true if it is the caller's.  Runs inside SPI.
+ */
+static bool
+peer_owns(Datum ss, const char *what)
+{
+	bool		isnull;
+	bool		known;
+	bool		other;
+
+	morango_spi_exec("SELECT EXISTS (SELECT 1 FROM morango.sync_sessions WHERE id = $1),"
+					 "       EXISTS (SELECT 1 FROM morango.sync_sessions"
+					 "               WHERE id = $1 AND (NOT is_server OR peer_role IS DISTINCT FROM morango.peer_role()))"
+					 "    OR EXISTS (SELECT 1 FROM morango.session_certificates b"
+					 "               WHERE b.sync_session_id = $1 AND b.peer_role IS DISTINCT FROM morango.peer_role())",
+					 1, (Oid[]) {UUIDOID}, &ss, NULL, SPI_OK_SELECT);
+	known = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	other = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (other)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("%s belongs to another role", what)));
+	return known;
+}
+
+static char *
+uuid_text(Datum id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, id));
+}
+
+/*
+ * The responder's transfer session ts, checked: it exists, belongs to the
+ * calling role, is active (unless finished_ok) and goes the direction
+ * wanted (want_push: 1 push, 0 pull, -1 either).  Locked until the call
+ * commits.  Runs inside SPI.
+ */
+static MorangoTransfer *
+peer_session(Datum ts, int want_push, bool finished_ok)
+{
+	MorangoTransfer *t = morango_transfer_find(ts);
+
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transfer session %s does not exist", uuid_text(ts))));
+	(void) peer_owns(t->sync_session, psprintf("transfer session %s", t->name));
+	if (!t->active && !finished_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s is finished", t->name)));
+	if (want_push >= 0 && t->push != (want_push == 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer session %s is a %s, not a %s", t->name,
+						t->push ? "push" : "pull", want_push ? "push" : "pull")));
+	return t;
+}
+
+static void
+spi_begin(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+/* this database's instance id, as text */
+static char *
+own_instance_text(void)
+{
+	morango_spi_exec("SELECT morango.instance_id()::text", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * A peer speaking a protocol version this database does not speak (the
+ * first argument of peer_begin, either form): the same error for every
+ * version.
+ */
+static void
+protocol_refuse(FunctionCallInfo fcinfo)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("morango protocol version %s is not supported",
+					PG_ARGISNULL(0) ? "<NULL>" : psprintf("%d", PG_GETARG_INT32(0))),
+			 errdetail("This peer speaks protocol version %d.", MORANGO_PROTOCOL_VERSION),
+			 errhint("Install the same morango version on both sides.")));
+}
+
+/*
+ * morango.protocol_version() -> integer
+ *		The version of the sync protocol this extension speaks: the one
+ *		source of it is MORANGO_PROTOCOL_VERSION.
+ */
+Datum
+morango_protocol_version(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(MORANGO_PROTOCOL_VERSION);
+}
+
+/*
+ * The open-transfer quotas: a transfer not open here yet (new, or one
+ * expired here that transfer_open starts over) must fit this role's quota
+ * (morango.max_peer_transfers, counted under a lock so that concurrent
+ * calls cannot all pass) and the total (morango.max_open_transfers,
+ * counted without one: it may be passed by as many calls as run at once).
+ */
+static void
+check_quotas(Datum ts)
+{
+	bool		isnull;
+	int64		mine;
+	int64		all;
+	char	   *me;
+
+	morango_spi_exec("SELECT NOT EXISTS (SELECT 1 FROM morango.transfer_sessions"
+					 "                   WHERE id = $1 AND (active OR status <> 'errored')),"
+					 "       morango.peer_role()::text",
+					 1, (Oid[]) {UUIDOID}, &ts, NULL, SPI_OK_SELECT);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		return;
+	me = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	morango_spi_exec("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('morango peer transfers'),"
+					 "                                        pg_catalog.hashtext($1))",
+					 1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(me)}, NULL, SPI_OK_SELECT);
+	morango_spi_exec("SELECT count(*) FILTER (WHERE s.peer_role = $1), count(*)"
+					 " FROM morango.transfer_sessions t"
+					 " JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
+					 " WHERE t.active AND s.is_server",
+					 1, (Oid[]) {NAMEOID}, (Datum[]) {DirectFunctionCall1(namein, CStringGetDatum(me))},
+					 NULL, SPI_OK_SELECT);
+	mine = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	all = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (mine >= morango_max_peer_transfers)
+		ereport(ERROR,
+				(errcode(ERRCODE_TOO_MANY_CONNECTIONS),
+				 errmsg("role \"%s\" has %d open transfer sessions on this peer, its quota",
+						me, morango_max_peer_transfers),
+				 errdetail("morango.max_peer_transfers bounds the open transfer sessions of one peer role."),
+				 errhint("Finish or close them (peer_finish, peer_close), or wait for morango.cleanup() "
+						 "on the peer to expire idle ones.")));
+	if (all >= morango_max_open_transfers)
+		ereport(ERROR,
+				(errcode(ERRCODE_TOO_MANY_CONNECTIONS),
+				 errmsg("too many open transfer sessions on this peer"),
+				 errdetail("morango.max_open_transfers bounds the open transfer sessions of all peer roles."),
+				 errhint("Run morango.cleanup() on the peer, or wait for running syncs to end.")));
+}
+
+/*
+ * The client's FSIC, checked before anything walks it: its shape, its
+ * size (entries and bytes), its form (fsic_expand raises on bad shapes and
+ * counters) and its claims (none above our own counter).
+ */
+static void
+check_client_fsic(Datum fsic, Datum filter)
+{
+	bool		isnull;
+	int64		entries;
+	int64		bytes;
+	bool		shaped;
+
+	morango_spi_exec("SELECT jsonb_typeof($1) IS NOT DISTINCT FROM 'object'"
+					 "       AND jsonb_typeof($1->'super') IS NOT DISTINCT FROM 'object'"
+					 "       AND jsonb_typeof($1->'sub') IS NOT DISTINCT FROM 'object',"
+					 "       pg_catalog.pg_column_size($1)",
+					 1, (Oid[]) {JSONBOID}, &fsic, NULL, SPI_OK_SELECT);
+	shaped = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull || !shaped)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer_begin: the client FSIC must be {\"super\": {...}, \"sub\": {...}}")));
+	bytes = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	entries = 0;
+	if (bytes <= 256 * (int64) morango_max_fsic_entries)
+	{
+		morango_spi_exec("SELECT count(*)"
+						 " FROM (SELECT * FROM jsonb_each($1->'super')"
+						 "       UNION ALL SELECT * FROM jsonb_each($1->'sub')) AS p,"
+						 "      LATERAL jsonb_object_keys(CASE WHEN jsonb_typeof(p.value) = 'object'"
+						 "                                     THEN p.value ELSE '{}' END) AS i",
+						 1, (Oid[]) {JSONBOID}, &fsic, NULL, SPI_OK_SELECT);
+		entries = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	if (bytes > 256 * (int64) morango_max_fsic_entries || entries > morango_max_fsic_entries)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("peer_begin: the client FSIC is too large"),
+				 errdetail("This peer takes FSICs of at most %d (partition, instance) entries "
+						   "(morango.max_fsic_entries) and " INT64_FORMAT " bytes.",
+						   morango_max_fsic_entries, 256 * (int64) morango_max_fsic_entries)));
+	sql_check("SELECT morango.fsic_expand($1, $2)", 2, (Oid[]) {JSONBOID, TEXTARRAYOID},
+			  (Datum[]) {fsic, filter});
+	sql_check("SELECT morango.fsic_claims_check($1)", 1, (Oid[]) {JSONBOID}, &fsic);
+}
+
+/*
+ * morango.peer_begin(protocol integer, sync_session uuid, transfer_session
+ *   uuid, profile text, push boolean, filter text[], client_instance uuid,
+ *   client_fsic jsonb, options jsonb) -> jsonb
+ *		Open (or resume) a transfer session on this, the responder's, side.
+ *		The client sends its FSIC and its options (its chunk limits); as
+ *		the producer (a pull) this side serializes, computes its FSIC and
+ *		queues; as the receiver (a push) it computes its FSIC.  Answers a
+ *		MorangoBeginReply: the transfer's state, this side's FSIC, instance
+ *		and limits.  The sync session and the transfer session belong to
+ *		the role that opens them; open ones are counted per role and in
+ *		all.
+ */
+Datum
+morango_peer_begin(PG_FUNCTION_ARGS)
+{
+	MorangoOpenArgs a;
+	MorangoTransfer *t;
+	MorangoBeginReply r;
+	bool		resumed;
+	ArrayType  *filter;
+	Datum		opts;
+	Datum		result;
+	bool		isnull;
+
+	morango_peer_guard_check("peer_begin");
+	if (PG_ARGISNULL(0) || PG_GETARG_INT32(0) != MORANGO_PROTOCOL_VERSION)
+		protocol_refuse(fcinfo);
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3) || PG_ARGISNULL(4) || PG_ARGISNULL(6) ||
+		VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(3)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("peer_begin: an argument is missing")));
+	if (VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(3)) > 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer_begin: the profile name is longer than 1000 bytes")));
+
+	memset(&a, 0, sizeof(a));
+	a.sync_session = PG_GETARG_DATUM(1);
+	a.transfer_session = PG_GETARG_DATUM(2);
+	a.profile = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	a.is_server = true;
+	a.push = PG_GETARG_BOOL(4);
+	a.peer_instance = PG_GETARG_DATUM(6);
+
+	spi_begin();
+	morango_spi_exec("SELECT morango.peer_options_check($1)", 1, (Oid[]) {JSONBOID},
+					 (Datum[]) {PG_ARGISNULL(8) ? (Datum) 0 : PG_GETARG_DATUM(8)},
+					 PG_ARGISNULL(8) ? "n" : NULL, SPI_OK_SELECT);
+	opts = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	opts = PointerGetDatum(PG_DETOAST_DATUM_COPY(opts));
+
+	/* the sessions named must be unknown here or this role's */
+	(void) peer_owns(a.sync_session, psprintf("sync session %s", uuid_text(a.sync_session)));
+	morango_spi_exec("SELECT sync_session_id FROM morango.transfer_sessions WHERE id = $1",
+					 1, (Oid[]) {UUIDOID}, &a.transfer_session, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		Datum		other = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!DatumGetBool(DirectFunctionCall2(uuid_eq, other, a.sync_session)))
+			(void) peer_owns(other, psprintf("transfer session %s", uuid_text(a.transfer_session)));
+	}
+
+	/* a non-empty, one-dimensional array of prefixes, within its bounds */
+	filter = PG_ARGISNULL(5) ? NULL : PG_GETARG_ARRAYTYPE_P(5);
+	if (filter == NULL || ARR_NDIM(filter) != 1 || ArrayGetNItems(ARR_NDIM(filter), ARR_DIMS(filter)) == 0 ||
+		array_contains_nulls(filter))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer_begin: filter must be a non-empty array of partition prefixes")));
+	morango_check_filter(filter);
+	a.filter = PointerGetDatum(filter);
+
+	if (PG_ARGISNULL(7))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer_begin: the client FSIC must be {\"super\": {...}, \"sub\": {...}}")));
+	check_client_fsic(PG_GETARG_DATUM(7), a.filter);
+	check_quotas(a.transfer_session);
+
+	t = morango_transfer_open(&a, &resumed);
+	if (t->active)
+	{
+		MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;
+		char	   *client_fsic = JsonbToCString(NULL, &DatumGetJsonbP(PG_GETARG_DATUM(7))->root, -1);
+
+		/* the client's limits, for the chunks we send it (a resume may change them) */
+		u.peer_options = JsonbToCString(NULL, &DatumGetJsonbP(opts)->root, -1);
+		if (t->remote_fsic == NULL)
+		{
+			/* the producer stamps its changes, takes its FSIC, then queues */
+			(void) morango_step_prepare(t, client_fsic, u.peer_options);
+			if (!t->push)
+				(void) morango_step_queue(t, NULL);
+		}
+		else
+			morango_transfer_transition(t, t->stage, t->status, &u);
+	}
+	morango_begin_reply_of(t, resumed, &r);
+	r.instance_id = own_instance_text();
+	if (t->active)
+	{
+		r.has_limits = true;
+		r.max_chunk_records = morango_max_chunk_records;
+		r.max_chunk_bytes = morango_max_chunk_bytes;
+	}
+	result = SPI_datumTransfer(morango_begin_reply_encode(&r), false, -1);
+	SPI_finish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * morango.peer_begin(...) of protocol version 2 (without options): refused,
+ * naming the version this database speaks, so that an older peer gets a
+ * clear error rather than "function does not exist".
+ */
+Datum
+morango_peer_begin_v2(PG_FUNCTION_ARGS)
+{
+	protocol_refuse(fcinfo);
+	PG_RETURN_NULL();
+}
+
+/* an int64 limit of the client's options (jsonb text), or dflt */
+static int64
+option_limit(const char *options, const char *key, int64 dflt)
+{
+	Datum		v;
+	bool		isnull;
+
+	if (options == NULL)
+		return dflt;
+	morango_spi_exec("SELECT ($1::jsonb ->> $2)::bigint", 2, (Oid[]) {TEXTOID, TEXTOID},
+					 (Datum[]) {CStringGetTextDatum(options), CStringGetTextDatum(key)},
+					 NULL, SPI_OK_SELECT);
+	v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? dflt : DatumGetInt64(v);
+}
+
+/*
+ * morango.peer_pull_chunk(transfer_session uuid, after_seq bigint,
+ *   max_records integer) -> jsonb
+ *		The next chunk of a pull (a MorangoChunk): the records after
+ *		after_seq, at most max_records, and within the lower of the
+ *		client's limits (announced in peer_begin) and ours.
+ */
+Datum
+morango_peer_pull_chunk(PG_FUNCTION_ARGS)
+{
+	MorangoTransfer *t;
+	MorangoChunk c;
+	int64		max_records;
+	int64		max_bytes;
+	Datum		result;
+
+	morango_peer_guard_check("peer_pull_chunk");
+	spi_begin();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transfer session %s does not exist", "<NULL>")));
+	t = peer_session(PG_GETARG_DATUM(0), 0, false);
+	if (PG_ARGISNULL(1) || PG_GETARG_INT64(1) < 0 || PG_ARGISNULL(2) || PG_GETARG_INT32(2) < 1 ||
+		PG_GETARG_INT32(2) > MORANGO_MAX_CHUNK_RECORDS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer_pull_chunk: after_seq must be >= 0 and max_records between 1 and 100000")));
+	max_records = Min(Min((int64) PG_GETARG_INT32(2),
+						  option_limit(t->peer_options, "max_chunk_records", MORANGO_MAX_CHUNK_RECORDS)),
+					  (int64) morango_max_chunk_records);
+	max_bytes = Min(option_limit(t->peer_options, "max_chunk_bytes", MORANGO_MAX_CHUNK_BYTES),
+					(int64) morango_max_chunk_bytes);
+	morango_step_read_chunk(t, PG_GETARG_INT64(1), (int) max_records, max_bytes, &c);
+	morango_step_chunk_sent(t, c.last_seq, strlen(c.packed));
+	result = SPI_datumTransfer(morango_chunk_encode(&c), false, -1);
+	SPI_finish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * morango.peer_push_chunk(transfer_session uuid, packed text) -> bigint
+ *		A packed chunk of a push, validated and buffered (all or nothing);
+ *		returns the number of records added.
+ */
+Datum
+morango_peer_push_chunk(PG_FUNCTION_ARGS)
+{
+	int64		added;
+
+	morango_peer_guard_check("peer_push_chunk");
+	spi_begin();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transfer session %s does not exist", "<NULL>")));
+	(void) peer_session(PG_GETARG_DATUM(0), 1, false);
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("peer_push_chunk: the chunk is missing")));
+	/* refused before unpacking if over morango.max_chunk_bytes (src/pack.c) */
+	added = morango_step_receive_chunk(PG_GETARG_DATUM(0), PG_GETARG_TEXT_PP(1));
+	SPI_finish();
+	PG_RETURN_INT64(added);
+}
+
+/*
+ * morango.peer_finish(transfer_session uuid, records_total bigint) -> jsonb
+ *		Finish a transfer on the responder's side: for a push, check that
+ *		all records_total records arrived, merge and deserialize; for a
+ *		pull, drop the outgoing buffer.  Closes the transfer session.
+ *		Answers a MorangoFinishReply.
+ */
+Datum
+morango_peer_finish(PG_FUNCTION_ARGS)
+{
+	MorangoTransfer *t;
+	MorangoFinishReply r;
+	Datum		result;
+	bool		was_active;
+
+	morango_peer_guard_check("peer_finish");
+	spi_begin();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transfer session %s does not exist", "<NULL>")));
+	t = peer_session(PG_GETARG_DATUM(0), -1, true);
+	was_active = t->active;
+	memset(&r, 0, sizeof(r));
+	r.stage = morango_stage_name(MORANGO_STAGE_CLEANUP);
+	r.status = morango_status_name(MORANGO_STATUS_COMPLETED);
+	if (!t->active)
+	{
+		/* finished before (a resumed client asks again) */
+		r.stage = morango_stage_name(t->stage);
+		r.status = morango_status_name(t->status);
+	}
+	else if (t->push)
+	{
+		MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;
+
+		if (PG_ARGISNULL(1) || PG_GETARG_INT64(1) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("peer_finish: records_total is required for a push")));
+		u.records_total = PG_GETARG_INT64(1);
+		morango_transfer_transition(t, t->stage, t->status, &u);
+		morango_step_merge(t->id, r.dequeue);
+		t = morango_transfer_fetch(t->id);
+		morango_step_apply(t, r.deserialize);
+		r.merged = true;
+		morango_transfer_close(t, NULL);
+	}
+	else if (t->records_total >= 0 && t->records_transferred < t->records_total)
+	{
+		/* a pull the client ends before it took every record did not complete */
+		morango_transfer_close(t, psprintf("the client finished the pull after " INT64_FORMAT
+										   " of " INT64_FORMAT " records",
+										   t->records_transferred, t->records_total));
+		r.status = morango_status_name(MORANGO_STATUS_ERRORED);
+	}
+	else
+		morango_transfer_close(t, NULL);
+	if (was_active)
+		morango_sync_session_touch(t->sync_session, (Datum) 0, true);
+	result = SPI_datumTransfer(morango_finish_reply_encode(&r), false, -1);
+	SPI_finish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * morango.peer_close(sync_session uuid, error text) -> void
+ *		Close a sync session on the responder's side, and any of its
+ *		transfer sessions still open (as errored, their buffers emptied at
+ *		once).  An unknown session is nothing to close; another role's is
+ *		refused.
+ */
+Datum
+morango_peer_close(PG_FUNCTION_ARGS)
+{
+	char	   *error = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	morango_peer_guard_check("peer_close");
+	if (error && strlen(error) > 65536)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer_close: the error text is longer than 64 kB")));
+	if (PG_ARGISNULL(0))
+		PG_RETURN_VOID();
+	spi_begin();
+	if (peer_owns(PG_GETARG_DATUM(0), psprintf("sync session %s", uuid_text(PG_GETARG_DATUM(0)))))
+	{
+		/*
+		 * a transfer still open ends with its sync session: no chunk or
+		 * finish is taken for it any more (a peer_begin with the same ids
+		 * starts it over)
+		 */
+		morango_transfers_close_all(PG_GETARG_DATUM(0), "its sync session was closed before it finished");
+		morango_sync_session_end(PG_GETARG_DATUM(0),
+								 error ? MORANGO_SYNC_ERRORED : MORANGO_SYNC_COMPLETED, error);
+	}
+	SPI_finish();
+	PG_RETURN_VOID();
 }

@@ -300,22 +300,23 @@ queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 }
 
 /*
- * morango_queue_internal
- *		Queue transfer session ts (this side must be its producer and it
+ * morango_queue_transfer
+ *		Queue transfer session t (this side must be its producer and it
  *		must hold both FSICs).  Idempotent: a session queued before is
- *		queued again from scratch.  Returns records_total.  Runs inside SPI.
+ *		queued again from scratch (one that went on past queuing restarts
+ *		there, transfer.c).  Returns records_total.  Runs inside SPI.
  */
 int64
-morango_queue_internal(Datum ts)
+morango_queue_transfer(MorangoTransfer *t)
 {
-	Oid			tstype[1] = {UUIDOID};
+	Datum		ts = t->id;
 	Datum		diffjson;
 	QueueInstance *insts;
 	int			ninst;
 	bool		isnull;
-	MorangoTransfer *t = morango_transfer_fetch(ts);
 	char	   *diff;
 	int64		total;
+	MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;
 
 	if (t->receiver)
 		ereport(ERROR,
@@ -333,10 +334,14 @@ morango_queue_internal(Datum ts)
 	diffjson = DirectFunctionCall1(jsonb_in, CStringGetDatum(diff));
 
 	/* start from scratch: a resumed session may have queued before */
-	morango_spi_exec("DELETE FROM morango.buffer WHERE transfer_session_id = $1",
-					 1, tstype, &ts, NULL, SPI_OK_DELETE);
-	morango_spi_exec("DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1",
-					 1, tstype, &ts, NULL, SPI_OK_DELETE);
+	if (t->stage > MORANGO_STAGE_QUEUING)
+	{
+		u.restart = true;
+		morango_transfer_transition(t, MORANGO_STAGE_QUEUING, MORANGO_STATUS_STARTED, &u);
+		u = MORANGO_TRANSFER_KEEP;
+	}
+	else
+		morango_transfer_clear_buffers(ts);
 
 	/* (the partitions point into that result, kept until SPI_finish) */
 	insts = queue_instances(diffjson, &ninst);
@@ -344,14 +349,20 @@ morango_queue_internal(Datum ts)
 					 (Datum[]) {ts, queue_select(t, insts, ninst)}, NULL, SPI_OK_SELECT);
 	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
-	morango_spi_exec("UPDATE morango.transfer_sessions"
-					 " SET records_total = $2, stage = 'queuing', status = 'completed',"
-					 "     last_activity_at = now()"
-					 " WHERE id = $1",
-					 2, (Oid[]) {UUIDOID, INT8OID}, (Datum[]) {ts, Int64GetDatum(total)},
-					 NULL, SPI_OK_UPDATE);
+	u.records_total = total;
+	morango_transfer_transition(t, MORANGO_STAGE_QUEUING, MORANGO_STATUS_COMPLETED, &u);
 	morango_fault("queue");
 	return total;
+}
+
+/*
+ * morango_queue_internal
+ *		morango_queue_transfer() of transfer session ts.  Runs inside SPI.
+ */
+int64
+morango_queue_internal(Datum ts)
+{
+	return morango_queue_transfer(morango_transfer_fetch(ts));
 }
 
 /*

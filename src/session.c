@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * session.c
- *		Reading a transfer session's state, for the steps that act on one
- *		(queue.c, buffer.c, dequeue.c), and a checked SPI call helper.
+ *		A checked SPI call helper, the instance lock and the store's
+ *		statistics, for the steps (session state itself is transfer.c's).
  *
  * IDENTIFICATION
  *		src/session.c
@@ -101,77 +101,4 @@ morango_lock_instance(int64 *counter)
 		   sizeof(pg_uuid_t));
 	*counter = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	return instance;
-}
-
-/*
- * morango_transfer_fetch
- *		The state of transfer session ts, locked FOR UPDATE until the end
- *		of the transaction.  Errors if it does not exist.  Runs inside SPI;
- *		the result is allocated in the current memory context.
- */
-MorangoTransfer *
-morango_transfer_fetch(Datum ts)
-{
-	Oid			argtypes[1] = {UUIDOID};
-	MorangoTransfer *t = palloc0(sizeof(MorangoTransfer));
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
-	Datum	   *elems;
-
-	t->id = ts;
-	t->name = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
-	morango_spi_exec("SELECT s.profile, t.filter, t.active, (t.push = s.is_server) AS receiver,"
-					 "       t.stage, t.records_total, t.records_transferred,"
-					 "       t.local_fsic::text, t.remote_fsic::text"
-					 " FROM morango.transfer_sessions t"
-					 " JOIN morango.sync_sessions s ON s.id = t.sync_session_id"
-					 " WHERE t.id = $1 FOR UPDATE OF t",
-					 1, argtypes, &ts, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("transfer session %s does not exist", t->name)));
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-
-	t->profile = PointerGetDatum(DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull)));
-	t->filter = PointerGetDatum(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 2, &isnull)));
-	deconstruct_array(DatumGetArrayTypeP(t->filter), TEXTOID, -1, false, TYPALIGN_INT,
-					  &elems, NULL, &t->nfilter);
-	t->prefixes = palloc(sizeof(char *) * Max(t->nfilter, 1));
-	for (int i = 0; i < t->nfilter; i++)
-		t->prefixes[i] = TextDatumGetCString(elems[i]);
-	t->active = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-	t->receiver = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
-	t->stage = SPI_getvalue(tup, desc, 5);
-	d = SPI_getbinval(tup, desc, 6, &isnull);
-	t->records_total = isnull ? -1 : DatumGetInt64(d);
-	t->records_transferred = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
-	t->local_fsic = SPI_getvalue(tup, desc, 8);
-	t->remote_fsic = SPI_getvalue(tup, desc, 9);
-	return t;
-}
-
-/*
- * morango_transfer_past
- *		Has the transfer session reached stage `stage` or a later one?
- */
-bool
-morango_transfer_past(MorangoTransfer *t, const char *stage)
-{
-	static const char *const order[] = {"initializing", "serializing", "queuing",
-	"transferring", "dequeuing", "deserializing", "cleanup"};
-	int			have = -1,
-				want = -1;
-
-	for (int i = 0; i < (int) lengthof(order); i++)
-	{
-		if (strcmp(order[i], t->stage) == 0)
-			have = i;
-		if (strcmp(order[i], stage) == 0)
-			want = i;
-	}
-	return have >= want;
 }
