@@ -45,7 +45,7 @@ DATA         = sql/$(EXTENSION)--$(EXTVERSION).sql
 # pg_regress: sql/*.sql against expected/*.out
 REGRESS      = setup idrule identity register capture serialize deserialize fsic edges certificates \
                transport sync scopes worker hostile privileges attack_forgery attack_counters \
-               attack_sessions attack_filters
+               attack_sessions attack_filters sessions
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
 ISOLATION      = serialize_commit_order deserialize_vs_local_edit deserialize_insert_deadlock

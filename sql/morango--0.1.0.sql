@@ -766,6 +766,17 @@ LANGUAGE C STRICT
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'morango_sync_session_interrupt_sql';
 
+/*
+ * Move a transfer session to stage and status through the one checked
+ * transition function (src/transfer.c): a later stage, or the same stage,
+ * of an active transfer; anything else is refused.  For administrators.
+ */
+CREATE FUNCTION morango.transfer_transition(transfer_session uuid, stage text, status text)
+RETURNS void
+LANGUAGE C STRICT
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'morango_transfer_transition_sql';
+
 /* The stages and statuses as the C code knows them (a test compares them with the tables). */
 CREATE FUNCTION morango.session_states(OUT kind text, OUT "position" integer, OUT name text)
 RETURNS SETOF record

@@ -48,6 +48,7 @@ PG_FUNCTION_INFO_V1(morango_transfer_close_sql);
 PG_FUNCTION_INFO_V1(morango_sessions_expire_sql);
 PG_FUNCTION_INFO_V1(morango_sync_session_interrupt_sql);
 PG_FUNCTION_INFO_V1(morango_session_states);
+PG_FUNCTION_INFO_V1(morango_transfer_transition_sql);
 
 /* the names, as the tables' CHECK constraints spell them */
 static const char *const stage_names[MORANGO_NSTAGES] = {
@@ -800,6 +801,40 @@ morango_sync_session_interrupt_sql(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	morango_sync_session_interrupt(PG_GETARG_DATUM(0), s, text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * morango.transfer_transition(transfer_session uuid, stage text, status
+ *   text) -> void
+ *		morango_transfer_transition() from SQL, writing nothing else: for
+ *		administrators and tests (an illegal move raises as it does for the
+ *		steps).
+ */
+Datum
+morango_transfer_transition_sql(PG_FUNCTION_ARGS)
+{
+	char	   *stage = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *status = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	int			to = -1;
+	int			st = -1;
+
+	for (int i = 0; i < MORANGO_NSTAGES; i++)
+		if (strcmp(stage_names[i], stage) == 0)
+			to = i;
+	for (int i = 0; i < MORANGO_NSTATUSES; i++)
+		if (strcmp(status_names[i], status) == 0)
+			st = i;
+	if (to < 0 || st < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" \"%s\" is not a transfer session state", stage, status),
+				 errhint("See morango.session_states().")));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	morango_transfer_transition(morango_transfer_fetch(PG_GETARG_DATUM(0)), (MorangoStage) to,
+								(MorangoStatus) st, &MORANGO_TRANSFER_KEEP);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
