@@ -841,17 +841,6 @@ RETURNS name
 LANGUAGE C STABLE
 AS 'MODULE_PATHNAME', 'morango_peer_role';
 
-/*
- * The first statement of every peer API function: for a role that is not a
- * superuser, the call must be the whole top-level statement, outside any
- * transaction block, and it commits as it returns (src/peer.c), so that no
- * peer holds this database's locks between calls.
- */
-CREATE FUNCTION morango.peer_guard(fname text)
-RETURNS void
-LANGUAGE C STRICT
-AS 'MODULE_PATHNAME', 'morango_peer_guard';
-
 /* this database's peer API limits, from its superuser-only settings */
 CREATE FUNCTION morango.peer_limits()
 RETURNS jsonb
@@ -2340,14 +2329,9 @@ RETURN format('morango:%s:%s:%s:%s:%s', nonce, sync_session, client_certificate,
  */
 CREATE FUNCTION morango.peer_nonce()
 RETURNS uuid
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM morango.peer_guard('peer_nonce');
-    RETURN morango.nonce();
-END
-$$;
+AS 'MODULE_PATHNAME', 'morango_peer_nonce';
 
 /*
  * morango.peer_authenticate(sync_session, profile, client_chain,
@@ -2368,7 +2352,21 @@ $$;
 CREATE FUNCTION morango.peer_authenticate(sync_session uuid, profile text, client_chain jsonb,
                                           server_certificate uuid, nonce uuid, signature text)
 RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'morango_peer_authenticate';
+
+/*
+ * The responder's half of the certificate handshake, behind
+ * peer_authenticate (which checked its caller and its arguments): use the
+ * nonce, check this side's certificate, store and check the client's
+ * chain and signature, bind the session; answers this side's chain and
+ * its signature of the same message.
+ */
+CREATE FUNCTION morango.handshake_respond(sync_session uuid, profile text, client_chain jsonb,
+                                          server_certificate uuid, nonce uuid, signature text)
+RETURNS jsonb
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -2377,13 +2375,6 @@ DECLARE
     root        uuid;
     client_root uuid;
 BEGIN
-    PERFORM morango.peer_guard('peer_authenticate');
-    IF sync_session IS NULL OR profile IS NULL OR client_chain IS NULL OR server_certificate IS NULL
-       OR nonce IS NULL OR signature IS NULL OR octet_length(signature) > 4096
-       OR octet_length(client_chain::text) > 1048576 THEN
-        RAISE EXCEPTION 'peer_authenticate: an argument is missing or too large'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     PERFORM morango.nonce_use(nonce);
     IF NOT EXISTS (SELECT 1 FROM morango.certificate_keys WHERE certificate_id = server_certificate) THEN
         RAISE EXCEPTION 'this peer does not hold certificate %', server_certificate
@@ -2469,17 +2460,25 @@ $$;
  */
 CREATE FUNCTION morango.peer_revocations(sync_session uuid, revocations jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'morango_peer_revocations';
+
+/*
+ * The responder's revocation exchange, behind peer_revocations (which
+ * checked its caller and its arguments): the session must be
+ * authenticated by this role; the revocations it sends are stored, ours
+ * under the session's root answered.
+ */
+CREATE FUNCTION morango.revocations_exchange(sync_session uuid, revocations jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     bound   morango.session_certificates;
     root    uuid;
 BEGIN
-    PERFORM morango.peer_guard('peer_revocations');
-    IF sync_session IS NULL OR revocations IS NULL THEN
-        RAISE EXCEPTION 'peer_revocations: an argument is missing' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
     SELECT * INTO bound FROM morango.session_certificates WHERE sync_session_id = sync_session;
     IF NOT FOUND OR bound.peer_role IS NULL THEN
         RAISE EXCEPTION 'sync session % is not authenticated', sync_session
@@ -2641,7 +2640,20 @@ $$;
 CREATE FUNCTION morango.peer_certificate_sign(parent uuid, scope_definition text, params jsonb,
                                               public_key text)
 RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE C SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'morango_peer_certificate_sign';
+
+/*
+ * A signing request, behind peer_certificate_sign (which checked its
+ * caller and its arguments): the calling role must hold a signing grant
+ * for the parent, scope and parameters, and fit its certificate quota;
+ * answers the new certificate's chain.
+ */
+CREATE FUNCTION morango.certificate_sign_request(parent uuid, scope_definition text, params jsonb,
+                                                 public_key text)
+RETURNS jsonb
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -2651,16 +2663,10 @@ DECLARE
     forever     boolean;
     validity    interval;
 BEGIN
-    PERFORM morango.peer_guard('peer_certificate_sign');
-    IF parent IS NULL OR scope_definition IS NULL OR params IS NULL OR public_key IS NULL
-       OR octet_length(public_key) > 4096 OR octet_length(params::text) > 65536 THEN
-        RAISE EXCEPTION 'peer_certificate_sign: an argument is missing or too large'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     SELECT count(*), bool_or(s.validity IS NULL), max(s.validity) INTO grants, forever, validity
     FROM morango.certificate_signers s
     WHERE s.parent_id = parent AND s.scope_definition_id = scope_definition
-      AND peer_certificate_sign.params @> s.params
+      AND certificate_sign_request.params @> s.params
       AND CASE WHEN EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = s.role)
                THEN pg_has_role(who, s.role, 'MEMBER') ELSE false END;
     IF grants = 0 THEN

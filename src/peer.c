@@ -1,9 +1,15 @@
 /*-------------------------------------------------------------------------
  *
  * peer.c
- *		Helpers of the peer API (the morango.peer_* functions a peer calls,
- *		doc/protocol.md): who is calling, how it may call, and the limits
- *		this database announces.
+ *		The peer API: the responder's side of the sync protocol, the
+ *		morango.peer_* functions a peer calls (doc/protocol.md).  Each is a
+ *		thin C entry point that checks its caller (the guard below, and the
+ *		calling role's ownership of the sessions it names) and its
+ *		arguments, then runs the protocol's steps (protocol.c), the same
+ *		ones the initiator's driver runs (driver.c), and answers with a
+ *		reply encoded by protocol.c.  The certificate handshake's entry
+ *		points call their SQL steps (certificate administration stays in
+ *		the install script).
  *
  * The peer API functions are SECURITY DEFINER, so inside them current_user
  * is the extension's owner and session_user the role that logged in.  The
@@ -13,7 +19,7 @@
  * The guard.  A peer API call takes locks that others wait for (the
  * instance row while serialize stamps, database max counters and
  * application rows while a push is merged, its session rows).  They must
- * end with the call: morango.peer_guard(), the first statement of every
+ * end with the call: morango_peer_guard_check(), the first step of every
  * peer API function, refuses a call made by a role that is not a superuser
  * unless the call is the whole top-level statement (SELECT
  * morango.<name>(...) with parameters or constants as arguments) outside
@@ -55,7 +61,6 @@
 #include "transfer.h"
 
 PG_FUNCTION_INFO_V1(morango_peer_role);
-PG_FUNCTION_INFO_V1(morango_peer_guard);
 PG_FUNCTION_INFO_V1(morango_peer_limits);
 PG_FUNCTION_INFO_V1(morango_protocol_version);
 PG_FUNCTION_INFO_V1(morango_peer_begin);
@@ -64,6 +69,10 @@ PG_FUNCTION_INFO_V1(morango_peer_pull_chunk);
 PG_FUNCTION_INFO_V1(morango_peer_push_chunk);
 PG_FUNCTION_INFO_V1(morango_peer_finish);
 PG_FUNCTION_INFO_V1(morango_peer_close);
+PG_FUNCTION_INFO_V1(morango_peer_nonce);
+PG_FUNCTION_INFO_V1(morango_peer_authenticate);
+PG_FUNCTION_INFO_V1(morango_peer_revocations);
+PG_FUNCTION_INFO_V1(morango_peer_certificate_sign);
 
 /* how often the watchdog looks at a guarded transaction, in ms */
 #define GUARD_TICK_MS 1000
@@ -281,18 +290,6 @@ morango_peer_guard_check(const char *fname)
 							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), GUARD_TICK_MS),
 							 GUARD_TICK_MS);
 	}
-}
-
-/*
- * morango.peer_guard(fname text) -> void
- *		morango_peer_guard_check() from SQL (the certificate handshake's
- *		peer functions, in plpgsql).
- */
-Datum
-morango_peer_guard(PG_FUNCTION_ARGS)
-{
-	morango_peer_guard_check(text_to_cstring(PG_GETARG_TEXT_PP(0)));
-	PG_RETURN_VOID();
 }
 
 /*
@@ -832,4 +829,118 @@ morango_peer_close(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/* ---- the certificate handshake (doc/protocol.md, "Certificates") ---- */
+
+/*
+ * Run the SQL step sql (one value, by reference, of length typlen: -1 for
+ * jsonb, UUID_LEN for uuid) with the call's own arguments, and return its
+ * value, copied out of SPI.
+ */
+static Datum
+call_step(FunctionCallInfo fcinfo, const char *sql, int nargs, Oid *types, int typlen)
+{
+	Datum	   *values = palloc(sizeof(Datum) * Max(nargs, 1));
+	char	   *nulls = palloc(nargs + 1);
+	Datum		v;
+	bool		isnull;
+
+	for (int i = 0; i < nargs; i++)
+	{
+		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	nulls[nargs] = '\0';
+	spi_begin();
+	morango_spi_exec(sql, nargs, types, values, nulls, SPI_OK_SELECT);
+	v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		elog(ERROR, "%s returned null", sql);
+	v = SPI_datumTransfer(v, false, typlen);
+	SPI_finish();
+	return v;
+}
+
+/* the byte length of text or jsonb argument n (as text, for jsonb) */
+static int64
+arg_bytes(FunctionCallInfo fcinfo, int n, bool is_jsonb)
+{
+	if (is_jsonb)
+		return strlen(JsonbToCString(NULL, &PG_GETARG_JSONB_P(n)->root, -1));
+	return VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(n));
+}
+
+/*
+ * morango.peer_nonce() -> uuid
+ *		A fresh nonce for the client to sign (morango.nonce()).
+ */
+Datum
+morango_peer_nonce(PG_FUNCTION_ARGS)
+{
+	morango_peer_guard_check("peer_nonce");
+	PG_RETURN_DATUM(call_step(fcinfo, "SELECT morango.nonce()", 0, NULL, UUID_LEN));
+}
+
+/*
+ * morango.peer_authenticate(sync_session uuid, profile text, client_chain
+ *   jsonb, server_certificate uuid, nonce uuid, signature text) -> jsonb
+ *		The responder's half of the handshake (handshake_respond): answers
+ *		{"chain", "signature"} (a MorangoAuthReply).
+ */
+Datum
+morango_peer_authenticate(PG_FUNCTION_ARGS)
+{
+	morango_peer_guard_check("peer_authenticate");
+	for (int i = 0; i < 6; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("peer_authenticate: an argument is missing or too large")));
+	if (arg_bytes(fcinfo, 5, false) > 4096 || arg_bytes(fcinfo, 2, true) > 1048576)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer_authenticate: an argument is missing or too large")));
+	PG_RETURN_DATUM(call_step(fcinfo, "SELECT morango.handshake_respond($1, $2, $3, $4, $5, $6)", 6,
+							  (Oid[]) {UUIDOID, TEXTOID, JSONBOID, UUIDOID, UUIDOID, TEXTOID}, -1));
+}
+
+/*
+ * morango.peer_revocations(sync_session uuid, revocations jsonb) -> jsonb
+ *		The revocation exchange of an authenticated session
+ *		(revocations_exchange): answers the revocations this side holds.
+ */
+Datum
+morango_peer_revocations(PG_FUNCTION_ARGS)
+{
+	morango_peer_guard_check("peer_revocations");
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("peer_revocations: an argument is missing")));
+	PG_RETURN_DATUM(call_step(fcinfo, "SELECT morango.revocations_exchange($1, $2)", 2,
+							  (Oid[]) {UUIDOID, JSONBOID}, -1));
+}
+
+/*
+ * morango.peer_certificate_sign(parent uuid, scope_definition text, params
+ *   jsonb, public_key text) -> jsonb
+ *		A signing request under a grant (certificate_sign_request):
+ *		answers the new certificate's chain.
+ */
+Datum
+morango_peer_certificate_sign(PG_FUNCTION_ARGS)
+{
+	morango_peer_guard_check("peer_certificate_sign");
+	for (int i = 0; i < 4; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("peer_certificate_sign: an argument is missing or too large")));
+	if (arg_bytes(fcinfo, 3, false) > 4096 || arg_bytes(fcinfo, 2, true) > 65536)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer_certificate_sign: an argument is missing or too large")));
+	PG_RETURN_DATUM(call_step(fcinfo, "SELECT morango.certificate_sign_request($1, $2, $3, $4)", 4,
+							  (Oid[]) {UUIDOID, TEXTOID, JSONBOID, TEXTOID}, -1));
 }
