@@ -13,6 +13,7 @@ MODULE_big   = morango
 OBJS = \
 	src/morango.o \
 	src/fault.o \
+	src/spi.o \
 	src/idrule.o \
 	src/filter.o \
 	src/scope.o \

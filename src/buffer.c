@@ -784,8 +784,7 @@ morango_receive_chunk(PG_FUNCTION_ARGS)
 	int64		added;
 	Datum		chunk = PG_GETARG_DATUM(1);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	added = morango_receive_chunk_internal(PG_GETARG_DATUM(0), chunk,
 										   VARSIZE_ANY(DatumGetPointer(chunk)));
 	SPI_finish();

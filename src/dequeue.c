@@ -240,19 +240,15 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 				 errmsg("transfer session %s has no FSIC from the sender", tsname)));
 
 	/* 1. what we already have */
-	ret = SPI_execute_with_args(ignore_sql, 1, t1, &ts, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec(ignore_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
 	counts[3] = spi_count(1);
 
 	/* 2. conflicts, under a new local counter taken under the instance lock */
 	instance = morango_lock_instance(&counter);
 	counter++;
-	ret = SPI_execute_with_args(conflict_sql, 3, (Oid[]) {UUIDOID, UUIDOID, INT8OID},
-								(Datum[]) {ts, UUIDPGetDatum(instance), Int64GetDatum(counter)},
-								NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec(conflict_sql, 3, (Oid[]) {UUIDOID, UUIDOID, INT8OID},
+					 (Datum[]) {ts, UUIDPGetDatum(instance), Int64GetDatum(counter)},
+					 NULL, SPI_OK_SELECT);
 	counts[2] = spi_count(1);
 	conflict_parts = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &conflict_parts_null);
 	if (!conflict_parts_null)
@@ -277,9 +273,7 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	}
 
 	/* 3. new records and fast-forwards */
-	ret = SPI_execute_with_args(forward_sql, 1, t1, &ts, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec(forward_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
 	counts[0] = spi_count(1);
 	counts[1] = spi_count(2);
 	morango_fault("dequeue");
@@ -294,20 +288,16 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 						 conflict_parts_null ? "    n" : NULL, SPI_OK_INSERT);
 	}
 
-	ret = SPI_execute_with_args(empty_sql, 1, t1, &ts, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec(empty_sql, 1, t1, &ts, NULL, SPI_OK_DELETE);
 
-	ret = SPI_execute_with_args("UPDATE morango.transfer_sessions"
-								" SET stage = 'deserializing', status = 'pending', conflicts = $2,"
-								"     records_dequeued = $3, last_activity_at = now()"
-								" WHERE id = $1",
-								3, (Oid[]) {UUIDOID, INT8OID, INT8OID},
-								(Datum[]) {ts, Int64GetDatum(counts[2]),
-								Int64GetDatum(counts[0] + counts[1] + counts[2] + counts[3])},
-								NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec("UPDATE morango.transfer_sessions"
+					 " SET stage = 'deserializing', status = 'pending', conflicts = $2,"
+					 "     records_dequeued = $3, last_activity_at = now()"
+					 " WHERE id = $1",
+					 3, (Oid[]) {UUIDOID, INT8OID, INT8OID},
+					 (Datum[]) {ts, Int64GetDatum(counts[2]),
+					 Int64GetDatum(counts[0] + counts[1] + counts[2] + counts[3])},
+					 NULL, SPI_OK_UPDATE);
 }
 
 /*
@@ -324,8 +314,7 @@ morango_dequeue(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	morango_dequeue_internal(PG_GETARG_DATUM(0), counts);
 	SPI_finish();
 	for (int i = 0; i < 4; i++)

@@ -21,6 +21,7 @@
 
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "utils/array.h"
@@ -56,6 +57,23 @@ extern int	morango_max_open_transfers;
 extern int	morango_max_fsic_entries;
 extern int	morango_max_filter_prefixes;
 extern int	morango_max_filter_prefix_length;
+
+/*
+ * spi.c: checked SPI calls.  `expected` is an SPI_OK_* code, or
+ * MORANGO_SPI_OK_ANY for any success; a result other than the one expected
+ * cannot happen and raises (elog).  All return in the caller's memory
+ * context.
+ */
+#define MORANGO_SPI_OK_ANY 0
+extern void morango_spi_connect(void);
+extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+							   const char *nulls, int expected);
+extern uint64 morango_spi_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
+								const char *nulls, long tcount);
+extern Portal morango_spi_cursor_open(const char *sql, int nargs, Oid *argtypes, Datum *values,
+									  const char *nulls, bool read_only);
+extern uint64 morango_spi_cursor_fetch(Portal portal, long count);
+extern SPIPlanPtr morango_spi_prepare(const char *sql, int nargs, Oid *argtypes);
 
 /* fault.c: fault injection for the reliability tests (off by default) */
 extern void morango_fault_init(void);
@@ -157,8 +175,6 @@ typedef struct MorangoTransfer
 
 extern pg_uuid_t *morango_lock_instance(int64 *counter);
 extern void morango_analyze_store(int64 written);
-extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
-							   const char *nulls, int expected);
 extern MorangoTransfer *morango_transfer_fetch(Datum ts);
 extern bool morango_transfer_past(MorangoTransfer *t, const char *stage);
 

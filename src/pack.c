@@ -229,8 +229,7 @@ morango_receive_packed_chunk(PG_FUNCTION_ARGS)
 	Datum		chunk = json_to_jsonb(morango_unpack(p, morango_max_chunk_bytes));
 	int64		added;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	added = morango_receive_chunk_internal(PG_GETARG_DATUM(0), chunk, VARSIZE_ANY_EXHDR(p));
 	SPI_finish();
 	PG_RETURN_INT64(added);

@@ -265,13 +265,9 @@ queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 	values[3 + 2 * ninst] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	/* (the instance id points into that result, kept until SPI_finish) */
 	ids = palloc(sizeof(pg_uuid_t) * cap);
-	portal = SPI_cursor_open_with_args(NULL, candidates_sql(ninst), nargs, argtypes, values,
-									   NULL, false, 0);
-	for (;;)
+	portal = morango_spi_cursor_open(candidates_sql(ninst), nargs, argtypes, values, NULL, false);
+	while (morango_spi_cursor_fetch(portal, 10000) > 0)
 	{
-		SPI_cursor_fetch(portal, true, 10000);
-		if (SPI_processed == 0)
-			break;
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[r];
@@ -364,8 +360,7 @@ morango_queue(PG_FUNCTION_ARGS)
 {
 	int64		total;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	total = morango_queue_internal(PG_GETARG_DATUM(0));
 	SPI_finish();
 	PG_RETURN_INT64(total);

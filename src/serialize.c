@@ -409,9 +409,8 @@ stamp_run(void *arg)
 
 	b->maxkeys = morango_batch_size;
 	b->maxcids = morango_batch_size;
-	portal = SPI_cursor_open_with_args(NULL, changes_sql, 1, (Oid[]) {OIDOID},
-									   (Datum[]) {ObjectIdGetDatum(b->m->relid)},
-									   NULL, true, 0);
+	portal = morango_spi_cursor_open(changes_sql, 1, (Oid[]) {OIDOID},
+									 (Datum[]) {ObjectIdGetDatum(b->m->relid)}, NULL, true);
 	MemoryContextSwitchTo(batchcxt);
 	b->keys = palloc(sizeof(Datum) * b->maxkeys);
 	b->hard = palloc(sizeof(bool) * b->maxkeys);
@@ -424,11 +423,9 @@ stamp_run(void *arg)
 		SPITupleTable *tt;
 		uint64		nrows;
 
-		SPI_cursor_fetch(portal, true, morango_batch_size);
-		MemoryContextSwitchTo(batchcxt);
+		nrows = morango_spi_cursor_fetch(portal, morango_batch_size);
 		/* stamp_batch() below runs statements: keep this fetch's result */
 		tt = SPI_tuptable;
-		nrows = SPI_processed;
 		if (nrows == 0)
 			break;
 		for (uint64 r = 0; r < nrows; r++)
@@ -578,12 +575,10 @@ morango_serialize_internal(Datum profile, bool profile_null,
 		Datum		values[1] = {profile};
 		char		nulls[1] = {profile_null ? 'n' : ' '};
 
-		ret = SPI_execute_with_args("SELECT DISTINCT c.model::oid FROM morango.changes c"
-									" JOIN morango.models m ON m.model = c.model"
-									" WHERE $1::text IS NULL OR m.profile = $1",
-									1, argtypes, values, nulls, true, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		morango_spi_query("SELECT DISTINCT c.model::oid FROM morango.changes c"
+						  " JOIN morango.models m ON m.model = c.model"
+						  " WHERE $1::text IS NULL OR m.profile = $1",
+						  1, argtypes, values, nulls, 0);
 		models = NIL;
 		for (uint64 i = 0; i < SPI_processed; i++)
 			models = lappend_oid(models,
@@ -657,8 +652,7 @@ morango_serialize(PG_FUNCTION_ARGS)
 
 	if (!PG_ARGISNULL(1))
 		morango_check_filter(PG_GETARG_ARRAYTYPE_P(1));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	stamped = morango_serialize_internal(PG_GETARG_DATUM(0), PG_ARGISNULL(0),
 										 PG_GETARG_DATUM(1), PG_ARGISNULL(1));
 	SPI_finish();

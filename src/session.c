@@ -23,27 +23,6 @@
 #include "morango.h"
 
 /*
- * morango_spi_exec
- *		SPI_execute_with_args(sql, ...) that raises if the result is not
- *		`expected` (an SPI_OK_* code).  Returns SPI_processed.  Unlike SPI,
- *		which leaves CurrentMemoryContext at the SPI procedure context,
- *		it returns in the caller's memory context, so that a caller
- *		working in a short-lived context (a batch) keeps allocating there.
- */
-uint64
-morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
-				 const char *nulls, int expected)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	int			ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
-
-	MemoryContextSwitchTo(cxt);
-	if (ret != expected)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	return SPI_processed;
-}
-
-/*
  * morango_analyze_store
  *		After a step wrote `written` store records, ANALYZE the store and
  *		the version vectors if that is a large part of them (more than a
