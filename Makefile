@@ -28,6 +28,7 @@ OBJS = \
 	src/serialize.o \
 	src/deserialize.o \
 	src/session.o \
+	src/counters.o \
 	src/queue.o \
 	src/buffer.o \
 	src/dequeue.o \

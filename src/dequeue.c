@@ -23,7 +23,7 @@
  * Every changed record is marked dirty, for deserialize.  Then the
  * receiver's database max counters are raised to the sender's (expanded)
  * FSIC for the session's filter (only for the filter's prefixes, the
- * partitions of merged records and rows that exist: dmc_sql), and the
+ * partitions of merged records and rows that exist: counters.c), and the
  * buffer is emptied.
  *
  * Where we differ from Morango, on purpose (doc/design.md): version
@@ -145,43 +145,6 @@ static const char *empty_sql =
 "WITH b AS (DELETE FROM morango.buffer WHERE transfer_session_id = $1)"
 " DELETE FROM morango.record_max_counter_buffer WHERE transfer_session_id = $1";
 
-/*
- * $1 map {partition: {instance: counter}}, $2 profile, $3 ts, $4 the
- * session's filter, $5 the partitions of this transfer's conflicts: raise
- * the database max counters to the sender's claims, but never above a
- * counter of that instance this database has seen in a version vector (or
- * its own counter): a sender cannot make us skip versions we never heard
- * of.  Claiming less than the sender only means records may be sent again.
- *
- * Rows are only added where they mean something here: for a filter
- * prefix, for the partition of a record this transfer merged (its new
- * records and fast-forwards are still in the buffer, its conflicts are $5)
- * or where a row exists already (raising it does not grow the table); and
- * only for instances this database knows.  A sender cannot grow the table
- * with claims for partitions it invents (the claims it may make are
- * bounded by the FSIC's size, but they would each be a row here for ever).
- * Must run before the buffer is emptied.
- */
-static const char *dmc_sql =
-"INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
-" SELECT $2, c.inst, c.part, LEAST(c.ctr, k.known)"
-" FROM (SELECT i.key::uuid AS inst, p.key AS part, (i.value)::bigint AS ctr"
-"       FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i) AS c"
-"      LEFT JOIN (SELECT pg_catalog.unnest($4::text[])"
-"                 UNION SELECT pg_catalog.unnest($5::text[])"
-"                 UNION SELECT b.partition FROM morango.buffer b WHERE b.transfer_session_id = $3)"
-"        AS m(part) ON m.part = c.part,"
-"      LATERAL (SELECT GREATEST((SELECT max(r.counter) FROM morango.record_max_counters r"
-"                                WHERE r.instance_id = c.inst),"
-"                               (SELECT i.counter FROM morango.instances i WHERE i.id = c.inst))"
-"               AS known) AS k"
-" WHERE k.known IS NOT NULL"
-"   AND (m.part IS NOT NULL"
-"        OR EXISTS (SELECT 1 FROM morango.database_max_counters e"
-"                   WHERE e.profile = $2 AND e.instance_id = c.inst AND e.partition = c.part))"
-" ON CONFLICT (profile, instance_id, partition)"
-" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
-
 static int64
 spi_count(int col)
 {
@@ -203,7 +166,6 @@ void
 morango_dequeue_internal(Datum ts, int64 *counts)
 {
 	Oid			t1[1] = {UUIDOID};
-	int			ret;
 	char	   *tsname = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
 	MorangoTransfer *t;
 	pg_uuid_t  *instance;
@@ -244,8 +206,7 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	counts[3] = spi_count(1);
 
 	/* 2. conflicts, under a new local counter taken under the instance lock */
-	instance = morango_lock_instance(&counter);
-	counter++;
+	counter = morango_next_counter(&instance);
 	morango_spi_exec(conflict_sql, 3, (Oid[]) {UUIDOID, UUIDOID, INT8OID},
 					 (Datum[]) {ts, UUIDPGetDatum(instance), Int64GetDatum(counter)},
 					 NULL, SPI_OK_SELECT);
@@ -256,20 +217,8 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	if (counts[2] > 0)
 	{
 		/* the new version exists now: advance the counter, and own it */
-		ret = SPI_execute_with_args("UPDATE morango.instances SET counter = $2 WHERE id = $1",
-									2, (Oid[]) {UUIDOID, INT8OID},
-									(Datum[]) {UUIDPGetDatum(instance), Int64GetDatum(counter)},
-									NULL, false, 0);
-		if (ret != SPI_OK_UPDATE)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		ret = SPI_execute_with_args("INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
-									" VALUES ($3, $1, '', $2) ON CONFLICT (profile, instance_id, partition)"
-									" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)",
-									3, (Oid[]) {UUIDOID, INT8OID, TEXTOID},
-									(Datum[]) {UUIDPGetDatum(instance), Int64GetDatum(counter), t->profile},
-									NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		morango_counter_used(instance, counter);
+		morango_raise_own_max_counters(instance, counter, t->profile, false, (Datum) 0, true);
 	}
 
 	/* 3. new records and fast-forwards */
@@ -282,10 +231,9 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	{
 		char	   *expanded = morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter);
 
-		morango_spi_exec(dmc_sql, 5, (Oid[]) {JSONBOID, TEXTOID, UUIDOID, TEXTARRAYOID, TEXTARRAYOID},
-						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded)), t->profile,
-						 ts, t->filter, conflict_parts},
-						 conflict_parts_null ? "    n" : NULL, SPI_OK_INSERT);
+		morango_raise_claimed_max_counters(DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded)),
+										   t->profile, ts, t->filter,
+										   conflict_parts, conflict_parts_null);
 	}
 
 	morango_spi_exec(empty_sql, 1, t1, &ts, NULL, SPI_OK_DELETE);

@@ -173,10 +173,19 @@ typedef struct MorangoTransfer
 	char	   *remote_fsic;
 } MorangoTransfer;
 
-extern pg_uuid_t *morango_lock_instance(int64 *counter);
 extern void morango_analyze_store(int64 written);
 extern MorangoTransfer *morango_transfer_fetch(Datum ts);
 extern bool morango_transfer_past(MorangoTransfer *t, const char *stage);
+
+/* counters.c: the instance lock, the next counter, database max counters */
+extern pg_uuid_t *morango_lock_instance(int64 *counter);
+extern int64 morango_next_counter(pg_uuid_t **instance);
+extern void morango_counter_used(const pg_uuid_t *instance, int64 counter);
+extern void morango_raise_own_max_counters(const pg_uuid_t *instance, int64 counter,
+										   Datum profile, bool profile_null,
+										   Datum prefixes, bool prefixes_null);
+extern void morango_raise_claimed_max_counters(Datum claims, Datum profile, Datum ts, Datum filter,
+											   Datum conflict_parts, bool conflict_parts_null);
 
 /* queue.c, buffer.c, dequeue.c */
 extern int64 morango_queue_internal(Datum ts);

@@ -5,7 +5,7 @@
  *		store versions, all stamped with one new counter.
  *
  * morango.serialize(profile, filter) locks the current instance row, takes
- * one new counter, and then, for each registered model with changes, in
+ * one new counter (counters.c), and then, for each registered model with changes, in
  * batches of morango.batch_size changed keys, reads the batch's rows as the
  * table's owner (owner.c: their to_jsonb and the partition and source id
  * expressions, as they are now), and runs one set-based statement that
@@ -53,16 +53,6 @@
 #include "morango.h"
 
 PG_FUNCTION_INFO_V1(morango_serialize);
-
-/* this instance's claim, for each prefix and each profile in scope ($4; NULL: all registered) */
-static const char *dmc_sql =
-"INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
-" SELECT DISTINCT p.profile, $1, f.prefix, $2"
-" FROM pg_catalog.unnest($3::text[]) AS f(prefix),"
-"      (SELECT DISTINCT profile FROM morango.models WHERE $4::text IS NULL OR profile = $4"
-"       UNION SELECT $4 WHERE $4 IS NOT NULL) AS p"
-" ON CONFLICT (profile, instance_id, partition)"
-" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
 
 /*
  * Serializing one model runs, per batch of morango.batch_size changed keys,
@@ -558,16 +548,16 @@ int64
 morango_serialize_internal(Datum profile, bool profile_null,
 						   Datum filter, bool filter_null)
 {
-	int			ret;
 	bool		isnull;
 	pg_uuid_t  *instance;
+	int64		next;
 	int64		counter;
 	int64		stamped = 0;
 	List	   *models;
 	ListCell   *lc;
 	int			nestlevel;
 
-	instance = morango_lock_instance(&counter);
+	next = morango_next_counter(&instance);
 
 	/* the models of the profile that have changes */
 	{
@@ -594,49 +584,24 @@ morango_serialize_internal(Datum profile, bool profile_null,
 
 		CHECK_FOR_INTERRUPTS();
 		if (m != NULL)
-			stamped += stamp_model(m, filter, filter_null, UUIDPGetDatum(instance), counter + 1);
+			stamped += stamp_model(m, filter, filter_null, UUIDPGetDatum(instance), next);
 	}
 	morango_unpin_settings(nestlevel);
 	morango_analyze_store(stamped);
 
+	/* the versions exist now: their counter becomes the instance's */
 	if (stamped > 0)
-	{
-		Oid			t2[2] = {UUIDOID, INT8OID};
-		Datum		v2[2] = {UUIDPGetDatum(instance), Int64GetDatum(counter + 1)};
-
-		counter++;
-		ret = SPI_execute_with_args("UPDATE morango.instances SET counter = $2 WHERE id = $1",
-									2, t2, v2, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-			elog(ERROR, "could not advance the morango instance counter");
-	}
+		morango_counter_used(instance, next);
 
 	/*
-	 * This database holds every version this instance ever wrote up to
-	 * `counter` (we hold the lock: every earlier counter is committed), so
+	 * This database holds every version this instance ever wrote up to its
+	 * counter (we hold the lock: every earlier counter is committed), so
 	 * record that for each prefix of the filter ('' when unfiltered).
 	 */
+	counter = stamped > 0 ? next : next - 1;
 	if (counter > 0)
-	{
-		Oid			t3[4] = {UUIDOID, INT8OID, TEXTARRAYOID, TEXTOID};
-		Datum		v3[4];
-		char		n3[4] = {' ', ' ', ' ', profile_null ? 'n' : ' '};
-
-		v3[0] = UUIDPGetDatum(instance);
-		v3[1] = Int64GetDatum(counter);
-		if (filter_null)
-		{
-			Datum		empty = CStringGetTextDatum("");
-
-			v3[2] = PointerGetDatum(construct_array(&empty, 1, TEXTOID, -1, false, TYPALIGN_INT));
-		}
-		else
-			v3[2] = filter;
-		v3[3] = profile;
-		ret = SPI_execute_with_args(dmc_sql, 4, t3, v3, n3, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	}
+		morango_raise_own_max_counters(instance, counter, profile, profile_null,
+									   filter, filter_null);
 	morango_fault("serialize");
 	return stamped;
 }

@@ -60,29 +60,6 @@ morango_analyze_store(int64 written)
 }
 
 /*
- * morango_lock_instance
- *		Lock this database's current instance row until the end of the
- *		transaction (morango.lock_instance()); return its id and set
- *		*counter to its counter.  Versions are stamped under this lock, so
- *		counters follow commit order.  Runs inside SPI.
- */
-pg_uuid_t *
-morango_lock_instance(int64 *counter)
-{
-	bool		isnull;
-	pg_uuid_t  *instance;
-	int			ret = SPI_execute("SELECT instance_id, counter FROM morango.lock_instance()", false, 0);
-
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not lock the morango instance row");
-	instance = palloc(sizeof(pg_uuid_t));
-	memcpy(instance, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
-		   sizeof(pg_uuid_t));
-	*counter = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	return instance;
-}
-
-/*
  * morango_transfer_fetch
  *		The state of transfer session ts, locked FOR UPDATE until the end
  *		of the transaction.  Errors if it does not exist.  Runs inside SPI;
