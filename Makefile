@@ -14,6 +14,7 @@ OBJS = \
 	src/morango.o \
 	src/fault.o \
 	src/spi.o \
+	src/textutil.o \
 	src/idrule.o \
 	src/filter.o \
 	src/scope.o \

@@ -19,8 +19,9 @@
  * raised, and results are copied out with pstrdup.  This file must not
  * include utils/builtins.h (its json_object() clashes with json-c's type).
  *
- * Maps are checked (object shapes, uuid instance ids, non-negative int64
- * counters, at most MORANGO_FSIC_MAX_ENTRIES entries) and turned into
+ * Maps are checked (object shapes, instance ids of 32 hex digits or the
+ * 8-4-4-4-12 form, morango_uuid_parse_fsic_key in textutil.c, non-negative
+ * int64 counters, at most MORANGO_FSIC_MAX_ENTRIES entries) and turned into
  * sorted arrays.  Instead of comparing every partition with every other
  * one, as Morango does, the algorithms sort and then walk the names in
  * order with a stack of the names the current one starts with (the names
@@ -40,17 +41,10 @@
 #include <json-c/json.h>
 
 #include "fsic.h"
+#include "textutil.h"
 
-/*
- * An instance id: the uuid's 16 bytes as two big-endian halves, so that
- * comparing (hi, lo) as integers is comparing the bytes (and the
- * canonical text).
- */
-typedef struct FsicInst
-{
-	uint64		hi;
-	uint64		lo;
-} FsicInst;
+/* An instance id. */
+typedef pg_uuid_t FsicInst;
 
 /* One instance counter of a partition. */
 typedef struct FsicEntry
@@ -114,7 +108,7 @@ typedef struct FsicDiffLevel
 static inline bool
 fsic_is_prefix(const FsicPart *q, const FsicPart *p)
 {
-	return q->len <= p->len && memcmp(q->name, p->name, q->len) == 0;
+	return morango_starts_with(p->name, p->len, q->name, q->len);
 }
 
 /*
@@ -124,11 +118,7 @@ fsic_is_prefix(const FsicPart *q, const FsicPart *p)
 static int
 fsic_name_cmp(const FsicPart *a, const FsicPart *b)
 {
-	int			c = memcmp(a->name, b->name, Min(a->len, b->len));
-
-	if (c != 0)
-		return c;
-	return (a->len > b->len) - (a->len < b->len);
+	return morango_prefix_cmp(a->name, a->len, b->name, b->len);
 }
 
 /* qsort comparator for FsicPart, by name */
@@ -158,11 +148,7 @@ fsic_part_added_cmp(const void *a, const void *b)
 static inline int
 fsic_inst_cmp(const FsicInst *a, const FsicInst *b)
 {
-	if (a->hi != b->hi)
-		return a->hi < b->hi ? -1 : 1;
-	if (a->lo != b->lo)
-		return a->lo < b->lo ? -1 : 1;
-	return 0;
+	return memcmp(a->data, b->data, UUID_LEN);
 }
 
 /* qsort comparator for FsicEntry, by instance */
@@ -197,82 +183,6 @@ fsic_item_out_cmp(const void *a, const void *b)
 	if (ia->rank != ib->rank)
 		return ia->rank < ib->rank ? -1 : 1;
 	return fsic_inst_cmp(&ia->inst, &ib->inst);
-}
-
-/* value of a hex digit, or -1 */
-static inline int
-fsic_hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/*
- * fsic_parse_uuid
- *		Parse a uuid written as 32 hex digits, or as 36 characters with
- *		dashes in the canonical places (either case), into *out.  Returns
- *		false, without throwing, if s is neither.
- */
-static bool
-fsic_parse_uuid(const char *s, FsicInst *out)
-{
-	size_t		len = strlen(s);
-	size_t		i = 0;
-	int			ndigits = 0;
-	uint64		half = 0;
-
-	if (len != 32 && len != 36)
-		return false;
-	for (i = 0; i < len; i++)
-	{
-		int			d;
-
-		if (len == 36 && (i == 8 || i == 13 || i == 18 || i == 23))
-		{
-			if (s[i] != '-')
-				return false;
-			continue;
-		}
-		d = fsic_hexval(s[i]);
-		if (d < 0)
-			return false;
-		half = (half << 4) | (uint64) d;
-		if (++ndigits == 16)
-		{
-			out->hi = half;
-			half = 0;
-		}
-	}
-	out->lo = half;
-	return ndigits == 32;
-}
-
-/*
- * fsic_format_uuid
- *		Write the canonical text form of a uuid (36 characters, lowercase,
- *		dashed) and a NUL into buf[37].
- */
-static void
-fsic_format_uuid(const FsicInst *in, char *buf)
-{
-	static const char hex[] = "0123456789abcdef";
-	char	   *p = buf;
-
-	for (int i = 0; i < 32; i++)
-	{
-		uint64		half = i < 16 ? in->hi : in->lo;
-		int			shift = 60 - 4 * (i % 16);
-
-		if (i == 8 || i == 12 || i == 16 || i == 20)
-			*p++ = '-';
-		*p++ = hex[(half >> shift) & 0x0f];
-	}
-	*p = '\0';
 }
 
 /*
@@ -594,7 +504,7 @@ fsic_fill_map(json_object *v, const char *what, const char *section, FsicMap *ma
 			FsicEntry  *e = &map->entries[map->nentries];
 			int64		counter;
 
-			if (!fsic_parse_uuid(inst, &e->inst))
+			if (!morango_uuid_parse_fsic_key(inst, strlen(inst), &e->inst))
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("invalid %s: instance id \"%s\" in partition \"%s\"%s is not a uuid",
@@ -645,9 +555,9 @@ fsic_sort_map(FsicMap *map, const char *what, const char *section)
 		{
 			if (fsic_inst_cmp(&e[k - 1].inst, &e[k].inst) == 0)
 			{
-				char		buf[37];
+				char		buf[MORANGO_UUID_TEXT_LEN + 1];
 
-				fsic_format_uuid(&e[k].inst, buf);
+				morango_uuid_format(&e[k].inst, buf);
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("invalid %s: instance %s appears twice in partition \"%s\"%s",
@@ -809,12 +719,12 @@ fsic_build_json(json_object *root, const FsicPart *parts, int nparts,
 		for (int k = 0; k < p->count; k++)
 		{
 			const FsicEntry *e = &entries[p->first + k];
-			char		buf[37];
+			char		buf[MORANGO_UUID_TEXT_LEN + 1];
 			json_object *c = json_object_new_int64(e->counter);
 
 			if (c == NULL)
 				fsic_json_oom();
-			fsic_format_uuid(&e->inst, buf);
+			morango_uuid_format(&e->inst, buf);
 			if (json_object_object_add_ex(pobj, buf, c, JSON_C_OBJECT_ADD_KEY_IS_NEW) != 0)
 			{
 				json_object_put(c);
