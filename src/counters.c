@@ -37,6 +37,7 @@
 #include "utils/builtins.h"
 #include "utils/uuid.h"
 
+#include "fsic.h"
 #include "morango.h"
 
 /*
@@ -54,8 +55,9 @@ static const char *own_sql =
 " DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
 
 /*
- * $1 map {partition: {instance: counter}}, $2 profile, $3 ts, $4 the
- * session's filter, $5 the partitions of this transfer's conflicts: raise
+ * $1, $6, $7 the instances, partitions and counters of a map {partition:
+ * {instance: counter}}, $2 profile, $3 ts, $4 the session's filter, $5
+ * the partitions of this transfer's conflicts: raise
  * the database max counters to the sender's claims, but never above a
  * counter of that instance this database has seen in a version vector (or
  * its own counter): a sender cannot make us skip versions we never heard
@@ -73,8 +75,8 @@ static const char *own_sql =
 static const char *claimed_sql =
 "INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
 " SELECT $2, c.inst, c.part, LEAST(c.ctr, k.known)"
-" FROM (SELECT i.key::uuid AS inst, p.key AS part, (i.value)::bigint AS ctr"
-"       FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i) AS c"
+" FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($6::text[]),"
+"                 pg_catalog.unnest($7::bigint[])) AS c(inst, part, ctr)"
 "      LEFT JOIN (SELECT pg_catalog.unnest($4::text[])"
 "                 UNION SELECT pg_catalog.unnest($5::text[])"
 "                 UNION SELECT b.partition FROM morango.buffer b WHERE b.transfer_session_id = $3)"
@@ -175,16 +177,40 @@ morango_raise_own_max_counters(const pg_uuid_t *instance, int64 counter,
  *		After transfer session ts (of profile, under filter, both as the
  *		session has them) merged its buffer into the store, and before the
  *		buffer is emptied: raise the database max counters to what the
- *		sender held, claims (jsonb, the sender's FSIC expanded for the
- *		filter), within the bounds of claimed_sql.  conflict_parts is the
- *		text[] of the partitions of the records merged as conflicts (they
- *		left the buffer), or conflict_parts_null.
+ *		sender held, claims (the sender's FSIC expanded for the filter),
+ *		within the bounds of claimed_sql.  conflict_parts is the text[] of
+ *		the partitions of the records merged as conflicts (they left the
+ *		buffer), or conflict_parts_null.
  */
 void
-morango_raise_claimed_max_counters(Datum claims, Datum profile, Datum ts, Datum filter,
-								   Datum conflict_parts, bool conflict_parts_null)
+morango_raise_claimed_max_counters(const MorangoFsicMap *claims, Datum profile, Datum ts,
+								   Datum filter, Datum conflict_parts, bool conflict_parts_null)
 {
-	morango_spi_exec(claimed_sql, 5, (Oid[]) {JSONBOID, TEXTOID, UUIDOID, TEXTARRAYOID, TEXTARRAYOID},
-					 (Datum[]) {claims, profile, ts, filter, conflict_parts},
-					 conflict_parts_null ? "    n" : NULL, SPI_OK_INSERT);
+	int			n = claims->nentries;
+	Datum	   *insts = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *parts = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *counters = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < claims->nparts; i++)
+	{
+		const MorangoFsicPart *p = &claims->parts[i];
+		Datum		name = PointerGetDatum(cstring_to_text_with_len(p->name, (int) p->len));
+
+		for (int k = p->first; k < p->first + p->count; k++)
+		{
+			insts[k] = UUIDPGetDatum(&claims->entries[k].inst);
+			parts[k] = name;
+			counters[k] = Int64GetDatum(claims->entries[k].counter);
+		}
+	}
+	morango_spi_exec(claimed_sql, 7,
+					 (Oid[]) {UUIDARRAYOID, TEXTOID, UUIDOID, TEXTARRAYOID, TEXTARRAYOID,
+					 TEXTARRAYOID, INT8ARRAYOID},
+					 (Datum[]) {PointerGetDatum(construct_array(insts, n, UUIDOID, UUID_LEN, false,
+																TYPALIGN_CHAR)),
+					 profile, ts, filter, conflict_parts,
+					 PointerGetDatum(construct_array(parts, n, TEXTOID, -1, false, TYPALIGN_INT)),
+					 PointerGetDatum(construct_array(counters, n, INT8OID, sizeof(int64),
+													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))},
+					 conflict_parts_null ? "    n  " : NULL, SPI_OK_INSERT);
 }

@@ -46,7 +46,6 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/jsonb.h"
 #include "utils/uuid.h"
 
 #include "fsic.h"
@@ -228,13 +227,8 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	morango_fault("dequeue");
 
 	/* 4. we now hold what the sender held, for this filter */
-	{
-		char	   *expanded = morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter);
-
-		morango_raise_claimed_max_counters(DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded)),
-										   t->profile, ts, t->filter,
-										   conflict_parts, conflict_parts_null);
-	}
+	morango_raise_claimed_max_counters(morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter),
+									   t->profile, ts, t->filter, conflict_parts, conflict_parts_null);
 
 	morango_spi_exec(empty_sql, 1, t1, &ts, NULL, SPI_OK_DELETE);
 

@@ -184,8 +184,10 @@ extern void morango_counter_used(const pg_uuid_t *instance, int64 counter);
 extern void morango_raise_own_max_counters(const pg_uuid_t *instance, int64 counter,
 										   Datum profile, bool profile_null,
 										   Datum prefixes, bool prefixes_null);
-extern void morango_raise_claimed_max_counters(Datum claims, Datum profile, Datum ts, Datum filter,
-											   Datum conflict_parts, bool conflict_parts_null);
+struct MorangoFsicMap;			/* fsic.h */
+extern void morango_raise_claimed_max_counters(const struct MorangoFsicMap *claims, Datum profile,
+											   Datum ts, Datum filter, Datum conflict_parts,
+											   bool conflict_parts_null);
 
 /* queue.c, buffer.c, dequeue.c */
 extern int64 morango_queue_internal(Datum ts);
