@@ -8,8 +8,11 @@
  * (store -> outgoing buffer), sync.c + transport.c (the wire), buffer.c
  * (incoming buffer), dequeue.c (merge into the store), deserialize.c
  * (store -> application table).  registry.c knows which tables are
- * registered; idrule.c, filter.c and fsic.c are pure.  Dependencies point
- * one way: sync -> steps -> registry -> pure parts.
+ * registered; idrule.c, filter.c and fsic.c are pure.  The steps share
+ * spi.c (checked SPI calls), owner.c (statements as a table's owner),
+ * counters.c (the instance lock, counters, database max counters) and
+ * textutil.c (uuid parsing, the prefix predicate; pure, textutil.h).
+ * Dependencies point one way: sync -> steps -> registry -> pure parts.
  *
  * IDENTIFICATION
  *		src/morango.h
