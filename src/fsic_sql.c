@@ -61,7 +61,8 @@ fsic_arg_text(FunctionCallInfo fcinfo, int argno)
 /*
  * fsic_map_to_jsonb
  *		A map from fsic.c as the jsonb object {partition: {instance:
- *		counter}}, instance ids in canonical form.
+ *		counter}}, instance ids in canonical form: the value jsonb input
+ *		would make of the map's JSON text, without the text.
  */
 static Datum
 fsic_map_to_jsonb(const MorangoFsicMap *map)
@@ -74,6 +75,13 @@ fsic_map_to_jsonb(const MorangoFsicMap *map)
 	{
 		const MorangoFsicPart *p = &map->parts[i];
 
+		/* as jsonb input refuses it (a name from text input can be longer) */
+		if (p->len > JENTRY_OFFLENMASK)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("string too long to represent as jsonb string"),
+					 errdetail("Due to an implementation restriction, jsonb strings cannot exceed %d bytes.",
+							   JENTRY_OFFLENMASK)));
 		v.type = jbvString;
 		v.val.string.val = (char *) p->name;
 		v.val.string.len = (int) p->len;

@@ -163,7 +163,7 @@ queue_floor_cmp(const void *a, const void *b)
  *
  *		A record of instance i in partition p is wanted when, for some diff
  *		partition P that p starts with, its counter is above P's counter
- *		for i.  morango_fsic_diff() gives a partition Q the highest counter
+ *		for i.  morango_fsic_diff_maps() gives a partition Q the highest counter
  *		of the receiver's partitions that Q starts with, so when P is a
  *		prefix of Q, Q's counter is at least P's: the shortest diff
  *		partition that p starts with has the lowest counter, and it is the
