@@ -13,6 +13,8 @@ MODULE_big   = morango
 OBJS = \
 	src/morango.o \
 	src/fault.o \
+	src/spi.o \
+	src/textutil.o \
 	src/idrule.o \
 	src/filter.o \
 	src/scope.o \
@@ -27,6 +29,7 @@ OBJS = \
 	src/serialize.o \
 	src/deserialize.o \
 	src/session.o \
+	src/counters.o \
 	src/transfer.o \
 	src/protocol.o \
 	src/queue.o \

@@ -36,6 +36,7 @@
 #include "utils/uuid.h"
 
 #include "morango.h"
+#include "textutil.h"
 
 PG_FUNCTION_INFO_V1(morango_receive_chunk);
 PG_FUNCTION_INFO_V1(morango_version_vector_check);
@@ -115,43 +116,6 @@ static const char *receive_sql =
 " FROM (SELECT) AS one LEFT JOIN bad ON true";
 
 /*
- * Parse a version vector key: 32 lowercase hex digits in groups of 8, 4,
- * 4, 4 and 12, each group optionally preceded by a dash (as the uuid type
- * reads them).  Returns false if key (len bytes, not NUL-terminated) is not
- * one; else fills *u.
- */
-static bool
-parse_instance_key(const char *key, int len, pg_uuid_t *u)
-{
-	static const int groups[5] = {8, 4, 4, 4, 12};
-	int			pos = 0;
-	int			byte = 0;
-
-	for (int g = 0; g < 5; g++)
-	{
-		if (g > 0 && pos < len && key[pos] == '-')
-			pos++;
-		for (int i = 0; i < groups[g]; i += 2)
-		{
-			int			hi,
-						lo;
-
-			if (pos + 2 > len)
-				return false;
-			hi = (key[pos] >= '0' && key[pos] <= '9') ? key[pos] - '0' :
-				(key[pos] >= 'a' && key[pos] <= 'f') ? key[pos] - 'a' + 10 : -1;
-			lo = (key[pos + 1] >= '0' && key[pos + 1] <= '9') ? key[pos + 1] - '0' :
-				(key[pos + 1] >= 'a' && key[pos + 1] <= 'f') ? key[pos + 1] - 'a' + 10 : -1;
-			if (hi < 0 || lo < 0)
-				return false;
-			u->data[byte++] = (unsigned char) (hi << 4 | lo);
-			pos += 2;
-		}
-	}
-	return pos == len;
-}
-
-/*
  * Read a json number written as an integer within the range of bigint
  * (not "5.0", not 1e30) into *value.  Returns false if it is not one.
  */
@@ -187,7 +151,9 @@ parse_counter(Numeric num, int64 *counter)
  *		NULL if rmcs is a json object of (instance uuid: positive integer)
  *		entries holding the record's last saved version (an entry for that
  *		instance at least that counter); else why not, as receive_chunk()
- *		reports it.  One pass over the object, no SQL.
+ *		reports it.  An instance uuid must be lowercase, with dashes only
+ *		where the 8-4-4-4-12 form has them (morango_uuid_parse_vector_key).
+ *		One pass over the object, no SQL.
  */
 Datum
 morango_version_vector_check(PG_FUNCTION_ARGS)
@@ -213,7 +179,7 @@ morango_version_vector_check(PG_FUNCTION_ARGS)
 	{
 		if (tok == WJB_KEY)
 		{
-			if (!parse_instance_key(v.val.string.val, v.val.string.len, &key))
+			if (!morango_uuid_parse_vector_key(v.val.string.val, v.val.string.len, &key))
 				PG_RETURN_TEXT_P(cstring_to_text("its version vector has an entry that is not (instance uuid: positive integer)"));
 			key_is_last = (last != NULL && memcmp(key.data, last->data, UUID_LEN) == 0);
 		}
@@ -287,35 +253,6 @@ json_type_name(JsonbValue *v)
 	}
 }
 
-/* Is s (len bytes) a uuid as the uuid type reads it (string_to_uuid)? */
-static bool
-is_uuid_text(const char *s, int len)
-{
-	int			pos = 0;
-	bool		braces = false;
-
-	if (pos < len && s[pos] == '{')
-	{
-		braces = true;
-		pos++;
-	}
-	for (int i = 0; i < UUID_LEN; i++)
-	{
-		if (pos + 2 > len || !isxdigit((unsigned char) s[pos]) || !isxdigit((unsigned char) s[pos + 1]))
-			return false;
-		pos += 2;
-		if (pos < len && s[pos] == '-' && (i % 2) == 1 && i < UUID_LEN - 1)
-			pos++;
-	}
-	if (braces)
-	{
-		if (pos >= len || s[pos] != '}')
-			return false;
-		pos++;
-	}
-	return pos == len;
-}
-
 /*
  * check_chunk_types
  *		Every element of chunk jb is a json object whose fields have the
@@ -330,6 +267,7 @@ check_chunk_types(Jsonb *jb, const char *tsname)
 	JsonbIteratorToken tok;
 	int			pos = 0;
 	int64		integer;
+	pg_uuid_t	uuid;
 
 	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
 	{
@@ -364,7 +302,7 @@ check_chunk_types(Jsonb *jb, const char *tsname)
 			if (strcmp(json_type_name(f), want) != 0)
 				problem = psprintf("has \"%s\": %s, not %s", field, json_type_name(f), want);
 			else if (record_fields[i].kind == FIELD_UUID &&
-					 !is_uuid_text(f->val.string.val, f->val.string.len))
+					 !morango_uuid_parse(f->val.string.val, f->val.string.len, &uuid, NULL))
 				problem = psprintf("has \"%s\": a string that is not a uuid", field);
 			else if (record_fields[i].kind == FIELD_BIGINT &&
 					 !numeric_to_int64(f->val.numeric, &integer))
@@ -621,14 +559,9 @@ check_chunk_counters(Jsonb *jb, const char *tsname, Datum ts)
 		f = getKeyJsonValueFromContainer(rec, "last_saved_instance", strlen("last_saved_instance"), NULL);
 		g = getKeyJsonValueFromContainer(rec, "last_saved_counter", strlen("last_saved_counter"), NULL);
 		if (nlimits > 0 && f != NULL && f->type == jbvString && g != NULL && g->type == jbvNumeric &&
-			numeric_to_int64(g->val.numeric, &counter))
-		{
-			char	   *text = pnstrdup(f->val.string.val, f->val.string.len);
-
-			memcpy(&inst, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(text))),
-				   sizeof(pg_uuid_t));
+			numeric_to_int64(g->val.numeric, &counter) &&
+			morango_uuid_parse(f->val.string.val, f->val.string.len, &inst, NULL))
 			problem = counter_problem(&inst, counter, "last saved version with", limits, nlimits, &own);
-		}
 
 		/* every entry of the version vector */
 		f = getKeyJsonValueFromContainer(rec, "rmcs", strlen("rmcs"), NULL);
@@ -643,7 +576,7 @@ check_chunk_counters(Jsonb *jb, const char *tsname, Datum ts)
 			while (problem == NULL && (vtok = JsonbIteratorNext(&vit, &v, true)) != WJB_DONE)
 			{
 				if (vtok == WJB_KEY)
-					have_key = parse_instance_key(v.val.string.val, v.val.string.len, &inst);
+					have_key = morango_uuid_parse_vector_key(v.val.string.val, v.val.string.len, &inst);
 				else if (vtok == WJB_VALUE && have_key && v.type == jbvNumeric &&
 						 numeric_to_int64(v.val.numeric, &counter))
 					problem = counter_problem(&inst, counter, "a version vector entry with",
@@ -784,8 +717,7 @@ morango_receive_chunk(PG_FUNCTION_ARGS)
 	int64		added;
 	Datum		chunk = PG_GETARG_DATUM(1);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	added = morango_receive_chunk_internal(PG_GETARG_DATUM(0), chunk,
 										   VARSIZE_ANY(DatumGetPointer(chunk)));
 	SPI_finish();

@@ -481,20 +481,16 @@ record_model(Datum id, char **app_key)
 {
 	Oid			argtypes[1] = {UUIDOID};
 	Datum		values[1] = {id};
-	int			ret;
 	bool		isnull;
 	Datum		d;
 	char	   *model_name;
 
-	ret = SPI_execute_with_args("SELECT m.model::oid, s.app_key, s.model_name"
-								" FROM morango.store s"
-								" LEFT JOIN morango.models m"
-								"   ON m.profile = s.profile AND m.model_name = s.model_name"
-								" WHERE s.id = $1",
-								1, argtypes, values, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
+	if (morango_spi_query("SELECT m.model::oid, s.app_key, s.model_name"
+						  " FROM morango.store s"
+						  " LEFT JOIN morango.models m"
+						  "   ON m.profile = s.profile AND m.model_name = s.model_name"
+						  " WHERE s.id = $1",
+						  1, argtypes, values, NULL, 1) == 0)
 		return NULL;
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	*app_key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
@@ -524,8 +520,7 @@ morango_hard_delete_record(PG_FUNCTION_ARGS)
 	MorangoModel *m;
 	char	   *app_key = NULL;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	m = record_model(PG_GETARG_DATUM(0), &app_key);
 	if (m)
 		hard_delete(m, app_key);
@@ -554,8 +549,7 @@ morango_hard_delete_key(PG_FUNCTION_ARGS)
 	char	   *app_key;
 	int			nestlevel;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 
 	m = morango_registry_lookup(relid, CurrentMemoryContext);
 	if (m == NULL)

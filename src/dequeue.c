@@ -23,7 +23,7 @@
  * Every changed record is marked dirty, for deserialize.  Then the
  * receiver's database max counters are raised to the sender's (expanded)
  * FSIC for the session's filter (only for the filter's prefixes, the
- * partitions of merged records and rows that exist: dmc_sql), and the
+ * partitions of merged records and rows that exist: counters.c), and the
  * buffer is emptied.
  *
  * Where we differ from Morango, on purpose (doc/design.md): version
@@ -46,7 +46,6 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/jsonb.h"
 #include "utils/uuid.h"
 
 #include "fsic.h"
@@ -140,42 +139,6 @@ static const char *forward_sql =
 ")"
 " SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up";
 
-/*
- * $1 map {partition: {instance: counter}}, $2 profile, $3 ts, $4 the
- * session's filter, $5 the partitions of this transfer's conflicts: raise
- * the database max counters to the sender's claims, but never above a
- * counter of that instance this database has seen in a version vector (or
- * its own counter): a sender cannot make us skip versions we never heard
- * of.  Claiming less than the sender only means records may be sent again.
- *
- * Rows are only added where they mean something here: for a filter
- * prefix, for the partition of a record this transfer merged (its new
- * records and fast-forwards are still in the buffer, its conflicts are $5)
- * or where a row exists already (raising it does not grow the table); and
- * only for instances this database knows.  A sender cannot grow the table
- * with claims for partitions it invents (the claims it may make are
- * bounded by the FSIC's size, but they would each be a row here for ever).
- * Must run before the buffer is emptied.
- */
-static const char *dmc_sql =
-"INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
-" SELECT $2, c.inst, c.part, LEAST(c.ctr, k.known)"
-" FROM (SELECT i.key::uuid AS inst, p.key AS part, (i.value)::bigint AS ctr"
-"       FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i) AS c"
-"      LEFT JOIN (SELECT pg_catalog.unnest($4::text[])"
-"                 UNION SELECT pg_catalog.unnest($5::text[])"
-"                 UNION SELECT b.partition FROM morango.buffer b WHERE b.transfer_session_id = $3)"
-"        AS m(part) ON m.part = c.part,"
-"      LATERAL (SELECT GREATEST((SELECT max(r.counter) FROM morango.record_max_counters r"
-"                                WHERE r.instance_id = c.inst),"
-"                               (SELECT i.counter FROM morango.instances i WHERE i.id = c.inst))"
-"               AS known) AS k"
-" WHERE k.known IS NOT NULL"
-"   AND (m.part IS NOT NULL"
-"        OR EXISTS (SELECT 1 FROM morango.database_max_counters e"
-"                   WHERE e.profile = $2 AND e.instance_id = c.inst AND e.partition = c.part))"
-" ON CONFLICT (profile, instance_id, partition)"
-" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
 
 static int64
 spi_count(int col)
@@ -198,7 +161,6 @@ void
 morango_dequeue_internal(Datum ts, int64 *counts)
 {
 	Oid			t1[1] = {UUIDOID};
-	int			ret;
 	char	   *tsname = DatumGetCString(DirectFunctionCall1(uuid_out, ts));
 	MorangoTransfer *t;
 	pg_uuid_t  *instance;
@@ -235,19 +197,14 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 				 errmsg("transfer session %s has no FSIC from the sender", tsname)));
 
 	/* 1. what we already have */
-	ret = SPI_execute_with_args(ignore_sql, 1, t1, &ts, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec(ignore_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
 	counts[3] = spi_count(1);
 
 	/* 2. conflicts, under a new local counter taken under the instance lock */
-	instance = morango_lock_instance(&counter);
-	counter++;
-	ret = SPI_execute_with_args(conflict_sql, 3, (Oid[]) {UUIDOID, UUIDOID, INT8OID},
-								(Datum[]) {ts, UUIDPGetDatum(instance), Int64GetDatum(counter)},
-								NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	counter = morango_next_counter(&instance);
+	morango_spi_exec(conflict_sql, 3, (Oid[]) {UUIDOID, UUIDOID, INT8OID},
+					 (Datum[]) {ts, UUIDPGetDatum(instance), Int64GetDatum(counter)},
+					 NULL, SPI_OK_SELECT);
 	counts[2] = spi_count(1);
 	conflict_parts = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &conflict_parts_null);
 	if (!conflict_parts_null)
@@ -255,39 +212,19 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	if (counts[2] > 0)
 	{
 		/* the new version exists now: advance the counter, and own it */
-		ret = SPI_execute_with_args("UPDATE morango.instances SET counter = $2 WHERE id = $1",
-									2, (Oid[]) {UUIDOID, INT8OID},
-									(Datum[]) {UUIDPGetDatum(instance), Int64GetDatum(counter)},
-									NULL, false, 0);
-		if (ret != SPI_OK_UPDATE)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		ret = SPI_execute_with_args("INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
-									" VALUES ($3, $1, '', $2) ON CONFLICT (profile, instance_id, partition)"
-									" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)",
-									3, (Oid[]) {UUIDOID, INT8OID, TEXTOID},
-									(Datum[]) {UUIDPGetDatum(instance), Int64GetDatum(counter), t->profile},
-									NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		morango_counter_used(instance, counter);
+		morango_raise_own_max_counters(instance, counter, t->profile, false, (Datum) 0, true);
 	}
 
 	/* 3. new records and fast-forwards */
-	ret = SPI_execute_with_args(forward_sql, 1, t1, &ts, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec(forward_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
 	counts[0] = spi_count(1);
 	counts[1] = spi_count(2);
 	morango_fault("dequeue");
 
 	/* 4. we now hold what the sender held, for this filter */
-	{
-		char	   *expanded = morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter);
-
-		morango_spi_exec(dmc_sql, 5, (Oid[]) {JSONBOID, TEXTOID, UUIDOID, TEXTARRAYOID, TEXTARRAYOID},
-						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(expanded)), t->profile,
-						 ts, t->filter, conflict_parts},
-						 conflict_parts_null ? "    n" : NULL, SPI_OK_INSERT);
-	}
+	morango_raise_claimed_max_counters(morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter),
+									   t->profile, ts, t->filter, conflict_parts, conflict_parts_null);
 
 	/* what was merged leaves the buffer (transfer.c empties buffers) */
 	morango_transfer_clear_buffers(ts);
@@ -315,8 +252,7 @@ morango_dequeue(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	morango_dequeue_internal(PG_GETARG_DATUM(0), counts);
 	SPI_finish();
 	for (int i = 0; i < 4; i++)

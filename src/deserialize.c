@@ -155,7 +155,6 @@ build_model(MorangoModel *m)
 				upd_ret,
 				pk_list,
 				sql;
-	int			ret;
 	int			nset = 0;
 	char	   *keyrec;
 	char	   *pkeq_tk;
@@ -163,21 +162,19 @@ build_model(MorangoModel *m)
 	dm->m = m;
 	dm->qualname = morango_qualified_name(m->relid);
 
-	ret = SPI_execute_with_args("SELECT a.attname, a.attgenerated <> '' AS generated,"
-								"       a.attidentity = 'a' AS identity_always,"
-								"       COALESCE(pg_catalog.pg_get_expr(d.adbin, d.adrelid),"
-								"                CASE WHEN a.attidentity <> '' THEN"
-								"                  'pg_catalog.nextval(' || pg_catalog.quote_literal("
-								"                    pg_catalog.pg_get_serial_sequence(a.attrelid::regclass::text, a.attname))"
-								"                  || '::pg_catalog.regclass)' END) AS def"
-								" FROM pg_catalog.pg_attribute a"
-								" LEFT JOIN pg_catalog.pg_attrdef d"
-								"   ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
-								" WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
-								" ORDER BY a.attnum",
-								1, argtypes, values, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_query("SELECT a.attname, a.attgenerated <> '' AS generated,"
+					  "       a.attidentity = 'a' AS identity_always,"
+					  "       COALESCE(pg_catalog.pg_get_expr(d.adbin, d.adrelid),"
+					  "                CASE WHEN a.attidentity <> '' THEN"
+					  "                  'pg_catalog.nextval(' || pg_catalog.quote_literal("
+					  "                    pg_catalog.pg_get_serial_sequence(a.attrelid::regclass::text, a.attname))"
+					  "                  || '::pg_catalog.regclass)' END) AS def"
+					  " FROM pg_catalog.pg_attribute a"
+					  " LEFT JOIN pg_catalog.pg_attrdef d"
+					  "   ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+					  " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped"
+					  " ORDER BY a.attnum",
+					  1, argtypes, values, NULL, 0);
 
 	initStringInfo(&set);
 	initStringInfo(&cols);
@@ -366,7 +363,6 @@ order_models(List *models)
 	Oid			argtypes[1] = {OIDARRAYOID};
 	Datum		values[1];
 	List	   *result = NIL;
-	int			ret;
 
 	if (n == 0)
 		return NIL;
@@ -377,12 +373,10 @@ order_models(List *models)
 		edge[i] = palloc0(sizeof(bool) * n);
 	}
 	values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
-	ret = SPI_execute_with_args("SELECT DISTINCT conrelid, confrelid FROM pg_catalog.pg_constraint"
-								" WHERE contype = 'f' AND conrelid = ANY($1) AND confrelid = ANY($1)"
-								"   AND conrelid <> confrelid",
-								1, argtypes, values, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_query("SELECT DISTINCT conrelid, confrelid FROM pg_catalog.pg_constraint"
+					  " WHERE contype = 'f' AND conrelid = ANY($1) AND confrelid = ANY($1)"
+					  "   AND conrelid <> confrelid",
+					  1, argtypes, values, NULL, 0);
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
@@ -1250,8 +1244,7 @@ morango_deserialize(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 		morango_check_filter(PG_GETARG_ARRAYTYPE_P(1));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	morango_deserialize_internal(profile, PG_GETARG_DATUM(1), PG_ARGISNULL(1),
 								 &applied, &deleted, &failed);
 	SPI_finish();

@@ -54,6 +54,7 @@
 #include "morango.h"
 #include "driver.h"
 #include "protocol.h"
+#include "textutil.h"
 #include "transport.h"
 
 /* the channel of progress events (doc/protocol.md, "Progress") */
@@ -66,8 +67,7 @@ local_begin(const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
 }
@@ -93,7 +93,6 @@ local_exec(Driver *d, const char *sql, int nargs, const char **args, int nout, c
 	Oid		   *types = palloc(sizeof(Oid) * Max(nargs, 1));
 	Datum	   *values = palloc(sizeof(Datum) * Max(nargs, 1));
 	char	   *nulls = palloc(Max(nargs, 1) + 1);
-	int			ret;
 	uint64		n;
 
 	for (int i = 0; i < nargs; i++)
@@ -102,10 +101,7 @@ local_exec(Driver *d, const char *sql, int nargs, const char **args, int nout, c
 		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
 		nulls[i] = args[i] ? ' ' : 'n';
 	}
-	ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-	if (ret < 0)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	n = SPI_processed;
+	n = morango_spi_exec(sql, nargs, types, values, nulls, MORANGO_SPI_OK_ANY);
 	for (int i = 0; i < nout; i++)
 	{
 		char	   *v = NULL;
@@ -291,15 +287,21 @@ int64_text(int64 v)
 	return psprintf(INT64_FORMAT, v);
 }
 
-/* a uuid given as text, as a Datum in the driver's context */
+/*
+ * A uuid given as text (ours, or from the peer's reply), as a Datum in the
+ * driver's context; a peer's answer that is not one is a protocol
+ * violation.
+ */
 static Datum
 uuid_datum(Driver *d, const char *text)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(d->cxt);
-	Datum		v = DirectFunctionCall1(uuid_in, CStringGetDatum(text));
+	pg_uuid_t  *v = MemoryContextAlloc(d->cxt, sizeof(pg_uuid_t));
 
-	MemoryContextSwitchTo(oldcxt);
-	return v;
+	if (!morango_uuid_parse(text, strlen(text), v, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("\"%s\" is not a uuid", text)));
+	return UUIDPGetDatum(v);
 }
 
 /* a text[] literal, as a Datum in the current context (inside a transaction) */

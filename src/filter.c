@@ -6,7 +6,8 @@
  *
  * A filter is a set of partition prefixes; a record is inside it when its
  * partition starts with one of them.  The empty prefix '' covers every
- * partition.  Prefixes and partitions are compared as bytes, as
+ * partition.  Prefixes and partitions are compared as bytes
+ * (morango_starts_with and morango_prefix_cmp, textutil.h), as
  * starts_with() compares them under a deterministic collation; a byte
  * prefix of valid text in a server encoding ends on a character boundary
  * (the encodings PostgreSQL allows on the server are self-synchronising),
@@ -53,6 +54,7 @@
 #include "utils/memutils.h"
 
 #include "morango.h"
+#include "textutil.h"
 
 PG_FUNCTION_INFO_V1(morango_in_filter_sql);
 PG_FUNCTION_INFO_V1(morango_above_filter_sql);
@@ -124,28 +126,6 @@ morango_check_filter(ArrayType *filter)
 	pfree(elems);
 }
 
-/*
- * prefix_cmp
- *		Bytewise order of two strings given with their lengths; a string
- *		sorts before every longer string it is a prefix of.
- */
-static int
-prefix_cmp(const char *a, int alen, const char *b, int blen)
-{
-	int			c = memcmp(a, b, Min(alen, blen));
-
-	if (c != 0)
-		return c;
-	return (alen > blen) - (alen < blen);
-}
-
-/* does s (slen bytes) start with p (plen bytes)? */
-static inline bool
-starts_with_bytes(const char *s, int slen, const char *p, int plen)
-{
-	return plen <= slen && memcmp(s, p, plen) == 0;
-}
-
 /* qsort comparator for MorangoPrefix */
 static int
 prefix_qsort_cmp(const void *a, const void *b)
@@ -153,7 +133,7 @@ prefix_qsort_cmp(const void *a, const void *b)
 	const MorangoPrefix *pa = (const MorangoPrefix *) a;
 	const MorangoPrefix *pb = (const MorangoPrefix *) b;
 
-	return prefix_cmp(pa->str, pa->len, pb->str, pb->len);
+	return morango_prefix_cmp(pa->str, pa->len, pb->str, pb->len);
 }
 
 /*
@@ -188,8 +168,8 @@ morango_prefixes_sort(MorangoPrefix *prefixes, int n, bool reduce)
 		const MorangoPrefix *last = kept > 0 ? &prefixes[kept - 1] : NULL;
 
 		if (last != NULL &&
-			(reduce ? starts_with_bytes(prefixes[i].str, prefixes[i].len, last->str, last->len)
-			 : prefix_cmp(prefixes[i].str, prefixes[i].len, last->str, last->len) == 0))
+			(reduce ? morango_starts_with(prefixes[i].str, prefixes[i].len, last->str, last->len)
+			 : morango_prefix_cmp(prefixes[i].str, prefixes[i].len, last->str, last->len) == 0))
 			continue;
 		prefixes[kept++] = prefixes[i];
 	}
@@ -210,7 +190,7 @@ lower_bound(const MorangoPrefix *set, int n, const char *s, int len, bool strict
 	while (lo < hi)
 	{
 		int			mid = lo + (hi - lo) / 2;
-		int			c = prefix_cmp(set[mid].str, set[mid].len, s, len);
+		int			c = morango_prefix_cmp(set[mid].str, set[mid].len, s, len);
 
 		if (c < 0 || (strict && c == 0))
 			lo = mid + 1;
@@ -240,7 +220,7 @@ morango_prefixes_find(const MorangoPrefix *set, int n, const char *s, int len)
 {
 	int			i = lower_bound(set, n, s, len, true) - 1;	/* greatest <= s */
 
-	return (i >= 0 && starts_with_bytes(s, len, set[i].str, set[i].len)) ? i : -1;
+	return (i >= 0 && morango_starts_with(s, len, set[i].str, set[i].len)) ? i : -1;
 }
 
 /*
@@ -271,7 +251,7 @@ morango_prefixes_extend(const MorangoPrefix *set, int n, const char *s, int len)
 {
 	int			i = lower_bound(set, n, s, len, true);	/* first > s */
 
-	return i < n && starts_with_bytes(set[i].str, set[i].len, s, len);
+	return i < n && morango_starts_with(set[i].str, set[i].len, s, len);
 }
 
 /*

@@ -14,21 +14,24 @@
  * lacks versions (Morango's calculate_directional_fsic_diff_v2).  See
  * section 4.2 of the Morango semantics reference.
  *
- * JSON is read and written with json-c, which allocates with malloc: every
- * json-c object is freed in a PG_FINALLY block or before an error is
- * raised, and results are copied out with pstrdup.  This file must not
- * include utils/builtins.h (its json_object() clashes with json-c's type).
+ * JSON is read with json-c (FSICs are the peers' input, checked here
+ * once), which allocates with malloc: every json-c object is freed in a
+ * PG_FINALLY block or before an error is raised, and what is kept of it is
+ * copied into palloc'd arrays first.  No JSON is written here: results are
+ * maps (fsic.h), which the callers hand on as SQL arrays or jsonb.  This
+ * file must not include utils/builtins.h (its json_object() clashes with
+ * json-c's type).
  *
- * Maps are checked (object shapes, uuid instance ids, non-negative int64
- * counters, at most MORANGO_FSIC_MAX_ENTRIES entries) and turned into
+ * Maps are checked (object shapes, instance ids of 32 hex digits or the
+ * 8-4-4-4-12 form, morango_uuid_parse_fsic_key in textutil.c, non-negative
+ * int64 counters, at most MORANGO_FSIC_MAX_ENTRIES entries) and turned into
  * sorted arrays.  Instead of comparing every partition with every other
  * one, as Morango does, the algorithms sort and then walk the names in
  * order with a stack of the names the current one starts with (the names
  * starting with a given one are contiguous in sorted order): the diff and
  * the expansion are O(n log n) in the number of entries of their input and
  * output, whatever the shape of the partitions (a peer sends its FSIC).
- * Outputs list partitions and instances in sorted order (bytewise), and
- * instance ids in canonical form (lowercase, dashed).
+ * Results list partitions and instances in sorted order (bytewise).
  *
  * IDENTIFICATION
  *		src/fsic.c
@@ -40,48 +43,18 @@
 #include <json-c/json.h>
 
 #include "fsic.h"
+#include "textutil.h"
+
+/* An instance id. */
+typedef pg_uuid_t FsicInst;
 
 /*
- * An instance id: the uuid's 16 bytes as two big-endian halves, so that
- * comparing (hi, lo) as integers is comparing the bytes (and the
- * canonical text).
+ * A map, its partitions and their entries are fsic.h's; inside this file a
+ * partition's first is -1 for a filter prefix added by morango_fsic_expand().
  */
-typedef struct FsicInst
-{
-	uint64		hi;
-	uint64		lo;
-} FsicInst;
-
-/* One instance counter of a partition. */
-typedef struct FsicEntry
-{
-	FsicInst	inst;
-	int64		counter;
-} FsicEntry;
-
-/*
- * A partition of a map: its name and its entries, entries[first] to
- * entries[first + count - 1] of the map, sorted by instance.  first is -1
- * for a filter prefix added by morango_fsic_expand().
- */
-typedef struct FsicPart
-{
-	const char *name;			/* NUL-terminated */
-	size_t		len;
-	int			first;
-	int			count;
-} FsicPart;
-
-/* A map {partition: {instance: counter}}, partitions sorted by name. */
-typedef struct FsicMap
-{
-	FsicPart   *parts;
-	int			nparts;
-	FsicEntry  *entries;
-	int			nentries;
-	char	   *names;			/* storage of the partition names */
-	size_t		names_used;
-} FsicMap;
+typedef MorangoFsicEntry FsicEntry;
+typedef MorangoFsicPart FsicPart;
+typedef MorangoFsicMap FsicMap;
 
 /* An entry of either side of a diff, for the instance-major walk. */
 typedef struct FsicDiffItem
@@ -114,7 +87,7 @@ typedef struct FsicDiffLevel
 static inline bool
 fsic_is_prefix(const FsicPart *q, const FsicPart *p)
 {
-	return q->len <= p->len && memcmp(q->name, p->name, q->len) == 0;
+	return morango_starts_with(p->name, p->len, q->name, q->len);
 }
 
 /*
@@ -124,11 +97,7 @@ fsic_is_prefix(const FsicPart *q, const FsicPart *p)
 static int
 fsic_name_cmp(const FsicPart *a, const FsicPart *b)
 {
-	int			c = memcmp(a->name, b->name, Min(a->len, b->len));
-
-	if (c != 0)
-		return c;
-	return (a->len > b->len) - (a->len < b->len);
+	return morango_prefix_cmp(a->name, a->len, b->name, b->len);
 }
 
 /* qsort comparator for FsicPart, by name */
@@ -158,11 +127,7 @@ fsic_part_added_cmp(const void *a, const void *b)
 static inline int
 fsic_inst_cmp(const FsicInst *a, const FsicInst *b)
 {
-	if (a->hi != b->hi)
-		return a->hi < b->hi ? -1 : 1;
-	if (a->lo != b->lo)
-		return a->lo < b->lo ? -1 : 1;
-	return 0;
+	return memcmp(a->data, b->data, UUID_LEN);
 }
 
 /* qsort comparator for FsicEntry, by instance */
@@ -197,82 +162,6 @@ fsic_item_out_cmp(const void *a, const void *b)
 	if (ia->rank != ib->rank)
 		return ia->rank < ib->rank ? -1 : 1;
 	return fsic_inst_cmp(&ia->inst, &ib->inst);
-}
-
-/* value of a hex digit, or -1 */
-static inline int
-fsic_hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/*
- * fsic_parse_uuid
- *		Parse a uuid written as 32 hex digits, or as 36 characters with
- *		dashes in the canonical places (either case), into *out.  Returns
- *		false, without throwing, if s is neither.
- */
-static bool
-fsic_parse_uuid(const char *s, FsicInst *out)
-{
-	size_t		len = strlen(s);
-	size_t		i = 0;
-	int			ndigits = 0;
-	uint64		half = 0;
-
-	if (len != 32 && len != 36)
-		return false;
-	for (i = 0; i < len; i++)
-	{
-		int			d;
-
-		if (len == 36 && (i == 8 || i == 13 || i == 18 || i == 23))
-		{
-			if (s[i] != '-')
-				return false;
-			continue;
-		}
-		d = fsic_hexval(s[i]);
-		if (d < 0)
-			return false;
-		half = (half << 4) | (uint64) d;
-		if (++ndigits == 16)
-		{
-			out->hi = half;
-			half = 0;
-		}
-	}
-	out->lo = half;
-	return ndigits == 32;
-}
-
-/*
- * fsic_format_uuid
- *		Write the canonical text form of a uuid (36 characters, lowercase,
- *		dashed) and a NUL into buf[37].
- */
-static void
-fsic_format_uuid(const FsicInst *in, char *buf)
-{
-	static const char hex[] = "0123456789abcdef";
-	char	   *p = buf;
-
-	for (int i = 0; i < 32; i++)
-	{
-		uint64		half = i < 16 ? in->hi : in->lo;
-		int			shift = 60 - 4 * (i % 16);
-
-		if (i == 8 || i == 12 || i == 16 || i == 20)
-			*p++ = '-';
-		*p++ = hex[(half >> shift) & 0x0f];
-	}
-	*p = '\0';
 }
 
 /*
@@ -594,7 +483,7 @@ fsic_fill_map(json_object *v, const char *what, const char *section, FsicMap *ma
 			FsicEntry  *e = &map->entries[map->nentries];
 			int64		counter;
 
-			if (!fsic_parse_uuid(inst, &e->inst))
+			if (!morango_uuid_parse_fsic_key(inst, strlen(inst), &e->inst))
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("invalid %s: instance id \"%s\" in partition \"%s\"%s is not a uuid",
@@ -645,9 +534,9 @@ fsic_sort_map(FsicMap *map, const char *what, const char *section)
 		{
 			if (fsic_inst_cmp(&e[k - 1].inst, &e[k].inst) == 0)
 			{
-				char		buf[37];
+				char		buf[MORANGO_UUID_TEXT_LEN + 1];
 
-				fsic_format_uuid(&e[k].inst, buf);
+				morango_uuid_format(&e[k].inst, buf);
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("invalid %s: instance %s appears twice in partition \"%s\"%s",
@@ -771,90 +660,41 @@ fsic_read_raw(const char *text, const char *what, FsicMap *super, FsicMap *sub)
 }
 
 /* ------------------------------------------------------------------------
- * Writing JSON
+ * Results
  * ------------------------------------------------------------------------
  */
 
-/* throw "out of memory" for a failed json-c allocation */
-static void
-fsic_json_oom(void)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_OUT_OF_MEMORY),
-			 errmsg("out of memory"),
-			 errdetail("A JSON object could not be allocated.")));
-}
-
 /*
- * fsic_build_json
- *		Fill the json-c object root with the map; throws on a json-c
- *		allocation failure (the caller frees root).
+ * fsic_result
+ *		The map of the nparts partitions parts, with the nentries entries
+ *		they index, as a palloc'd FsicMap that takes parts and entries over
+ *		and holds a copy of the names (which may point into maps the caller
+ *		frees, or into the caller's filter).
  */
-static void
-fsic_build_json(json_object *root, const FsicPart *parts, int nparts,
-				const FsicEntry *entries)
+static FsicMap *
+fsic_result(FsicPart *parts, int nparts, FsicEntry *entries, int nentries)
 {
+	FsicMap    *map = palloc(sizeof(FsicMap));
+	size_t		bytes = 0;
+
+	for (int i = 0; i < nparts; i++)
+		bytes += parts[i].len + 1;
+	map->names = palloc(Max(bytes, 1));
+	map->names_used = 0;
 	for (int i = 0; i < nparts; i++)
 	{
-		const FsicPart *p = &parts[i];
-		json_object *pobj = json_object_new_object();
+		char	   *name = map->names + map->names_used;
 
-		if (pobj == NULL)
-			fsic_json_oom();
-		if (json_object_object_add_ex(root, p->name, pobj, JSON_C_OBJECT_ADD_KEY_IS_NEW) != 0)
-		{
-			json_object_put(pobj);
-			fsic_json_oom();
-		}
-		for (int k = 0; k < p->count; k++)
-		{
-			const FsicEntry *e = &entries[p->first + k];
-			char		buf[37];
-			json_object *c = json_object_new_int64(e->counter);
-
-			if (c == NULL)
-				fsic_json_oom();
-			fsic_format_uuid(&e->inst, buf);
-			if (json_object_object_add_ex(pobj, buf, c, JSON_C_OBJECT_ADD_KEY_IS_NEW) != 0)
-			{
-				json_object_put(c);
-				fsic_json_oom();
-			}
-		}
+		memcpy(name, parts[i].name, parts[i].len);
+		name[parts[i].len] = '\0';
+		parts[i].name = name;
+		map->names_used += parts[i].len + 1;
 	}
-}
-
-/*
- * fsic_to_json
- *		The map (partitions in the given order, each with its entries
- *		entries[first .. first + count - 1] in order) as palloc'd JSON text,
- *		keys in that order.
- */
-static char *
-fsic_to_json(const FsicPart *parts, int nparts, const FsicEntry *entries)
-{
-	json_object *root = json_object_new_object();
-	char	   *volatile result = NULL;
-
-	if (root == NULL)
-		fsic_json_oom();
-	PG_TRY();
-	{
-		const char *text;
-
-		fsic_build_json(root, parts, nparts, entries);
-		text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
-											  JSON_C_TO_STRING_NOSLASHESCAPE);
-		if (text == NULL)
-			fsic_json_oom();
-		result = pstrdup(text);
-	}
-	PG_FINALLY();
-	{
-		json_object_put(root);
-	}
-	PG_END_TRY();
-	return result;
+	map->parts = parts;
+	map->nparts = nparts;
+	map->entries = entries;
+	map->nentries = nentries;
+	return map;
 }
 
 /* ------------------------------------------------------------------------
@@ -1039,11 +879,11 @@ fsic_raise(const FsicMap *super, const FsicPart *parts, const int *queries, int 
  *		    is higher than its own (a counter of 0 adds nothing);
  *		(c) empty sub partitions are dropped.
  *
- *		Returns the resulting map as palloc'd JSON text, partitions and
- *		instances sorted.  Throws on an invalid FSIC, or if the result
- *		would have more than MORANGO_FSIC_MAX_ENTRIES entries.
+ *		Returns the resulting map, palloc'd (partitions and instances
+ *		sorted).  Throws on an invalid FSIC, or if the result would have
+ *		more than MORANGO_FSIC_MAX_ENTRIES entries.
  */
-char *
+FsicMap *
 morango_fsic_expand(const char *raw_v2_json, const char *const *filter, int nfilter)
 {
 	FsicMap		super;
@@ -1063,7 +903,7 @@ morango_fsic_expand(const char *raw_v2_json, const char *const *filter, int nfil
 	FsicEntry  *oentries;
 	int			ocap;
 	int			noentries = 0;
-	char	   *result;
+	FsicMap    *result;
 
 	Assert(nfilter >= 0);
 	fsic_read_raw(raw_v2_json, "fsic", &super, &sub);
@@ -1166,12 +1006,10 @@ morango_fsic_expand(const char *raw_v2_json, const char *const *filter, int nfil
 		}
 	}
 
-	result = fsic_to_json(oparts, noparts, oentries);
+	result = fsic_result(oparts, noparts, oentries, noentries);
 
 	pfree(raised);
 	pfree(queries);
-	pfree(oparts);
-	pfree(oentries);
 	pfree(stack);
 	pfree(subordinate);
 	pfree(parts);
@@ -1186,27 +1024,26 @@ morango_fsic_expand(const char *raw_v2_json, const char *const *filter, int nfil
  */
 
 /*
- * morango_fsic_diff
- *		Morango's calculate_directional_fsic_diff_v2, on expanded maps: for
- *		each sender partition P and instance i with counter c, let r be the
- *		highest counter of i in the receiver's partitions that P starts
- *		with (P itself included; 0 if none); if r < c, the result has
- *		P: {i: r}, meaning "send P's versions of i above r".
+ * morango_fsic_diff_maps
+ *		Morango's calculate_directional_fsic_diff_v2, on expanded maps (as
+ *		morango_fsic_expand() returns them): for each sender partition P and
+ *		instance i with counter c, let r be the highest counter of i in the
+ *		receiver's partitions that P starts with (P itself included; 0 if
+ *		none); if r < c, the result has P: {i: r}, meaning "send P's
+ *		versions of i above r".
  *
- *		Returns the result as palloc'd JSON text ({} when the receiver
- *		lacks nothing), partitions and instances sorted.  Throws on an
- *		invalid map.
+ *		Returns the result, palloc'd (no partition when the receiver lacks
+ *		nothing; partitions and instances sorted).  The maps are not checked
+ *		again: they must be what fsic.h says a map is.
  *
  *		The work is instance-major: all entries of both sides sorted by
  *		(instance, partition, receiver first) and walked with a stack of the
  *		receiver's partitions that the current one starts with, each
  *		holding the maximum counter down to it.
  */
-char *
-morango_fsic_diff(const char *sender_json, const char *receiver_json)
+FsicMap *
+morango_fsic_diff_maps(const FsicMap *snd, const FsicMap *rcv)
 {
-	FsicMap		snd;
-	FsicMap		rcv;
 	const FsicPart **names;
 	int			nnames = 0;
 	int32	   *srank;
@@ -1218,39 +1055,36 @@ morango_fsic_diff(const char *sender_json, const char *receiver_json)
 	FsicPart   *oparts;
 	int			noparts = 0;
 	FsicEntry  *oentries;
-	char	   *result;
+	FsicMap    *result;
 	int			i,
 				j;
 
-	fsic_read_map(sender_json, "sender fsic", &snd);
-	fsic_read_map(receiver_json, "receiver fsic", &rcv);
-
 	/* every partition name of either side, sorted once, and its rank */
-	names = palloc(sizeof(FsicPart *) * Max(snd.nparts + rcv.nparts, 1));
-	srank = palloc(sizeof(int32) * Max(snd.nparts, 1));
-	rrank = palloc(sizeof(int32) * Max(rcv.nparts, 1));
+	names = palloc(sizeof(FsicPart *) * Max(snd->nparts + rcv->nparts, 1));
+	srank = palloc(sizeof(int32) * Max(snd->nparts, 1));
+	rrank = palloc(sizeof(int32) * Max(rcv->nparts, 1));
 	i = j = 0;
-	while (i < snd.nparts || j < rcv.nparts)
+	while (i < snd->nparts || j < rcv->nparts)
 	{
-		int			c = (i >= snd.nparts) ? 1 : (j >= rcv.nparts) ? -1 :
-		fsic_name_cmp(&snd.parts[i], &rcv.parts[j]);
+		int			c = (i >= snd->nparts) ? 1 : (j >= rcv->nparts) ? -1 :
+		fsic_name_cmp(&snd->parts[i], &rcv->parts[j]);
 
 		if (c <= 0)
 			srank[i] = nnames;
 		if (c >= 0)
 			rrank[j] = nnames;
-		names[nnames++] = (c <= 0) ? &snd.parts[i] : &rcv.parts[j];
+		names[nnames++] = (c <= 0) ? &snd->parts[i] : &rcv->parts[j];
 		if (c <= 0)
 			i++;
 		if (c >= 0)
 			j++;
 	}
 
-	items = palloc(sizeof(FsicDiffItem) * Max(snd.nentries + rcv.nentries, 1));
-	for (i = 0; i < rcv.nparts; i++)
-		for (int k = 0; k < rcv.parts[i].count; k++)
+	items = palloc(sizeof(FsicDiffItem) * Max(snd->nentries + rcv->nentries, 1));
+	for (i = 0; i < rcv->nparts; i++)
+		for (int k = 0; k < rcv->parts[i].count; k++)
 		{
-			const FsicEntry *e = &rcv.entries[rcv.parts[i].first + k];
+			const FsicEntry *e = &rcv->entries[rcv->parts[i].first + k];
 			FsicDiffItem *it = &items[nitems++];
 
 			it->inst = e->inst;
@@ -1258,10 +1092,10 @@ morango_fsic_diff(const char *sender_json, const char *receiver_json)
 			it->side = FSIC_RECEIVER;
 			it->counter = e->counter;
 		}
-	for (i = 0; i < snd.nparts; i++)
-		for (int k = 0; k < snd.parts[i].count; k++)
+	for (i = 0; i < snd->nparts; i++)
+		for (int k = 0; k < snd->parts[i].count; k++)
 		{
-			const FsicEntry *e = &snd.entries[snd.parts[i].first + k];
+			const FsicEntry *e = &snd->entries[snd->parts[i].first + k];
 			FsicDiffItem *it = &items[nitems++];
 
 			it->inst = e->inst;
@@ -1275,7 +1109,7 @@ morango_fsic_diff(const char *sender_json, const char *receiver_json)
 	 * One instance at a time.  Results overwrite the items already walked
 	 * (nout never exceeds the index walked), with counter = r.
 	 */
-	stack = palloc(sizeof(FsicDiffLevel) * Max(rcv.nentries, 1));
+	stack = palloc(sizeof(FsicDiffLevel) * Max(rcv->nentries, 1));
 	for (i = 0; i < nitems;)
 	{
 		int			end = i;
@@ -1316,7 +1150,7 @@ morango_fsic_diff(const char *sender_json, const char *receiver_json)
 
 	/* the result, by partition then instance */
 	qsort(items, nout, sizeof(FsicDiffItem), fsic_item_out_cmp);
-	oparts = palloc(sizeof(FsicPart) * Max(snd.nparts, 1));
+	oparts = palloc(sizeof(FsicPart) * Max(snd->nparts, 1));
 	oentries = palloc(sizeof(FsicEntry) * Max(nout, 1));
 	for (i = 0; i < nout; i++)
 	{
@@ -1332,15 +1166,32 @@ morango_fsic_diff(const char *sender_json, const char *receiver_json)
 		oparts[noparts - 1].count++;
 	}
 
-	result = fsic_to_json(oparts, noparts, oentries);
+	result = fsic_result(oparts, noparts, oentries, nout);
 
-	pfree(oentries);
-	pfree(oparts);
 	pfree(stack);
 	pfree(items);
 	pfree(rrank);
 	pfree(srank);
 	pfree(names);
+	return result;
+}
+
+/*
+ * morango_fsic_diff
+ *		morango_fsic_diff_maps() of two maps {partition: {instance_id:
+ *		counter}} given as JSON text, after checking them.  Throws on an
+ *		invalid map.
+ */
+FsicMap *
+morango_fsic_diff(const char *sender_json, const char *receiver_json)
+{
+	FsicMap		snd;
+	FsicMap		rcv;
+	FsicMap    *result;
+
+	fsic_read_map(sender_json, "sender fsic", &snd);
+	fsic_read_map(receiver_json, "receiver fsic", &rcv);
+	result = morango_fsic_diff_maps(&snd, &rcv);
 	fsic_free_map(&snd);
 	fsic_free_map(&rcv);
 	return result;

@@ -4,11 +4,13 @@
  *		SQL-callable wrappers of the FSIC functions of fsic.c:
  *		morango.fsic_expand(jsonb, text[]) and morango.fsic_diff(jsonb, jsonb).
  *
- * They convert jsonb to JSON text and back; the work, and every check of
- * the FSICs, is in fsic.c.  The C functions also accept text or json
+ * They give fsic.c their arguments as JSON text and build their jsonb
+ * results directly from the maps fsic.c returns; the work, and every check
+ * of the FSICs, is in fsic.c.  The C functions also accept text or json
  * arguments when bound with those types (the regression test does, to
- * reach the JSON syntax checks that jsonb input never fails).  This file uses PostgreSQL's jsonb headers and
- * must therefore not include json-c (fsic.c is the other way round).
+ * reach the JSON syntax checks that jsonb input never fails).  This file
+ * uses PostgreSQL's jsonb headers and must therefore not include json-c
+ * (fsic.c is the other way round).
  *
  * IDENTIFICATION
  *		src/fsic_sql.c
@@ -22,9 +24,11 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/numeric.h"
 
 #include "fsic.h"
 #include "morango.h"
+#include "textutil.h"
 
 PG_FUNCTION_INFO_V1(morango_fsic_expand_sql);
 PG_FUNCTION_INFO_V1(morango_fsic_diff_sql);
@@ -55,13 +59,52 @@ fsic_arg_text(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
- * fsic_text_to_jsonb
- *		JSON text (from fsic.c) as a jsonb Datum.
+ * fsic_map_to_jsonb
+ *		A map from fsic.c as the jsonb object {partition: {instance:
+ *		counter}}, instance ids in canonical form: the value jsonb input
+ *		would make of the map's JSON text, without the text.
  */
 static Datum
-fsic_text_to_jsonb(char *json)
+fsic_map_to_jsonb(const MorangoFsicMap *map)
 {
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+	JsonbParseState *state = NULL;
+	JsonbValue	v;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < map->nparts; i++)
+	{
+		const MorangoFsicPart *p = &map->parts[i];
+
+		/* as jsonb input refuses it (a name from text input can be longer) */
+		if (p->len > JENTRY_OFFLENMASK)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("string too long to represent as jsonb string"),
+					 errdetail("Due to an implementation restriction, jsonb strings cannot exceed %d bytes.",
+							   JENTRY_OFFLENMASK)));
+		v.type = jbvString;
+		v.val.string.val = (char *) p->name;
+		v.val.string.len = (int) p->len;
+		pushJsonbValue(&state, WJB_KEY, &v);
+		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+		for (int k = 0; k < p->count; k++)
+		{
+			const MorangoFsicEntry *e = &map->entries[p->first + k];
+			/* pushJsonbValue keeps the pointer until the end */
+			char	   *id = palloc(MORANGO_UUID_TEXT_LEN + 1);
+
+			morango_uuid_format(&e->inst, id);
+			v.type = jbvString;
+			v.val.string.val = id;
+			v.val.string.len = MORANGO_UUID_TEXT_LEN;
+			pushJsonbValue(&state, WJB_KEY, &v);
+			v.type = jbvNumeric;
+			v.val.numeric = int64_to_numeric(e->counter);
+			pushJsonbValue(&state, WJB_VALUE, &v);
+		}
+		pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	}
+	return JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL)));
 }
 
 /*
@@ -77,7 +120,6 @@ morango_fsic_expand_sql(PG_FUNCTION_ARGS)
 	char	   *raw;
 	const char **prefixes;
 	int			nprefixes;
-	char	   *result;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
@@ -103,8 +145,7 @@ morango_fsic_expand_sql(PG_FUNCTION_ARGS)
 			prefixes[i] = TextDatumGetCString(elems[i]);
 	}
 
-	result = morango_fsic_expand(raw, prefixes, nprefixes);
-	PG_RETURN_DATUM(fsic_text_to_jsonb(result));
+	PG_RETURN_DATUM(fsic_map_to_jsonb(morango_fsic_expand(raw, prefixes, nprefixes)));
 }
 
 /*
@@ -119,5 +160,5 @@ morango_fsic_diff_sql(PG_FUNCTION_ARGS)
 	char	   *sender = fsic_arg_text(fcinfo, 0);
 	char	   *receiver = fsic_arg_text(fcinfo, 1);
 
-	PG_RETURN_DATUM(fsic_text_to_jsonb(morango_fsic_diff(sender, receiver)));
+	PG_RETURN_DATUM(fsic_map_to_jsonb(morango_fsic_diff(sender, receiver)));
 }

@@ -8,8 +8,11 @@
  * (store -> outgoing buffer), sync.c + transport.c (the wire), buffer.c
  * (incoming buffer), dequeue.c (merge into the store), deserialize.c
  * (store -> application table).  registry.c knows which tables are
- * registered; idrule.c, filter.c and fsic.c are pure.  Dependencies point
- * one way: sync -> steps -> registry -> pure parts.
+ * registered; idrule.c, filter.c and fsic.c are pure.  The steps share
+ * spi.c (checked SPI calls), owner.c (statements as a table's owner),
+ * counters.c (the instance lock, counters, database max counters) and
+ * textutil.c (uuid parsing, the prefix predicate; pure, textutil.h).
+ * Dependencies point one way: sync -> steps -> registry -> pure parts.
  *
  * IDENTIFICATION
  *		src/morango.h
@@ -21,6 +24,7 @@
 
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "utils/array.h"
@@ -55,6 +59,23 @@ extern int	morango_max_open_transfers;
 extern int	morango_max_fsic_entries;
 extern int	morango_max_filter_prefixes;
 extern int	morango_max_filter_prefix_length;
+
+/*
+ * spi.c: checked SPI calls.  `expected` is an SPI_OK_* code, or
+ * MORANGO_SPI_OK_ANY for any success; a result other than the one expected
+ * cannot happen and raises (elog).  All return in the caller's memory
+ * context.
+ */
+#define MORANGO_SPI_OK_ANY 0
+extern void morango_spi_connect(void);
+extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+							   const char *nulls, int expected);
+extern uint64 morango_spi_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
+								const char *nulls, long tcount);
+extern Portal morango_spi_cursor_open(const char *sql, int nargs, Oid *argtypes, Datum *values,
+									  const char *nulls, bool read_only);
+extern uint64 morango_spi_cursor_fetch(Portal portal, long count);
+extern SPIPlanPtr morango_spi_prepare(const char *sql, int nargs, Oid *argtypes);
 
 /* fault.c: fault injection for the reliability tests (off by default) */
 extern void morango_fault_init(void);
@@ -136,11 +157,20 @@ extern int64 morango_serialize_internal(Datum profile, bool profile_null,
 extern void morango_deserialize_internal(const char *profile, Datum filter, bool filter_null,
 										 int64 *applied, int64 *deleted, int64 *failed);
 
-/* session.c */
-extern pg_uuid_t *morango_lock_instance(int64 *counter);
+/* session.c: statistics of the store */
 extern void morango_analyze_store(int64 written);
-extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
-							   const char *nulls, int expected);
+
+/* counters.c: the instance lock, the next counter, database max counters */
+extern pg_uuid_t *morango_lock_instance(int64 *counter);
+extern int64 morango_next_counter(pg_uuid_t **instance);
+extern void morango_counter_used(const pg_uuid_t *instance, int64 counter);
+extern void morango_raise_own_max_counters(const pg_uuid_t *instance, int64 counter,
+										   Datum profile, bool profile_null,
+										   Datum prefixes, bool prefixes_null);
+struct MorangoFsicMap;			/* fsic.h */
+extern void morango_raise_claimed_max_counters(const struct MorangoFsicMap *claims, Datum profile,
+											   Datum ts, Datum filter, Datum conflict_parts,
+											   bool conflict_parts_null);
 
 /* queue.c, buffer.c, dequeue.c */
 extern int64 morango_queue_internal(Datum ts);

@@ -227,8 +227,7 @@ morango_receive_packed_chunk(PG_FUNCTION_ARGS)
 {
 	int64		added;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	added = morango_receive_packed(PG_GETARG_DATUM(0), PG_GETARG_TEXT_PP(1));
 	SPI_finish();
 	PG_RETURN_INT64(added);

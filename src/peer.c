@@ -388,8 +388,7 @@ peer_session(Datum ts, int want_push, bool finished_ok)
 static void
 spi_begin(void)
 {
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 }
 
 /* this database's instance id, as text */

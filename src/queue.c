@@ -46,7 +46,6 @@
 #include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/jsonb.h"
 
 #include "fsic.h"
 #include "morango.h"
@@ -108,15 +107,15 @@ candidates_sql(int ninst)
 }
 
 /*
- * $1 this side's FSIC (raw v2): this database's current instance and the
- * highest counter the FSIC claims for it (0 if none)
+ * $1 ts: this database's current instance and the highest counter this
+ * side's FSIC (raw v2, the session's local_fsic) claims for it (0 if none)
  */
 static const char *own_claim_sql =
 "SELECT i.id, COALESCE((SELECT max((e.value)::bigint)"
-"                       FROM (SELECT $1->'super' UNION ALL SELECT $1->'sub') AS m(map),"
+"                       FROM (SELECT t.local_fsic->'super' UNION ALL SELECT t.local_fsic->'sub') AS m(map),"
 "                            pg_catalog.jsonb_each(m.map) AS p, pg_catalog.jsonb_each_text(p.value) AS e"
 "                       WHERE e.key::uuid = i.id), 0)"
-" FROM morango.instances i WHERE i.current";
+" FROM morango.instances i, morango.transfer_sessions t WHERE i.current AND t.id = $1";
 
 /* $1 ts, $2 the ids of the records to queue: into the buffer, numbered by id */
 static const char *insert_sql =
@@ -143,14 +142,28 @@ queue_instance_cmp(const void *key, const void *elem)
 	return memcmp(key, &((const QueueInstance *) elem)->inst, UUID_LEN);
 }
 
+/* An entry of the diff: its instance, partition and counter. */
+typedef struct QueueFloor
+{
+	const MorangoFsicEntry *e;
+	const MorangoFsicPart *p;
+} QueueFloor;
+
+/* qsort comparator for QueueFloor, by instance */
+static int
+queue_floor_cmp(const void *a, const void *b)
+{
+	return memcmp(&((const QueueFloor *) a)->e->inst, &((const QueueFloor *) b)->e->inst, UUID_LEN);
+}
+
 /*
  * queue_instances
  *		The diff {partition: {instance: counter}} by instance, sorted by
- *		instance id; *ninst gets their number.  Runs inside SPI.
+ *		instance id; *ninst gets their number.  The floors point into diff.
  *
  *		A record of instance i in partition p is wanted when, for some diff
  *		partition P that p starts with, its counter is above P's counter
- *		for i.  morango_fsic_diff() gives a partition Q the highest counter
+ *		for i.  morango_fsic_diff_maps() gives a partition Q the highest counter
  *		of the receiver's partitions that Q starts with, so when P is a
  *		prefix of Q, Q's counter is at least P's: the shortest diff
  *		partition that p starts with has the lowest counter, and it is the
@@ -162,44 +175,41 @@ queue_instance_cmp(const void *key, const void *elem)
  *		partition would be O(d * c).
  */
 static QueueInstance *
-queue_instances(Datum diffjson, int *ninst)
+queue_instances(const MorangoFsicMap *diff, int *ninst)
 {
-	QueueInstance *insts;
-	uint64		nrows;
+	int			nentries = diff->nentries;
+	QueueFloor *floors = palloc(sizeof(QueueFloor) * Max(nentries, 1));
+	QueueInstance *insts = palloc(sizeof(QueueInstance) * Max(nentries, 1));
 	int			n = 0;
-	bool		isnull;
 
-	nrows = morango_spi_exec("SELECT i.key::uuid, p.key, (i.value)::bigint"
-							 " FROM pg_catalog.jsonb_each($1) AS p, pg_catalog.jsonb_each_text(p.value) AS i"
-							 " ORDER BY 1",
-							 1, (Oid[]) {JSONBOID}, &diffjson, NULL, SPI_OK_SELECT);
-	insts = palloc(sizeof(QueueInstance) * Max(nrows, 1));
-	for (uint64 r = 0, end; r < nrows; r = end)
+	for (int i = 0; i < diff->nparts; i++)
+		for (int k = diff->parts[i].first; k < diff->parts[i].first + diff->parts[i].count; k++)
+		{
+			floors[k].e = &diff->entries[k];
+			floors[k].p = &diff->parts[i];
+		}
+	qsort(floors, nentries, sizeof(QueueFloor), queue_floor_cmp);
+	for (int r = 0, end; r < nentries; r = end)
 	{
 		QueueInstance *qi = &insts[n++];
 
-		memcpy(&qi->inst, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull)),
-			   UUID_LEN);
-		for (end = r + 1; end < nrows; end++)
-			if (memcmp(&qi->inst, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[end],
-															  SPI_tuptable->tupdesc, 1, &isnull)),
-					   UUID_LEN) != 0)
+		memcpy(&qi->inst, &floors[r].e->inst, UUID_LEN);
+		for (end = r + 1; end < nentries; end++)
+			if (memcmp(&qi->inst, &floors[end].e->inst, UUID_LEN) != 0)
 				break;
-		qi->nfloors = (int) (end - r);
+		qi->nfloors = end - r;
 		qi->floors = palloc(sizeof(MorangoPrefix) * qi->nfloors);
 		qi->min_counter = PG_INT64_MAX;
 		for (int k = 0; k < qi->nfloors; k++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[r + k];
-			text	   *part = DatumGetTextPP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-
-			qi->floors[k].str = VARDATA_ANY(part);
-			qi->floors[k].len = (int) VARSIZE_ANY_EXHDR(part);
-			qi->floors[k].value = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+			qi->floors[k].str = floors[r + k].p->name;
+			qi->floors[k].len = (int) floors[r + k].p->len;
+			qi->floors[k].value = floors[r + k].e->counter;
 			qi->min_counter = Min(qi->min_counter, qi->floors[k].value);
 		}
 		qi->nfloors = morango_prefixes_sort(qi->floors, qi->nfloors, true);
 	}
+	pfree(floors);
 	*ninst = n;
 	return insts;
 }
@@ -255,9 +265,7 @@ queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 		values[3 + 2 * i] = Int64GetDatum(insts[i].min_counter);
 	}
 	/* our instance and our claim for it (see the header comment) */
-	if (morango_spi_exec(own_claim_sql, 1, (Oid[]) {JSONBOID},
-						 (Datum[]) {DirectFunctionCall1(jsonb_in, CStringGetDatum(t->local_fsic))},
-						 NULL, SPI_OK_SELECT) != 1)
+	if (morango_spi_exec(own_claim_sql, 1, (Oid[]) {UUIDOID}, &t->id, NULL, SPI_OK_SELECT) != 1)
 		elog(ERROR, "no current morango instance");
 	argtypes[2 + 2 * ninst] = UUIDOID;
 	values[2 + 2 * ninst] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -265,13 +273,9 @@ queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 	values[3 + 2 * ninst] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	/* (the instance id points into that result, kept until SPI_finish) */
 	ids = palloc(sizeof(pg_uuid_t) * cap);
-	portal = SPI_cursor_open_with_args(NULL, candidates_sql(ninst), nargs, argtypes, values,
-									   NULL, false, 0);
-	for (;;)
+	portal = morango_spi_cursor_open(candidates_sql(ninst), nargs, argtypes, values, NULL, false);
+	while (morango_spi_cursor_fetch(portal, 10000) > 0)
 	{
-		SPI_cursor_fetch(portal, true, 10000);
-		if (SPI_processed == 0)
-			break;
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[r];
@@ -310,11 +314,10 @@ int64
 morango_queue_transfer(MorangoTransfer *t)
 {
 	Datum		ts = t->id;
-	Datum		diffjson;
 	QueueInstance *insts;
 	int			ninst;
 	bool		isnull;
-	char	   *diff;
+	MorangoFsicMap *diff;
 	int64		total;
 	MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;
 
@@ -329,9 +332,8 @@ morango_queue_transfer(MorangoTransfer *t)
 				 errmsg("transfer session %s has no FSICs yet", t->name),
 				 errhint("Both sides' FSICs are exchanged before queuing.")));
 
-	diff = morango_fsic_diff(morango_fsic_expand(t->local_fsic, t->prefixes, t->nfilter),
-							 morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter));
-	diffjson = DirectFunctionCall1(jsonb_in, CStringGetDatum(diff));
+	diff = morango_fsic_diff_maps(morango_fsic_expand(t->local_fsic, t->prefixes, t->nfilter),
+								  morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter));
 
 	/* start from scratch: a resumed session may have queued before */
 	if (t->stage > MORANGO_STAGE_QUEUING)
@@ -343,8 +345,7 @@ morango_queue_transfer(MorangoTransfer *t)
 	else
 		morango_transfer_clear_buffers(ts);
 
-	/* (the partitions point into that result, kept until SPI_finish) */
-	insts = queue_instances(diffjson, &ninst);
+	insts = queue_instances(diff, &ninst);
 	morango_spi_exec(insert_sql, 2, (Oid[]) {UUIDOID, UUIDARRAYOID},
 					 (Datum[]) {ts, queue_select(t, insts, ninst)}, NULL, SPI_OK_SELECT);
 	total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -375,8 +376,7 @@ morango_queue(PG_FUNCTION_ARGS)
 {
 	int64		total;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	total = morango_queue_internal(PG_GETARG_DATUM(0));
 	SPI_finish();
 	PG_RETURN_INT64(total);

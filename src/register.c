@@ -236,15 +236,6 @@ primary_key_columns(Relation rel)
 	return cols;
 }
 
-static void
-spi_exec_checked(const char *sql, int expected)
-{
-	int			ret = SPI_execute(sql, false, 0);
-
-	if (ret != expected)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
-}
-
 /* what check_expressions() checks, and for whom */
 typedef struct CheckArgs
 {
@@ -271,9 +262,8 @@ check_one_expression(CheckArgs *a, const char *expr, const char *what)
 	bool		volatile_expr = false;
 
 	a->info->what = what;
-	plan = SPI_prepare(psprintf("SELECT (%s)::text FROM (SELECT ($1).*) AS t", expr), 1, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	plan = morango_spi_prepare(psprintf("SELECT (%s)::text FROM (SELECT ($1).*) AS t", expr),
+							   1, argtypes);
 	foreach(lc, SPI_plan_get_plan_sources(plan))
 		volatile_expr |= contain_volatile_functions((Node *) ((CachedPlanSource *) lfirst(lc))->query_list);
 	return volatile_expr;
@@ -311,7 +301,7 @@ check_expressions(void *arg)
 				   "       count(*) - count(DISTINCT (p, sid))"
 				   " FROM (SELECT (%s)::text AS p, (%s)::text AS sid FROM ONLY %s AS t) AS e",
 				   a->partition_expr, a->source_id_expr, a->qualname);
-	spi_exec_checked(sql, SPI_OK_SELECT);
+	morango_spi_exec(sql, 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	nullp = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	nulls = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	dups = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
@@ -347,8 +337,7 @@ load_fetch(void *arg)
 {
 	LoadArgs   *a = (LoadArgs *) arg;
 
-	SPI_cursor_fetch(a->portal, true, morango_batch_size);
-	a->fetched = SPI_processed;
+	a->fetched = morango_spi_cursor_fetch(a->portal, morango_batch_size);
 }
 
 static void
@@ -356,7 +345,7 @@ load_open(void *arg)
 {
 	LoadArgs   *a = (LoadArgs *) arg;
 
-	a->portal = SPI_cursor_open_with_args(NULL, a->sql, 0, NULL, NULL, NULL, true, 0);
+	a->portal = morango_spi_cursor_open(a->sql, 0, NULL, NULL, NULL, true);
 }
 
 /*
@@ -430,7 +419,6 @@ morango_register_model(PG_FUNCTION_ARGS)
 	Oid			argtypes[9];
 	Datum		values[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			ret;
 	ArrayBuildState *astate;
 	ListCell   *lc;
 	ExprContextInfo info;
@@ -506,8 +494,7 @@ morango_register_model(PG_FUNCTION_ARGS)
 		check_single_expression(source_id_expr, "source_id");
 	}
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 
 	/* registered already?  model name taken? */
 	if (morango_registry_lookup(relid, CurrentMemoryContext) != NULL)
@@ -520,12 +507,9 @@ morango_register_model(PG_FUNCTION_ARGS)
 	argtypes[1] = TEXTOID;
 	values[0] = CStringGetTextDatum(profile);
 	values[1] = CStringGetTextDatum(model_name);
-	ret = SPI_execute_with_args("SELECT model::text FROM morango.models"
-								" WHERE profile = $1 AND model_name = $2",
-								2, argtypes, values, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed > 0)
+	if (morango_spi_query("SELECT model::text FROM morango.models"
+						  " WHERE profile = $1 AND model_name = $2",
+						  2, argtypes, values, NULL, 1) > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("model name \"%s\" is already taken in profile \"%s\"", model_name, profile),
@@ -594,24 +578,21 @@ morango_register_model(PG_FUNCTION_ARGS)
 		values[7] = makeArrayResult(astate, CurrentMemoryContext);
 		nulls[7] = ' ';
 	}
-	ret = SPI_execute_with_args("INSERT INTO morango.models"
-								" (model, profile, model_name, partition_expr, source_id_expr, pk_columns,"
-								"  verify, expr_columns, verify_source)"
-								" VALUES ($1::regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
-								9, argtypes, values, nulls, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-
+	morango_spi_exec("INSERT INTO morango.models"
+					 " (model, profile, model_name, partition_expr, source_id_expr, pk_columns,"
+					 "  verify, expr_columns, verify_source)"
+					 " VALUES ($1::regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
+					 9, argtypes, values, nulls, SPI_OK_INSERT);
 
 	/* triggers first; the lock we hold keeps writers out until we commit */
-	spi_exec_checked(psprintf("CREATE TRIGGER morango_capture"
+	morango_spi_exec(psprintf("CREATE TRIGGER morango_capture"
 							  " AFTER INSERT OR UPDATE OR DELETE ON %s"
 							  " FOR EACH ROW EXECUTE FUNCTION morango.capture_trigger()",
-							  qualname), SPI_OK_UTILITY);
-	spi_exec_checked(psprintf("CREATE TRIGGER morango_no_truncate"
+							  qualname), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	morango_spi_exec(psprintf("CREATE TRIGGER morango_no_truncate"
 							  " BEFORE TRUNCATE ON %s"
 							  " FOR EACH STATEMENT EXECUTE FUNCTION morango.capture_trigger()",
-							  qualname), SPI_OK_UTILITY);
+							  qualname), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 
 	/* initial load: every existing row is a change for the next serialize */
 	info.what = "initial load";
@@ -639,33 +620,26 @@ morango_unregister_model(PG_FUNCTION_ARGS)
 	char	   *qualname;
 	Oid			argtypes[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(relid)};
-	int			ret;
 
 	rel = table_open(relid, ShareRowExclusiveLock);
 	if (!pg_class_ownercheck(relid, GetUserId()))
 		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, RelationGetRelationName(rel));
 	qualname = morango_qualified_name(relid);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_with_args("DELETE FROM morango.models WHERE model = $1::regclass",
-								1, argtypes, values, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
+	morango_spi_connect();
+	if (morango_spi_exec("DELETE FROM morango.models WHERE model = $1::regclass",
+						 1, argtypes, values, NULL, SPI_OK_DELETE) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table \"%s\" is not registered with morango",
 						RelationGetRelationName(rel))));
-	spi_exec_checked(psprintf("DROP TRIGGER IF EXISTS morango_capture ON %s", qualname),
-					 SPI_OK_UTILITY);
-	spi_exec_checked(psprintf("DROP TRIGGER IF EXISTS morango_no_truncate ON %s", qualname),
-					 SPI_OK_UTILITY);
+	morango_spi_exec(psprintf("DROP TRIGGER IF EXISTS morango_capture ON %s", qualname),
+					 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	morango_spi_exec(psprintf("DROP TRIGGER IF EXISTS morango_no_truncate ON %s", qualname),
+					 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	/* changes not serialized yet are dropped; registering again notes every row */
-	ret = SPI_execute_with_args("DELETE FROM morango.changes WHERE model = $1::regclass",
-								1, argtypes, values, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_exec("DELETE FROM morango.changes WHERE model = $1::regclass",
+					 1, argtypes, values, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	table_close(rel, NoLock);
 	PG_RETURN_VOID();

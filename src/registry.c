@@ -89,14 +89,9 @@ morango_registry_lookup(Oid relid, MemoryContext mcxt)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(relid)};
-	int			ret;
 
-	ret = SPI_execute_with_args("SELECT " MODEL_COLUMNS
-								" FROM morango.models WHERE model = $1::regclass",
-								1, argtypes, values, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
+	if (morango_spi_query("SELECT " MODEL_COLUMNS " FROM morango.models WHERE model = $1::regclass",
+						  1, argtypes, values, NULL, 1) == 0)
 		return NULL;
 	return model_from_spi_row(0, mcxt);
 }
@@ -114,7 +109,6 @@ morango_registry_models(const char *profile, MemoryContext mcxt)
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1];
 	char		nulls[1] = {' '};
-	int			ret;
 	List	   *result = NIL;
 	MemoryContext old;
 
@@ -125,13 +119,10 @@ morango_registry_models(const char *profile, MemoryContext mcxt)
 		values[0] = (Datum) 0;
 		nulls[0] = 'n';
 	}
-	ret = SPI_execute_with_args("SELECT " MODEL_COLUMNS
-								" FROM morango.models"
-								" WHERE ($1::text IS NULL OR profile = $1)"
-								" ORDER BY profile, model_name",
-								1, argtypes, values, nulls, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	morango_spi_query("SELECT " MODEL_COLUMNS " FROM morango.models"
+					  " WHERE ($1::text IS NULL OR profile = $1)"
+					  " ORDER BY profile, model_name",
+					  1, argtypes, values, nulls, 0);
 
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{

@@ -5,7 +5,7 @@
  *		store versions, all stamped with one new counter.
  *
  * morango.serialize(profile, filter) locks the current instance row, takes
- * one new counter, and then, for each registered model with changes, in
+ * one new counter (counters.c), and then, for each registered model with changes, in
  * batches of morango.batch_size changed keys, reads the batch's rows as the
  * table's owner (owner.c: their to_jsonb and the partition and source id
  * expressions, as they are now), and runs one set-based statement that
@@ -53,16 +53,6 @@
 #include "morango.h"
 
 PG_FUNCTION_INFO_V1(morango_serialize);
-
-/* this instance's claim, for each prefix and each profile in scope ($4; NULL: all registered) */
-static const char *dmc_sql =
-"INSERT INTO morango.database_max_counters AS d (profile, instance_id, partition, counter)"
-" SELECT DISTINCT p.profile, $1, f.prefix, $2"
-" FROM pg_catalog.unnest($3::text[]) AS f(prefix),"
-"      (SELECT DISTINCT profile FROM morango.models WHERE $4::text IS NULL OR profile = $4"
-"       UNION SELECT $4 WHERE $4 IS NOT NULL) AS p"
-" ON CONFLICT (profile, instance_id, partition)"
-" DO UPDATE SET counter = GREATEST(d.counter, EXCLUDED.counter)";
 
 /*
  * Serializing one model runs, per batch of morango.batch_size changed keys,
@@ -409,9 +399,8 @@ stamp_run(void *arg)
 
 	b->maxkeys = morango_batch_size;
 	b->maxcids = morango_batch_size;
-	portal = SPI_cursor_open_with_args(NULL, changes_sql, 1, (Oid[]) {OIDOID},
-									   (Datum[]) {ObjectIdGetDatum(b->m->relid)},
-									   NULL, true, 0);
+	portal = morango_spi_cursor_open(changes_sql, 1, (Oid[]) {OIDOID},
+									 (Datum[]) {ObjectIdGetDatum(b->m->relid)}, NULL, true);
 	MemoryContextSwitchTo(batchcxt);
 	b->keys = palloc(sizeof(Datum) * b->maxkeys);
 	b->hard = palloc(sizeof(bool) * b->maxkeys);
@@ -424,11 +413,9 @@ stamp_run(void *arg)
 		SPITupleTable *tt;
 		uint64		nrows;
 
-		SPI_cursor_fetch(portal, true, morango_batch_size);
-		MemoryContextSwitchTo(batchcxt);
+		nrows = morango_spi_cursor_fetch(portal, morango_batch_size);
 		/* stamp_batch() below runs statements: keep this fetch's result */
 		tt = SPI_tuptable;
-		nrows = SPI_processed;
 		if (nrows == 0)
 			break;
 		for (uint64 r = 0; r < nrows; r++)
@@ -561,16 +548,16 @@ int64
 morango_serialize_internal(Datum profile, bool profile_null,
 						   Datum filter, bool filter_null)
 {
-	int			ret;
 	bool		isnull;
 	pg_uuid_t  *instance;
+	int64		next;
 	int64		counter;
 	int64		stamped = 0;
 	List	   *models;
 	ListCell   *lc;
 	int			nestlevel;
 
-	instance = morango_lock_instance(&counter);
+	next = morango_next_counter(&instance);
 
 	/* the models of the profile that have changes */
 	{
@@ -578,12 +565,10 @@ morango_serialize_internal(Datum profile, bool profile_null,
 		Datum		values[1] = {profile};
 		char		nulls[1] = {profile_null ? 'n' : ' '};
 
-		ret = SPI_execute_with_args("SELECT DISTINCT c.model::oid FROM morango.changes c"
-									" JOIN morango.models m ON m.model = c.model"
-									" WHERE $1::text IS NULL OR m.profile = $1",
-									1, argtypes, values, nulls, true, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		morango_spi_query("SELECT DISTINCT c.model::oid FROM morango.changes c"
+						  " JOIN morango.models m ON m.model = c.model"
+						  " WHERE $1::text IS NULL OR m.profile = $1",
+						  1, argtypes, values, nulls, 0);
 		models = NIL;
 		for (uint64 i = 0; i < SPI_processed; i++)
 			models = lappend_oid(models,
@@ -599,49 +584,24 @@ morango_serialize_internal(Datum profile, bool profile_null,
 
 		CHECK_FOR_INTERRUPTS();
 		if (m != NULL)
-			stamped += stamp_model(m, filter, filter_null, UUIDPGetDatum(instance), counter + 1);
+			stamped += stamp_model(m, filter, filter_null, UUIDPGetDatum(instance), next);
 	}
 	morango_unpin_settings(nestlevel);
 	morango_analyze_store(stamped);
 
+	/* the versions exist now: their counter becomes the instance's */
 	if (stamped > 0)
-	{
-		Oid			t2[2] = {UUIDOID, INT8OID};
-		Datum		v2[2] = {UUIDPGetDatum(instance), Int64GetDatum(counter + 1)};
-
-		counter++;
-		ret = SPI_execute_with_args("UPDATE morango.instances SET counter = $2 WHERE id = $1",
-									2, t2, v2, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-			elog(ERROR, "could not advance the morango instance counter");
-	}
+		morango_counter_used(instance, next);
 
 	/*
-	 * This database holds every version this instance ever wrote up to
-	 * `counter` (we hold the lock: every earlier counter is committed), so
+	 * This database holds every version this instance ever wrote up to its
+	 * counter (we hold the lock: every earlier counter is committed), so
 	 * record that for each prefix of the filter ('' when unfiltered).
 	 */
+	counter = stamped > 0 ? next : next - 1;
 	if (counter > 0)
-	{
-		Oid			t3[4] = {UUIDOID, INT8OID, TEXTARRAYOID, TEXTOID};
-		Datum		v3[4];
-		char		n3[4] = {' ', ' ', ' ', profile_null ? 'n' : ' '};
-
-		v3[0] = UUIDPGetDatum(instance);
-		v3[1] = Int64GetDatum(counter);
-		if (filter_null)
-		{
-			Datum		empty = CStringGetTextDatum("");
-
-			v3[2] = PointerGetDatum(construct_array(&empty, 1, TEXTOID, -1, false, TYPALIGN_INT));
-		}
-		else
-			v3[2] = filter;
-		v3[3] = profile;
-		ret = SPI_execute_with_args(dmc_sql, 4, t3, v3, n3, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	}
+		morango_raise_own_max_counters(instance, counter, profile, profile_null,
+									   filter, filter_null);
 	morango_fault("serialize");
 	return stamped;
 }
@@ -657,8 +617,7 @@ morango_serialize(PG_FUNCTION_ARGS)
 
 	if (!PG_ARGISNULL(1))
 		morango_check_filter(PG_GETARG_ARRAYTYPE_P(1));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	stamped = morango_serialize_internal(PG_GETARG_DATUM(0), PG_ARGISNULL(0),
 										 PG_GETARG_DATUM(1), PG_ARGISNULL(1));
 	SPI_finish();

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * session.c
- *		A checked SPI call helper, the instance lock and the store's
- *		statistics, for the steps (session state itself is transfer.c's).
+ *		The store's statistics after a step wrote much of it (session
+ *		state itself is transfer.c's; the SPI helper is spi.c's, the
+ *		instance lock counters.c's).
  *
  * IDENTIFICATION
  *		src/session.c
@@ -21,27 +22,6 @@
 #include "utils/uuid.h"
 
 #include "morango.h"
-
-/*
- * morango_spi_exec
- *		SPI_execute_with_args(sql, ...) that raises if the result is not
- *		`expected` (an SPI_OK_* code).  Returns SPI_processed.  Unlike SPI,
- *		which leaves CurrentMemoryContext at the SPI procedure context,
- *		it returns in the caller's memory context, so that a caller
- *		working in a short-lived context (a batch) keeps allocating there.
- */
-uint64
-morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
-				 const char *nulls, int expected)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	int			ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
-
-	MemoryContextSwitchTo(cxt);
-	if (ret != expected)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	return SPI_processed;
-}
 
 /*
  * morango_analyze_store
@@ -78,27 +58,4 @@ morango_analyze_store(int64 written)
 		return;
 	morango_spi_exec("ANALYZE morango.store, morango.record_max_counters",
 					 0, NULL, NULL, NULL, SPI_OK_UTILITY);
-}
-
-/*
- * morango_lock_instance
- *		Lock this database's current instance row until the end of the
- *		transaction (morango.lock_instance()); return its id and set
- *		*counter to its counter.  Versions are stamped under this lock, so
- *		counters follow commit order.  Runs inside SPI.
- */
-pg_uuid_t *
-morango_lock_instance(int64 *counter)
-{
-	bool		isnull;
-	pg_uuid_t  *instance;
-	int			ret = SPI_execute("SELECT instance_id, counter FROM morango.lock_instance()", false, 0);
-
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not lock the morango instance row");
-	instance = palloc(sizeof(pg_uuid_t));
-	memcpy(instance, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
-		   sizeof(pg_uuid_t));
-	*counter = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	return instance;
 }

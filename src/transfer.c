@@ -734,8 +734,7 @@ morango_transfer_open_sql(PG_FUNCTION_ARGS)
 	a.peer_instance = a.peer_instance_null ? (Datum) 0 : PG_GETARG_DATUM(7);
 	a.direction = PG_ARGISNULL(8) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(8));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	t = morango_transfer_open(&a, &resumed);
 	result = transfer_state_jsonb(t, resumed);
 	SPI_finish();
@@ -754,8 +753,7 @@ morango_transfer_close_sql(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_VOID();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	t = morango_transfer_find(PG_GETARG_DATUM(0));
 	if (t)
 		morango_transfer_close(t, PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
@@ -772,8 +770,7 @@ morango_sessions_expire_sql(PG_FUNCTION_ARGS)
 {
 	int64		n;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	n = morango_sessions_expire(PG_GETARG_DATUM(0));
 	SPI_finish();
 	PG_RETURN_INT64(n);
@@ -798,8 +795,7 @@ morango_sync_session_interrupt_sql(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a sync session is interrupted as errored or cancelled, not as \"%s\"", status)));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	morango_sync_session_interrupt(PG_GETARG_DATUM(0), s, text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -831,8 +827,7 @@ morango_transfer_transition_sql(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("\"%s\" \"%s\" is not a transfer session state", stage, status),
 				 errhint("See morango.session_states().")));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	morango_spi_connect();
 	morango_transfer_transition(morango_transfer_fetch(PG_GETARG_DATUM(0)), (MorangoStage) to,
 								(MorangoStatus) st, &MORANGO_TRANSFER_KEEP);
 	SPI_finish();

@@ -45,6 +45,7 @@
 
 #include "morango.h"
 #include "driver.h"
+#include "textutil.h"
 #include "transport.h"
 
 PG_FUNCTION_INFO_V1(morango_sync);
@@ -135,18 +136,13 @@ morango_sync_worker_main(Datum main_arg)
 		if (!morango_driver_start(&d, &running))
 		{
 			args->already_running = true;
-			if (running)
-				memcpy(args->session.data,
-					   DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(running)))->data,
-					   UUID_LEN);
-			args->have_session = running != NULL;
+			args->have_session = running != NULL &&
+				morango_uuid_parse(running, strlen(running), &args->session, NULL);
 		}
 		else
 		{
-			memcpy(args->session.data,
-				   DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(d.session)))->data,
-				   UUID_LEN);
-			args->have_session = true;
+			args->have_session = morango_uuid_parse(d.session, strlen(d.session),
+													&args->session, NULL);
 		}
 	}
 	PG_CATCH();
