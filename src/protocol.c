@@ -55,26 +55,6 @@ add_key(StringInfo buf, const char *key)
 	appendStringInfoString(buf, ": ");
 }
 
-static void
-add_string(StringInfo buf, const char *key, const char *value)
-{
-	add_key(buf, key);
-	if (value)
-		escape_json(buf, value);
-	else
-		appendStringInfoString(buf, "null");
-}
-
-static void
-add_int(StringInfo buf, const char *key, int64 value, bool null)
-{
-	add_key(buf, key);
-	if (null)
-		appendStringInfoString(buf, "null");
-	else
-		appendStringInfo(buf, INT64_FORMAT, value);
-}
-
 /* value is json text already (or NULL: null) */
 static void
 add_json(StringInfo buf, const char *key, const char *value)
@@ -84,10 +64,27 @@ add_json(StringInfo buf, const char *key, const char *value)
 }
 
 static void
+add_string(StringInfo buf, const char *key, const char *value)
+{
+	if (value == NULL)
+		add_json(buf, key, NULL);
+	else
+	{
+		add_key(buf, key);
+		escape_json(buf, value);
+	}
+}
+
+static void
+add_int(StringInfo buf, const char *key, int64 value, bool null)
+{
+	add_json(buf, key, null ? NULL : psprintf(INT64_FORMAT, value));
+}
+
+static void
 add_bool(StringInfo buf, const char *key, bool value)
 {
-	add_key(buf, key);
-	appendStringInfoString(buf, value ? "true" : "false");
+	add_json(buf, key, value ? "true" : "false");
 }
 
 static Datum
