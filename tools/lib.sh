@@ -48,17 +48,25 @@ mg_free_port() {
 }
 
 # Copy the source tree (without .git) into a fresh work dir owned by
-# MG_USER; build and install the extension as root.  Prints the work dir.
+# MG_USER; build and install the extension as root (mg_build).  Prints the
+# work dir; fails when the build does.
 mg_prepare_tree() {
     local src=$1 work
     work=$(mktemp -d /tmp/morango.XXXXXX)
     chmod 755 "$work"
     tar -C "$src" --exclude=.git --exclude='tmp_check*' --exclude=results --exclude='suite-*.log' -cf - . | tar -C "$work" -xf -
-    make -C "$work" -s clean >/dev/null 2>&1 || true
-    make -C "$work" -s >&2
-    make -C "$work" -s install >&2
-    chown -R "$MG_USER" "$work"
+    mg_build "$work" || { rm -rf "$work"; return 1; }
     echo "$work"
+}
+
+# mg_build DIR: build the extension in DIR from clean and install it, as
+# root, with the compiler flags in COPT (PGXS appends them to CFLAGS:
+# COPT=-Werror, COPT="-Og -g", ...); DIR is then owned by MG_USER.
+mg_build() {
+    local dir=$1
+    make -C "$dir" -s clean >/dev/null 2>&1 || true
+    make -C "$dir" -s >&2 && make -C "$dir" -s install >&2 || return 1
+    chown -R "$MG_USER" "$dir"
 }
 
 # mg_cluster_start DATADIR PORT [CONF_SNIPPET]: initdb and start a server on

@@ -85,8 +85,9 @@ run_suite() {
     local out="$work/suite-$name.log" rc t0 diffs
     mg_log "suite $name under valgrind"
     t0=$(date +%s)
+    # EXISTING_SERVER=1: against this server, not a temporary instance
     (cd "$work" && MG_ENV="PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres" \
-        mg_as_user make -s installcheck "$@") >"$out" 2>&1
+        mg_as_user make -s installcheck EXISTING_SERVER=1 "$@") >"$out" 2>&1
     rc=$?
     cat "$out"
     set -- $(count_regress "$out")
