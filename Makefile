@@ -54,7 +54,8 @@ REGRESS      = setup idrule identity register capture serialize deserialize fsic
                attack_sessions attack_filters sessions
 
 # isolation tester: test/isolation/specs/*.spec against test/isolation/expected/*.out
-ISOLATION      = serialize_commit_order deserialize_vs_local_edit deserialize_insert_deadlock
+ISOLATION      = serialize_commit_order deserialize_vs_local_edit deserialize_insert_deadlock \
+                 queue_vs_serialize
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION)
 
 # pg_regress and pg_isolation_regress each initdb a temporary instance

@@ -10,14 +10,19 @@
  *		point[:k]:action
  *
  * point is where the steps call morango_fault(): serialize (its end),
- * queue (its end), send_chunk (a chunk packed to be sent), receive_chunk
+ * queue_candidates (queue, between reading its candidates and buffering
+ * them), queue (its end), send_chunk (a chunk packed to be sent), receive_chunk
  * (a chunk stored), dequeue (between the merge into the store and the
  * emptying of the buffer) or deserialize (after a batch is written).  The
  * fault fires at the k-th time this process reaches the point (1 if k is
  * left out); setting the value again starts counting anew.  action is
  * error (an ERROR there), kill (SIGKILL of this process there, before its
  * transaction commits) or kill_after_commit (SIGKILL as soon as the
- * transaction that reached the point has committed).  A killed backend
+ * transaction that reached the point has committed) or wait (take the
+ * transaction-level advisory lock MORANGO_FAULT_WAIT_LOCK, 8111, so that a
+ * test holding pg_advisory_lock(8111) decides when the step goes on: the
+ * isolation specs use it to place a concurrent transaction exactly
+ * there).  A killed backend
  * makes the postmaster restart the server as after a crash.
  *
  * The same step functions serve the sync worker and the peer API, so
@@ -39,15 +44,20 @@
 
 #include "access/xact.h"
 #include "miscadmin.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 
 #include "morango.h"
+
+/* the advisory lock the wait action takes (pg_advisory_lock(8111) in a test) */
+#define MORANGO_FAULT_WAIT_LOCK 8111
 
 typedef enum FaultAction
 {
 	FAULT_ERROR,
 	FAULT_KILL,
-	FAULT_KILL_AFTER_COMMIT
+	FAULT_KILL_AFTER_COMMIT,
+	FAULT_WAIT
 } FaultAction;
 
 /* the parsed setting (GUC "extra" data: one malloc'd block) */
@@ -59,7 +69,7 @@ typedef struct Fault
 } Fault;
 
 static const char *const fault_points[] = {
-	"serialize", "queue", "send_chunk", "receive_chunk", "dequeue", "deserialize"
+	"serialize", "queue_candidates", "queue", "send_chunk", "receive_chunk", "dequeue", "deserialize"
 };
 
 static char *fault_setting = NULL;
@@ -133,9 +143,11 @@ fault_parse(const char *value, Fault *f)
 		f->action = FAULT_KILL;
 	else if (strcmp(action, "kill_after_commit") == 0)
 		f->action = FAULT_KILL_AFTER_COMMIT;
+	else if (strcmp(action, "wait") == 0)
+		f->action = FAULT_WAIT;
 	else
 	{
-		GUC_check_errdetail("The action must be error, kill or kill_after_commit.");
+		GUC_check_errdetail("The action must be error, kill, kill_after_commit or wait.");
 		return false;
 	}
 	return true;
@@ -236,6 +248,11 @@ morango_fault(const char *point)
 			break;
 		case FAULT_KILL_AFTER_COMMIT:
 			kill_at_commit = true;
+			break;
+		case FAULT_WAIT:
+			/* until the test releases its lock: an interleaving, on cue */
+			(void) DirectFunctionCall1(pg_advisory_xact_lock_int8,
+									   Int64GetDatum(MORANGO_FAULT_WAIT_LOCK));
 			break;
 	}
 }

@@ -110,16 +110,26 @@ candidates_sql(int ninst)
  * $1 ts: this database's current instance and the highest counter this
  * side's FSIC (raw v2, the session's local_fsic) claims for it (0 if none)
  */
-static const char *own_claim_sql =
-"SELECT i.id, COALESCE((SELECT max((e.value)::bigint)"
-"                       FROM (SELECT t.local_fsic->'super' UNION ALL SELECT t.local_fsic->'sub') AS m(map),"
-"                            pg_catalog.jsonb_each(m.map) AS p, pg_catalog.jsonb_each_text(p.value) AS e"
-"                       WHERE e.key::uuid = i.id), 0)"
-" FROM morango.instances i, morango.transfer_sessions t WHERE i.current AND t.id = $1";
+#define OWN_CLAIM_SELECT \
+"SELECT i.id, COALESCE((SELECT max((e.value)::bigint)" \
+"                       FROM (SELECT t.local_fsic->'super' UNION ALL SELECT t.local_fsic->'sub') AS m(map)," \
+"                            pg_catalog.jsonb_each(m.map) AS p, pg_catalog.jsonb_each_text(p.value) AS e" \
+"                       WHERE e.key::uuid = i.id), 0)" \
+" FROM morango.instances i, morango.transfer_sessions t WHERE i.current AND t.id = $1"
 
-/* $1 ts, $2 the ids of the records to queue: into the buffer, numbered by id */
+static const char *own_claim_sql = OWN_CLAIM_SELECT;
+
+/*
+ * $1 ts, $2 the ids of the records to queue: into the buffer, numbered by
+ * id.  The bound of the header comment again, on the rows as this
+ * statement reads them: a record that got a version of our own above our
+ * claim after the candidates were read (a concurrent serialize or conflict
+ * merge committed in between) is left for the next sync, as the
+ * candidates' bound would have left it; queued, its chunk would be refused
+ * by every attempt to send it.
+ */
 static const char *insert_sql =
-"WITH ins AS ("
+"WITH own (id, claim) AS (" OWN_CLAIM_SELECT "), ins AS ("
 "  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
 "      partition, source_id, serialized, deleted, hard_deleted,"
 "      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
@@ -127,6 +137,8 @@ static const char *insert_sql =
 "         s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,"
 "         s.last_saved_instance, s.last_saved_counter, s.conflicting_serialized_data"
 "  FROM pg_catalog.unnest($2::uuid[]) AS sel(id) JOIN morango.store s ON s.id = sel.id"
+"  WHERE NOT EXISTS (SELECT 1 FROM morango.record_max_counters r, own"
+"                    WHERE r.record_id = s.id AND r.instance_id = own.id AND r.counter > own.claim)"
 "  RETURNING record_id"
 "), rm AS ("
 "  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
@@ -297,6 +309,7 @@ queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+	morango_fault("queue_candidates");
 	elems = palloc_extended(sizeof(Datum) * Max(nids, 1), MCXT_ALLOC_HUGE);
 	for (int64 i = 0; i < nids; i++)
 		elems[i] = UUIDPGetDatum(&ids[i]);

@@ -60,7 +60,7 @@ my $schema = q{
 };
 
 # the conflict history kept whole: the oracle below looks for every write in it
-my $whole_history = "morango.max_conflict_entries = 1000000\nmorango.max_conflict_bytes = '256MB'";
+my $whole_history = "morango.max_conflict_entries = 1000000\nmorango.max_conflict_bytes = '255MB'";
 
 my $server = PostgreSQL::Test::Cluster->new('server');
 $server->init;
