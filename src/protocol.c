@@ -340,6 +340,24 @@ morango_auth_reply_decode(const char *what, const char *json, MemoryContext mcxt
 
 /* ---- the steps ---- */
 
+/*
+ * Each step that does a record's work runs it as one statement of its SQL
+ * function (SELECT morango.serialize(...), queue(...), dequeue(...),
+ * deserialize(...)), on both sides: its cost shows under that name in
+ * pg_stat_statements and pg_stat_activity, wherever it ran, and the
+ * benchmarks read their stage times from there.
+ */
+
+/* column col (1-based) of the first row of the last SPI result, as int8 */
+static int64
+spi_int8(int col)
+{
+	bool		isnull;
+	Datum		v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(v);
+}
+
 /* the first column of the first row of the last SPI result, as text */
 static char *
 spi_text(void)
@@ -363,7 +381,8 @@ morango_step_prepare(MorangoTransfer *t, const char *remote_fsic, const char *pe
 	char	   *fsic;
 
 	if (!t->receiver)
-		(void) morango_serialize_internal(t->profile, false, t->filter, false);
+		morango_spi_exec("SELECT morango.serialize($1, $2)", 2, (Oid[]) {TEXTOID, TEXTARRAYOID},
+						 (Datum[]) {t->profile, t->filter}, NULL, SPI_OK_SELECT);
 	morango_spi_exec("SELECT morango.fsic($1, $2)::text", 2, (Oid[]) {TEXTOID, TEXTARRAYOID},
 					 (Datum[]) {t->profile, t->filter}, NULL, SPI_OK_SELECT);
 	fsic = spi_text();
@@ -379,11 +398,14 @@ morango_step_prepare(MorangoTransfer *t, const char *remote_fsic, const char *pe
  * morango_step_queue
  *		The producer's queue: with the receiver's FSIC (remote_fsic, if
  *		not recorded yet), fill the outgoing buffer with what it lacks
- *		(queue.c).  Returns the number of records queued.
+ *		(morango.queue(), queue.c); t is read again after it.  Returns the
+ *		number of records queued.
  */
 int64
 morango_step_queue(MorangoTransfer *t, const char *remote_fsic)
 {
+	int64		total;
+
 	if (remote_fsic)
 	{
 		MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;
@@ -391,7 +413,10 @@ morango_step_queue(MorangoTransfer *t, const char *remote_fsic)
 		u.remote_fsic = remote_fsic;
 		morango_transfer_transition(t, t->stage, t->status, &u);
 	}
-	return morango_queue_transfer(t);
+	morango_spi_exec("SELECT morango.queue($1)", 1, (Oid[]) {UUIDOID}, &t->id, NULL, SPI_OK_SELECT);
+	total = spi_int8(1);
+	*t = *morango_transfer_fetch(t->id);	/* queue moved it */
+	return total;
 }
 
 /*
@@ -483,7 +508,10 @@ morango_step_receive_chunk(Datum ts, text *packed)
 void
 morango_step_merge(Datum ts, int64 *counts)
 {
-	morango_dequeue_internal(ts, counts);
+	morango_spi_exec("SELECT * FROM morango.dequeue($1)", 1, (Oid[]) {UUIDOID}, &ts, NULL,
+					 SPI_OK_SELECT);
+	for (int i = 0; i < 4; i++)
+		counts[i] = spi_int8(i + 1);
 }
 
 /*
@@ -495,8 +523,10 @@ morango_step_merge(Datum ts, int64 *counts)
 void
 morango_step_apply(MorangoTransfer *t, int64 *counts)
 {
-	morango_deserialize_internal(TextDatumGetCString(t->profile), t->filter, false,
-								 &counts[0], &counts[1], &counts[2]);
+	morango_spi_exec("SELECT * FROM morango.deserialize($1, $2)", 2, (Oid[]) {TEXTOID, TEXTARRAYOID},
+					 (Datum[]) {t->profile, t->filter}, NULL, SPI_OK_SELECT);
+	for (int i = 0; i < 3; i++)
+		counts[i] = spi_int8(i + 1);
 	morango_transfer_transition(t, MORANGO_STAGE_CLEANUP, MORANGO_STATUS_STARTED,
 								&MORANGO_TRANSFER_KEEP);
 }
