@@ -391,15 +391,8 @@ open_local(Driver *d, Run *r)
 	MemoryContext oldcxt;
 
 	local_begin(r->push ? "morango sync: open push" : "morango sync: open pull");
-	memset(&a, 0, sizeof(a));
-	a.sync_session = d->session_id;
-	a.transfer_session = r->ts_id;
-	a.profile = d->profile;
-	a.is_server = false;
-	a.push = r->push;
-	a.filter = text_array(d->filter);
+	morango_open_args(&a, d->session_id, r->ts_id, d->profile, false, r->push, text_array(d->filter));
 	a.peer = d->peer_display;
-	a.peer_instance_null = true;
 	a.direction = d->args->direction;
 	t = morango_transfer_open(&a, &resumed);
 	oldcxt = MemoryContextSwitchTo(d->cxt);

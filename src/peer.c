@@ -560,13 +560,11 @@ morango_peer_begin(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("peer_begin: the profile name is longer than 1000 bytes")));
 
-	memset(&a, 0, sizeof(a));
-	a.sync_session = PG_GETARG_DATUM(1);
-	a.transfer_session = PG_GETARG_DATUM(2);
-	a.profile = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	a.is_server = true;
-	a.push = PG_GETARG_BOOL(4);
+	/* (the filter, once checked below) */
+	morango_open_args(&a, PG_GETARG_DATUM(1), PG_GETARG_DATUM(2), text_to_cstring(PG_GETARG_TEXT_PP(3)),
+					  true, PG_GETARG_BOOL(4), (Datum) 0);
 	a.peer_instance = PG_GETARG_DATUM(6);
+	a.peer_instance_null = false;
 
 	spi_begin();
 	morango_spi_exec("SELECT morango.peer_options_check($1)", 1, (Oid[]) {JSONBOID},

@@ -87,6 +87,13 @@ add_bool(StringInfo buf, const char *key, bool value)
 	add_json(buf, key, value ? "true" : "false");
 }
 
+static void
+start_object(StringInfo buf)
+{
+	initStringInfo(buf);
+	appendStringInfoChar(buf, '{');
+}
+
 static Datum
 finish_object(StringInfo buf)
 {
@@ -107,8 +114,7 @@ morango_begin_reply_encode(const MorangoBeginReply *r)
 {
 	StringInfoData buf;
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
+	start_object(&buf);
 	add_bool(&buf, "active", r->active);
 	add_bool(&buf, "resumed", r->resumed);
 	add_string(&buf, "stage", r->stage);
@@ -135,8 +141,7 @@ morango_chunk_encode(const MorangoChunk *c)
 {
 	StringInfoData buf;
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
+	start_object(&buf);
 	add_string(&buf, "packed", c->packed);
 	add_int(&buf, "last_seq", c->last_seq, false);
 	add_int(&buf, "records", c->records, false);
@@ -155,8 +160,7 @@ morango_finish_reply_encode(const MorangoFinishReply *r)
 	static const char *const ds[] = {"deserialized", "deleted", "failed"};
 	StringInfoData buf;
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
+	start_object(&buf);
 	add_string(&buf, "stage", r->stage);
 	add_string(&buf, "status", r->status);
 	if (r->merged)

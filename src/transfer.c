@@ -501,6 +501,26 @@ morango_transfer_last_seq(Datum ts)
 }
 
 /*
+ * morango_open_args
+ *		Fill *a for morango_transfer_open(): the sessions, profile, side,
+ *		direction and filter; no peer, peer instance or client direction
+ *		(the caller sets those it has).
+ */
+void
+morango_open_args(MorangoOpenArgs *a, Datum sync_session, Datum transfer_session,
+				  const char *profile, bool is_server, bool push, Datum filter)
+{
+	memset(a, 0, sizeof(*a));
+	a->sync_session = sync_session;
+	a->transfer_session = transfer_session;
+	a->profile = profile;
+	a->is_server = is_server;
+	a->push = push;
+	a->filter = filter;
+	a->peer_instance_null = true;
+}
+
+/*
  * morango_transfer_open
  *		Open, or find again, transfer session a->transfer_session and its
  *		sync session on this side (the initiator: is_server false; the
@@ -722,13 +742,9 @@ morango_transfer_open_sql(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("transfer_open: an argument is missing")));
-	memset(&a, 0, sizeof(a));
-	a.sync_session = PG_GETARG_DATUM(0);
-	a.transfer_session = PG_GETARG_DATUM(1);
-	a.profile = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	a.is_server = PG_GETARG_BOOL(3);
-	a.push = PG_GETARG_BOOL(4);
-	a.filter = PG_GETARG_DATUM(5);
+	morango_open_args(&a, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1),
+					  text_to_cstring(PG_GETARG_TEXT_PP(2)), PG_GETARG_BOOL(3), PG_GETARG_BOOL(4),
+					  PG_GETARG_DATUM(5));
 	a.peer = PG_ARGISNULL(6) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(6));
 	a.peer_instance_null = PG_ARGISNULL(7);
 	a.peer_instance = a.peer_instance_null ? (Datum) 0 : PG_GETARG_DATUM(7);

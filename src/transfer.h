@@ -146,6 +146,8 @@ typedef struct MorangoOpenArgs
 	const char *direction;		/* the client's; NULL */
 } MorangoOpenArgs;
 
+extern void morango_open_args(MorangoOpenArgs *a, Datum sync_session, Datum transfer_session,
+							  const char *profile, bool is_server, bool push, Datum filter);
 extern MorangoTransfer *morango_transfer_open(const MorangoOpenArgs *a, bool *resumed);
 extern int64 morango_transfer_last_seq(Datum ts);
 
