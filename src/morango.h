@@ -5,14 +5,18 @@
  *
  * Each step of a record's path has its own file: capture.c (trigger ->
  * morango.changes), serialize.c (changes -> store, stamped), queue.c
- * (store -> outgoing buffer), sync.c + transport.c (the wire), buffer.c
+ * (store -> outgoing buffer), pack.c + transport.c (the wire), buffer.c
  * (incoming buffer), dequeue.c (merge into the store), deserialize.c
  * (store -> application table).  registry.c knows which tables are
  * registered; idrule.c, filter.c and fsic.c are pure.  The steps share
  * spi.c (checked SPI calls), owner.c (statements as a table's owner),
  * counters.c (the instance lock, counters, database max counters) and
  * textutil.c (uuid parsing, the prefix predicate; pure, textutil.h).
- * Dependencies point one way: sync -> steps -> registry -> pure parts.
+ * The control plane: transfer.c (session state, transfer.h), protocol.c
+ * (the steps both sides run, the typed replies, protocol.h), peer.c (the
+ * responder), driver.c and worker.c (the initiator, driver.h).
+ * Dependencies point one way: worker -> driver -> protocol <- peer;
+ * protocol -> steps -> transfer -> registry -> pure parts.
  *
  * IDENTIFICATION
  *		src/morango.h
