@@ -126,10 +126,15 @@ static const char *own_claim_sql = OWN_CLAIM_SELECT;
  * claim after the candidates were read (a concurrent serialize or conflict
  * merge committed in between) is left for the next sync, as the
  * candidates' bound would have left it; queued, its chunk would be refused
- * by every attempt to send it.
+ * by every attempt to send it.  (Usually none: read from the index of
+ * record_max_counters by instance and counter, as the candidates' bound.)
  */
 static const char *insert_sql =
-"WITH own (id, claim) AS (" OWN_CLAIM_SELECT "), ins AS ("
+"WITH own (id, claim) AS (" OWN_CLAIM_SELECT "),"
+" over AS MATERIALIZED ("
+"  SELECT r.record_id FROM own, morango.record_max_counters r"
+"  WHERE r.instance_id = own.id AND r.counter > own.claim"
+"), ins AS ("
 "  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
 "      partition, source_id, serialized, deleted, hard_deleted,"
 "      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
@@ -137,8 +142,7 @@ static const char *insert_sql =
 "         s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,"
 "         s.last_saved_instance, s.last_saved_counter, s.conflicting_serialized_data"
 "  FROM pg_catalog.unnest($2::uuid[]) AS sel(id) JOIN morango.store s ON s.id = sel.id"
-"  WHERE NOT EXISTS (SELECT 1 FROM morango.record_max_counters r, own"
-"                    WHERE r.record_id = s.id AND r.instance_id = own.id AND r.counter > own.claim)"
+"  WHERE NOT EXISTS (SELECT 1 FROM over WHERE over.record_id = s.id)"
 "  RETURNING record_id"
 "), rm AS ("
 "  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
