@@ -110,40 +110,23 @@ candidates_sql(int ninst)
  * $1 ts: this database's current instance and the highest counter this
  * side's FSIC (raw v2, the session's local_fsic) claims for it (0 if none)
  */
-#define OWN_CLAIM_SELECT \
-"SELECT i.id, COALESCE((SELECT max((e.value)::bigint)" \
-"                       FROM (SELECT t.local_fsic->'super' UNION ALL SELECT t.local_fsic->'sub') AS m(map)," \
-"                            pg_catalog.jsonb_each(m.map) AS p, pg_catalog.jsonb_each_text(p.value) AS e" \
-"                       WHERE e.key::uuid = i.id), 0)" \
-" FROM morango.instances i, morango.transfer_sessions t WHERE i.current AND t.id = $1"
+static const char *own_claim_sql =
+"SELECT i.id, COALESCE((SELECT max((e.value)::bigint)"
+"                       FROM (SELECT t.local_fsic->'super' UNION ALL SELECT t.local_fsic->'sub') AS m(map),"
+"                            pg_catalog.jsonb_each(m.map) AS p, pg_catalog.jsonb_each_text(p.value) AS e"
+"                       WHERE e.key::uuid = i.id), 0)"
+" FROM morango.instances i, morango.transfer_sessions t WHERE i.current AND t.id = $1";
 
-static const char *own_claim_sql = OWN_CLAIM_SELECT;
-
-/*
- * $1 ts, $2 the ids of the records to queue: into the buffer, numbered by
- * id.  The bound of the header comment again, on the rows as this
- * statement reads them: a record that got a version of our own above our
- * claim after the candidates were read (a concurrent serialize or conflict
- * merge committed in between) is left for the next sync, as the
- * candidates' bound would have left it; queued, its chunk would be refused
- * by every attempt to send it.  (Usually none: read from the index of
- * record_max_counters by instance and counter, as the candidates' bound.)
- */
+/* $1 ts, $2 the ids of the records to queue: into the buffer, numbered by id */
 static const char *insert_sql =
-"WITH own (id, claim) AS (" OWN_CLAIM_SELECT "),"
-" over AS MATERIALIZED ("
-"  SELECT r.record_id FROM own, morango.record_max_counters r"
-"  WHERE r.instance_id = own.id AND r.counter > own.claim"
-"), ins AS ("
+"WITH ins AS ("
 "  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
 "      partition, source_id, serialized, deleted, hard_deleted,"
 "      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
 "  SELECT $1, row_number() OVER (ORDER BY s.id), s.id, s.profile, s.model_name,"
 "         s.partition, s.source_id, s.serialized, s.deleted, s.hard_deleted,"
 "         s.last_saved_instance, s.last_saved_counter, s.conflicting_serialized_data"
-"  FROM (SELECT u.id FROM pg_catalog.unnest($2::uuid[]) AS u(id)"
-"        WHERE NOT EXISTS (SELECT 1 FROM over WHERE over.record_id = u.id)) AS sel"
-"       JOIN morango.store s ON s.id = sel.id"
+"  FROM pg_catalog.unnest($2::uuid[]) AS sel(id) JOIN morango.store s ON s.id = sel.id"
 "  RETURNING record_id"
 "), rm AS ("
 "  INSERT INTO morango.record_max_counter_buffer (transfer_session_id, record_id, instance_id, counter)"
@@ -337,6 +320,7 @@ morango_queue_transfer(MorangoTransfer *t)
 	bool		isnull;
 	MorangoFsicMap *diff;
 	int64		total;
+	int64		counter;
 	MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;
 
 	if (t->receiver)
@@ -349,6 +333,15 @@ morango_queue_transfer(MorangoTransfer *t)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s has no FSICs yet", t->name),
 				 errhint("Both sides' FSICs are exchanged before queuing.")));
+
+	/*
+	 * Under the instance lock until this transaction ends: no version of
+	 * our own can be committed between reading the candidates and copying
+	 * them (a serialize or a conflict merge waits), so what is copied is
+	 * what the bound chose.  Without it, such a version was copied above
+	 * our claim, and the receiver refused that chunk at every attempt.
+	 */
+	(void) morango_lock_instance(&counter);
 
 	diff = morango_fsic_diff_maps(morango_fsic_expand(t->local_fsic, t->prefixes, t->nfilter),
 								  morango_fsic_expand(t->remote_fsic, t->prefixes, t->nfilter));
