@@ -29,10 +29,13 @@
  * record is left for the next sync, whose FSIC covers its new version;
  * the receiver loses nothing by not getting it now, because the version
  * it would have got then is superseded by that new version, which it will
- * be sent (its counter is above every claim it is given now).  A pull
- * serializes, takes its FSIC and queues in one transaction under the
- * instance lock (morango.peer_begin()), so the bound keeps nothing back
- * there.
+ * be sent (its counter is above every claim it is given now).  Queue holds
+ * the instance lock from before it reads its candidates until its
+ * transaction ends, so that no such version commits between the
+ * candidates and their copy into the buffer (the copy would take it, above
+ * the claim).  A pull serializes, takes its FSIC and queues in one
+ * transaction under the instance lock (morango.peer_begin()), so the
+ * bound keeps nothing back there.
  *
  * IDENTIFICATION
  *		src/queue.c
