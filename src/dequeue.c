@@ -140,14 +140,6 @@ static const char *forward_sql =
 " SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up";
 
 
-static int64
-spi_count(int col)
-{
-	bool		isnull;
-
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull));
-}
-
 /*
  * morango_dequeue_internal
  *		Merge the incoming buffer of transfer session ts into the store.
@@ -198,14 +190,14 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 
 	/* 1. what we already have */
 	morango_spi_exec(ignore_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
-	counts[3] = spi_count(1);
+	counts[3] = morango_spi_int8(1);
 
 	/* 2. conflicts, under a new local counter taken under the instance lock */
 	counter = morango_next_counter(&instance);
 	morango_spi_exec(conflict_sql, 3, (Oid[]) {UUIDOID, UUIDOID, INT8OID},
 					 (Datum[]) {ts, UUIDPGetDatum(instance), Int64GetDatum(counter)},
 					 NULL, SPI_OK_SELECT);
-	counts[2] = spi_count(1);
+	counts[2] = morango_spi_int8(1);
 	conflict_parts = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &conflict_parts_null);
 	if (!conflict_parts_null)
 		conflict_parts = PointerGetDatum(PG_DETOAST_DATUM_COPY(conflict_parts));
@@ -218,8 +210,8 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 
 	/* 3. new records and fast-forwards */
 	morango_spi_exec(forward_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
-	counts[0] = spi_count(1);
-	counts[1] = spi_count(2);
+	counts[0] = morango_spi_int8(1);
+	counts[1] = morango_spi_int8(2);
 	morango_fault("dequeue");
 
 	/* 4. we now hold what the sender held, for this filter */

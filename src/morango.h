@@ -74,6 +74,8 @@ extern int	morango_max_filter_prefix_length;
 extern void morango_spi_connect(void);
 extern uint64 morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 							   const char *nulls, int expected);
+extern Datum morango_spi_value(int col, bool *isnull);
+extern int64 morango_spi_int8(int col);
 extern uint64 morango_spi_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
 								const char *nulls, long tcount);
 extern Portal morango_spi_cursor_open(const char *sql, int nargs, Oid *argtypes, Datum *values,

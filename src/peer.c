@@ -342,8 +342,8 @@ peer_owns(Datum ss, const char *what)
 					 "    OR EXISTS (SELECT 1 FROM morango.session_certificates b"
 					 "               WHERE b.sync_session_id = $1 AND b.peer_role IS DISTINCT FROM morango.peer_role())",
 					 1, (Oid[]) {UUIDOID}, &ss, NULL, SPI_OK_SELECT);
-	known = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	other = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	known = DatumGetBool(morango_spi_value(1, &isnull));
+	other = DatumGetBool(morango_spi_value(2, &isnull));
 	if (other)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
@@ -445,7 +445,7 @@ check_quotas(Datum ts)
 					 "                   WHERE id = $1 AND (active OR status <> 'errored')),"
 					 "       morango.peer_role()::text",
 					 1, (Oid[]) {UUIDOID}, &ts, NULL, SPI_OK_SELECT);
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	if (!DatumGetBool(morango_spi_value(1, &isnull)))
 		return;
 	me = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	morango_spi_exec("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('morango peer transfers'),"
@@ -457,8 +457,8 @@ check_quotas(Datum ts)
 					 " WHERE t.active AND s.is_server",
 					 1, (Oid[]) {NAMEOID}, (Datum[]) {DirectFunctionCall1(namein, CStringGetDatum(me))},
 					 NULL, SPI_OK_SELECT);
-	mine = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	all = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	mine = morango_spi_int8(1);
+	all = morango_spi_int8(2);
 	if (mine >= morango_max_peer_transfers)
 		ereport(ERROR,
 				(errcode(ERRCODE_TOO_MANY_CONNECTIONS),
@@ -493,12 +493,12 @@ check_client_fsic(Datum fsic, Datum filter)
 					 "       AND jsonb_typeof($1->'sub') IS NOT DISTINCT FROM 'object',"
 					 "       pg_catalog.pg_column_size($1)",
 					 1, (Oid[]) {JSONBOID}, &fsic, NULL, SPI_OK_SELECT);
-	shaped = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	shaped = DatumGetBool(morango_spi_value(1, &isnull));
 	if (isnull || !shaped)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("peer_begin: the client FSIC must be {\"super\": {...}, \"sub\": {...}}")));
-	bytes = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	bytes = DatumGetInt32(morango_spi_value(2, &isnull));
 	entries = 0;
 	if (bytes <= 256 * (int64) morango_max_fsic_entries)
 	{
@@ -508,7 +508,7 @@ check_client_fsic(Datum fsic, Datum filter)
 						 "      LATERAL jsonb_object_keys(CASE WHEN jsonb_typeof(p.value) = 'object'"
 						 "                                     THEN p.value ELSE '{}' END) AS i",
 						 1, (Oid[]) {JSONBOID}, &fsic, NULL, SPI_OK_SELECT);
-		entries = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		entries = morango_spi_int8(1);
 	}
 	if (bytes > 256 * (int64) morango_max_fsic_entries || entries > morango_max_fsic_entries)
 		ereport(ERROR,
@@ -570,7 +570,7 @@ morango_peer_begin(PG_FUNCTION_ARGS)
 	morango_spi_exec("SELECT morango.peer_options_check($1)", 1, (Oid[]) {JSONBOID},
 					 (Datum[]) {PG_ARGISNULL(8) ? (Datum) 0 : PG_GETARG_DATUM(8)},
 					 PG_ARGISNULL(8) ? "n" : NULL, SPI_OK_SELECT);
-	opts = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	opts = morango_spi_value(1, &isnull);
 	opts = PointerGetDatum(PG_DETOAST_DATUM_COPY(opts));
 
 	/* the sessions named must be unknown here or this role's */
@@ -579,7 +579,7 @@ morango_peer_begin(PG_FUNCTION_ARGS)
 					 1, (Oid[]) {UUIDOID}, &a.transfer_session, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
-		Datum		other = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		other = morango_spi_value(1, &isnull);
 
 		if (!DatumGetBool(DirectFunctionCall2(uuid_eq, other, a.sync_session)))
 			(void) peer_owns(other, psprintf("transfer session %s", uuid_text(a.transfer_session)));
@@ -645,22 +645,6 @@ morango_peer_begin_v2(PG_FUNCTION_ARGS)
 	PG_RETURN_NULL();
 }
 
-/* an int64 limit of the client's options (jsonb text), or dflt */
-static int64
-option_limit(const char *options, const char *key, int64 dflt)
-{
-	Datum		v;
-	bool		isnull;
-
-	if (options == NULL)
-		return dflt;
-	morango_spi_exec("SELECT ($1::jsonb ->> $2)::bigint", 2, (Oid[]) {TEXTOID, TEXTOID},
-					 (Datum[]) {CStringGetTextDatum(options), CStringGetTextDatum(key)},
-					 NULL, SPI_OK_SELECT);
-	v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? dflt : DatumGetInt64(v);
-}
-
 /*
  * morango.peer_pull_chunk(transfer_session uuid, after_seq bigint,
  *   max_records integer) -> jsonb
@@ -689,11 +673,11 @@ morango_peer_pull_chunk(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("peer_pull_chunk: after_seq must be >= 0 and max_records between 1 and 100000")));
-	max_records = Min(Min((int64) PG_GETARG_INT32(2),
-						  option_limit(t->peer_options, "max_chunk_records", MORANGO_MAX_CHUNK_RECORDS)),
-					  (int64) morango_max_chunk_records);
-	max_bytes = Min(option_limit(t->peer_options, "max_chunk_bytes", MORANGO_MAX_CHUNK_BYTES),
-					(int64) morango_max_chunk_bytes);
+	/* the client's limits, as peer_begin kept them, and ours */
+	morango_limits_decode("peer_begin options", t->peer_options, CurrentMemoryContext,
+						  &max_records, &max_bytes);
+	max_records = Min(Min((int64) PG_GETARG_INT32(2), max_records), (int64) morango_max_chunk_records);
+	max_bytes = Min(max_bytes, (int64) morango_max_chunk_bytes);
 	morango_step_read_chunk(t, PG_GETARG_INT64(1), (int) max_records, max_bytes, &c);
 	morango_step_chunk_sent(t, c.last_seq, strlen(c.packed));
 	result = SPI_datumTransfer(morango_chunk_encode(&c), false, -1);
@@ -851,7 +835,7 @@ call_step(FunctionCallInfo fcinfo, const char *sql, int nargs, Oid *types, int t
 	nulls[nargs] = '\0';
 	spi_begin();
 	morango_spi_exec(sql, nargs, types, values, nulls, SPI_OK_SELECT);
-	v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	v = morango_spi_value(1, &isnull);
 	if (isnull)
 		elog(ERROR, "%s returned null", sql);
 	v = SPI_datumTransfer(v, false, typlen);

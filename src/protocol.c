@@ -278,7 +278,6 @@ morango_begin_reply_decode(const char *what, const char *json, MemoryContext mcx
 {
 	static const char *const keys[] = {"active", "resumed", "stage", "status", "records_total",
 		"records_transferred", "last_seq", "server_fsic", "remote_fsic", "instance_id", "limits"};
-	static const char *const limit_keys[] = {"max_chunk_records", "max_chunk_bytes"};
 	char	   *f[lengthof(keys)];
 
 	json_fields(what, json, mcxt, lengthof(keys), keys, f);
@@ -294,16 +293,28 @@ morango_begin_reply_decode(const char *what, const char *json, MemoryContext mcx
 	r->remote_fsic = f[8];
 	r->instance_id = f[9];
 	r->has_limits = f[10] != NULL;
-	r->max_chunk_records = MORANGO_MAX_CHUNK_RECORDS;
-	r->max_chunk_bytes = MORANGO_MAX_CHUNK_BYTES;
-	if (r->has_limits)
-	{
-		char	   *l[2];
+	morango_limits_decode(what, f[10], mcxt, &r->max_chunk_records, &r->max_chunk_bytes);
+}
 
-		json_fields(what, f[10], mcxt, 2, limit_keys, l);
-		r->max_chunk_records = int_field(what, "max_chunk_records", l[0], MORANGO_MAX_CHUNK_RECORDS);
-		r->max_chunk_bytes = int_field(what, "max_chunk_bytes", l[1], MORANGO_MAX_CHUNK_BYTES);
-	}
+/*
+ * morango_limits_decode
+ *		A side's chunk limits, {"max_chunk_records", "max_chunk_bytes"} as
+ *		json text (NULL: none; then, and for a missing key, the hard
+ *		ceilings MORANGO_MAX_CHUNK_RECORDS and MORANGO_MAX_CHUNK_BYTES):
+ *		the peer's in its begin reply, the client's as the responder kept
+ *		them (transfer_sessions.peer_options).
+ */
+void
+morango_limits_decode(const char *what, const char *json, MemoryContext mcxt,
+					  int64 *max_chunk_records, int64 *max_chunk_bytes)
+{
+	static const char *const limit_keys[] = {"max_chunk_records", "max_chunk_bytes"};
+	char	   *l[2] = {NULL, NULL};
+
+	if (json)
+		json_fields(what, json, mcxt, 2, limit_keys, l);
+	*max_chunk_records = int_field(what, "max_chunk_records", l[0], MORANGO_MAX_CHUNK_RECORDS);
+	*max_chunk_bytes = int_field(what, "max_chunk_bytes", l[1], MORANGO_MAX_CHUNK_BYTES);
 }
 
 /*
@@ -351,16 +362,6 @@ morango_auth_reply_decode(const char *what, const char *json, MemoryContext mcxt
  * pg_stat_statements and pg_stat_activity, wherever it ran, and the
  * benchmarks read their stage times from there.
  */
-
-/* column col (1-based) of the first row of the last SPI result, as int8 */
-static int64
-spi_int8(int col)
-{
-	bool		isnull;
-	Datum		v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
-
-	return isnull ? 0 : DatumGetInt64(v);
-}
 
 /* the first column of the first row of the last SPI result, as text */
 static char *
@@ -418,7 +419,7 @@ morango_step_queue(MorangoTransfer *t, const char *remote_fsic)
 		morango_transfer_transition(t, t->stage, t->status, &u);
 	}
 	morango_spi_exec("SELECT morango.queue($1)", 1, (Oid[]) {UUIDOID}, &t->id, NULL, SPI_OK_SELECT);
-	total = spi_int8(1);
+	total = morango_spi_int8(1);
 	*t = *morango_transfer_fetch(t->id);	/* queue moved it */
 	return total;
 }
@@ -515,7 +516,7 @@ morango_step_merge(Datum ts, int64 *counts)
 	morango_spi_exec("SELECT * FROM morango.dequeue($1)", 1, (Oid[]) {UUIDOID}, &ts, NULL,
 					 SPI_OK_SELECT);
 	for (int i = 0; i < 4; i++)
-		counts[i] = spi_int8(i + 1);
+		counts[i] = morango_spi_int8(i + 1);
 }
 
 /*
@@ -530,7 +531,7 @@ morango_step_apply(MorangoTransfer *t, int64 *counts)
 	morango_spi_exec("SELECT * FROM morango.deserialize($1, $2)", 2, (Oid[]) {TEXTOID, TEXTARRAYOID},
 					 (Datum[]) {t->profile, t->filter}, NULL, SPI_OK_SELECT);
 	for (int i = 0; i < 3; i++)
-		counts[i] = spi_int8(i + 1);
+		counts[i] = morango_spi_int8(i + 1);
 	morango_transfer_transition(t, MORANGO_STAGE_CLEANUP, MORANGO_STATUS_STARTED,
 								&MORANGO_TRANSFER_KEEP);
 }

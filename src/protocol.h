@@ -73,6 +73,8 @@ extern void morango_begin_reply_decode(const char *what, const char *json, Memor
 									   MorangoBeginReply *r);
 extern void morango_chunk_decode(const char *what, const char *json, MemoryContext mcxt,
 								 MorangoChunk *c);
+extern void morango_limits_decode(const char *what, const char *json, MemoryContext mcxt,
+								  int64 *max_chunk_records, int64 *max_chunk_bytes);
 extern void morango_auth_reply_decode(const char *what, const char *json, MemoryContext mcxt,
 									  MorangoAuthReply *r);
 

@@ -90,6 +90,32 @@ morango_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 }
 
 /*
+ * morango_spi_value
+ *		Column col (1-based) of the first row of the last SPI result; sets
+ *		*isnull.  The caller knows that there is a row (an aggregate, or
+ *		it checked SPI_processed).
+ */
+Datum
+morango_spi_value(int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, isnull);
+}
+
+/*
+ * morango_spi_int8
+ *		Column col of the first row of the last SPI result as an int8
+ *		(a count): 0 if it is null.
+ */
+int64
+morango_spi_int8(int col)
+{
+	bool		isnull;
+	Datum		v = morango_spi_value(col, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(v);
+}
+
+/*
  * morango_spi_query
  *		Run the read-only query sql (parameters as morango_spi_exec's) on the
  *		caller's snapshot, SPI's read_only (no new snapshot, no command

@@ -493,11 +493,9 @@ morango_sync_session_touch(Datum id, Datum peer_instance, bool peer_instance_nul
 int64
 morango_transfer_last_seq(Datum ts)
 {
-	bool		isnull;
-
 	morango_spi_exec("SELECT COALESCE(max(seq), 0) FROM morango.buffer WHERE transfer_session_id = $1",
 					 1, (Oid[]) {UUIDOID}, &ts, NULL, SPI_OK_SELECT);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return morango_spi_int8(1);
 }
 
 /*
@@ -554,7 +552,7 @@ morango_transfer_open(const MorangoOpenArgs *a, bool *resumed)
 					 "    OR EXISTS (SELECT 1 FROM morango.scope_definitions d WHERE d.profile = $1)"
 					 "    OR EXISTS (SELECT 1 FROM morango.store s WHERE s.profile = $1)",
 					 1, (Oid[]) {TEXTOID}, &profile, NULL, SPI_OK_SELECT);
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	if (!DatumGetBool(morango_spi_value(1, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("profile %s is not known on this database",
@@ -668,7 +666,6 @@ morango_transfer_open(const MorangoOpenArgs *a, bool *resumed)
 int64
 morango_sessions_expire(Datum older_than)
 {
-	bool		isnull;
 	int64		n;
 
 	morango_spi_exec("WITH stale AS ("
@@ -684,7 +681,7 @@ morango_sessions_expire(Datum older_than)
 					 "    WHERE transfer_session_id = stale.id"
 					 ") SELECT count(*) FROM stale",
 					 1, (Oid[]) {INTERVALOID}, &older_than, NULL, SPI_OK_SELECT);
-	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	n = morango_spi_int8(1);
 
 	/* buffers of sessions that are closed are never needed */
 	morango_spi_exec("WITH b AS (DELETE FROM morango.buffer b USING morango.transfer_sessions t"
@@ -719,7 +716,7 @@ transfer_state_jsonb(MorangoTransfer *t, bool resumed)
 					 " FROM morango.transfer_sessions t WHERE t.id = $1",
 					 2, (Oid[]) {UUIDOID, BOOLOID}, (Datum[]) {t->id, BoolGetDatum(resumed)},
 					 NULL, SPI_OK_SELECT);
-	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+	return SPI_datumTransfer(morango_spi_value(1, &isnull),
 							 false, -1);
 }
 
