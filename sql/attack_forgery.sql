@@ -134,9 +134,9 @@ SELECT morango.register_model('note', 'facilitydata', partition => $$dataset || 
 SELECT * FROM morango.deserialize('facilitydata');
 SELECT id, user_id, body FROM note ORDER BY id;
 SELECT source_id, app_key, dirty_bit, deserialization_error IS NOT NULL AS refused
-FROM morango.store WHERE model_name = 'note' ORDER BY source_id;
+FROM morango.records WHERE model_name = 'note' ORDER BY source_id;
 SELECT regexp_replace(deserialization_error, '[0-9a-f]{32}', '<ds>', 'g') AS why
-FROM morango.store WHERE model_name = 'note' AND deserialization_error IS NOT NULL;
+FROM morango.records WHERE model_name = 'note' AND deserialization_error IS NOT NULL;
 INSERT INTO note VALUES ('n1', :'ds', 'u2', 'the hub''s own');
 SELECT morango.serialize() AS serialized;
 SELECT source_id, replace(partition, :'ds', '<ds>') AS partition, app_key, serialized->>'body' AS body

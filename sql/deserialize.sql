@@ -57,7 +57,7 @@ WHERE model_name IN ('room', 'enrol') AND dirty ORDER BY 1, 2, 3;
 SELECT receive('room', 'school', 'r9', '{"id": "r9", "name": "Late room"}', profile => 'school') IS NOT NULL;
 SELECT * FROM morango.deserialize('school');
 SELECT id, room_id FROM enrol WHERE id = 3;
-SELECT count(*) AS still_failing FROM morango.store WHERE dirty_bit AND profile = 'school';
+SELECT count(*) AS still_failing FROM morango.records WHERE dirty_bit AND profile = 'school';
 
 -- when a batch fails, its records go in one by one; a child listed before
 -- its parent in the same table still goes in after it

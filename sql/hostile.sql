@@ -258,7 +258,7 @@ RESET ROLE;
 -- what landed: the application rows, and the odd model names only in the store
 SELECT id, name FROM facility ORDER BY id COLLATE "C";
 SELECT model_name, partition, source_id, last_saved_counter, dirty_bit
-FROM morango.store WHERE last_saved_instance = 'c0000000-0000-0000-0000-000000000001'
+FROM morango.records WHERE last_saved_instance = 'c0000000-0000-0000-0000-000000000001'
 ORDER BY model_name COLLATE "C", partition COLLATE "C";
 SELECT count(*) AS buffered FROM morango.buffer WHERE transfer_session_id <> '7a000000-0000-0000-0000-000000000005';
 SELECT * FROM morango.check_invariants();

@@ -90,8 +90,9 @@ CREATE TABLE morango.changes (
 /*
  * The store: one serialized copy of every syncable record, local or
  * received, at its last version (last_saved_instance, last_saved_counter).
- * dirty_bit means "holds a version from a peer not yet written to the
- * application table".  app_key ties a record to its application row.
+ * app_key ties a record to its application row.  Whether a record is
+ * dirty (Morango's dirty_bit) is kept apart, in morango.store_dirty, so
+ * that marking it clean does not rewrite this wide row and its indexes.
  */
 CREATE TABLE morango.store (
     id                          uuid PRIMARY KEY,
@@ -106,24 +107,81 @@ CREATE TABLE morango.store (
     last_saved_counter          bigint NOT NULL CHECK (last_saved_counter > 0),
     conflicting_serialized_data jsonb NOT NULL DEFAULT '[]'
         CHECK (jsonb_typeof(conflicting_serialized_data) = 'array'),
-    dirty_bit                   boolean NOT NULL DEFAULT false,
-    deserialization_error       text,
     last_transfer_session_id    uuid,
     app_key                     text
 );
 CREATE UNIQUE INDEX store_app_key ON morango.store (profile, model_name, app_key);
-CREATE INDEX store_partition ON morango.store (partition text_pattern_ops);
-CREATE INDEX store_dirty ON morango.store (profile, model_name, id) WHERE dirty_bit;
 CREATE INDEX store_version ON morango.store (last_saved_instance, last_saved_counter);
 
-/* Version vector of each record: the highest counter of every instance that wrote it. */
+/*
+ * The dirty records: a row per store record that holds a version from a
+ * peer not yet written to its application table (Morango's dirty_bit).
+ * dequeue inserts it, deserialize deletes it once the row is written, or
+ * sets error when the record cannot be written yet; a local edit
+ * (serialize) deletes it too, its version winning.  keyed says app_key was
+ * computed from this version's data (at receive, from the registration of
+ * the time), so that deserialize does not compute it again.  Narrow on
+ * purpose: no foreign key to the store (its rows are never deleted by the
+ * extension; deserialize joins the store), one index.
+ */
+CREATE TABLE morango.store_dirty (
+    profile             text NOT NULL,
+    model_name          text NOT NULL,
+    id                  uuid NOT NULL,
+    keyed               boolean NOT NULL DEFAULT false,
+    error               text,
+    PRIMARY KEY (profile, model_name, id)
+);
+
+/*
+ * The store as users read it: every record with its dirty mark and the
+ * reason it could not be written, if any.
+ */
+CREATE VIEW morango.records AS
+SELECT s.id, s.profile, s.model_name, s.partition, s.source_id, s.serialized,
+       s.deleted, s.hard_deleted, s.last_saved_instance, s.last_saved_counter,
+       s.conflicting_serialized_data, d.id IS NOT NULL AS dirty_bit,
+       d.error AS deserialization_error, s.last_transfer_session_id, s.app_key
+FROM morango.store s
+LEFT JOIN morango.store_dirty d
+  ON d.profile = s.profile AND d.model_name = s.model_name AND d.id = s.id;
+
+/*
+ * Version vector of each record: the highest counter of every instance that
+ * wrote it.  No foreign key to the store: its rows are only ever written
+ * by the statements that write their store row (serialize, dequeue), and
+ * a key check per version vector row cost a measurable share of both
+ * (doc/design.md, "Performance"); a deleted store row takes its version
+ * vector and its dirty mark with it (morango.store_deleted()).
+ */
 CREATE TABLE morango.record_max_counters (
-    record_id           uuid NOT NULL REFERENCES morango.store (id) ON DELETE CASCADE,
+    record_id           uuid NOT NULL,
     instance_id         uuid NOT NULL,
     counter             bigint NOT NULL CHECK (counter > 0),
     PRIMARY KEY (record_id, instance_id)
 );
 CREATE INDEX record_max_counters_instance ON morango.record_max_counters (instance_id, counter);
+
+/*
+ * The extension never deletes store rows; when an administrator does, the
+ * records' version vectors and dirty marks go too.  A statement trigger:
+ * it costs nothing on the inserts and updates of a sync.
+ */
+CREATE FUNCTION morango.store_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM morango.record_max_counters r USING gone g WHERE r.record_id = g.id;
+    DELETE FROM morango.store_dirty d USING gone g
+    WHERE d.profile = g.profile AND d.model_name = g.model_name AND d.id = g.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER store_deleted AFTER DELETE ON morango.store
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION morango.store_deleted();
 
 /*
  * "For records of profile `profile` under partition prefix `partition`,
@@ -233,6 +291,10 @@ CREATE TABLE morango.buffer (
     last_saved_instance         uuid NOT NULL,
     last_saved_counter          bigint NOT NULL CHECK (last_saved_counter > 0),
     conflicting_serialized_data jsonb NOT NULL DEFAULT '[]',
+    -- on the receiver: the application key the record's data gives under
+    -- this database's registration of its model, computed at receive
+    -- (NULL where it could not be: dequeue leaves those to deserialize)
+    app_key                     text,
     PRIMARY KEY (transfer_session_id, record_id),
     UNIQUE (transfer_session_id, seq)
 );
@@ -251,6 +313,7 @@ CREATE TABLE morango.record_max_counter_buffer (
 SELECT pg_catalog.pg_extension_config_dump('morango.models', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.changes', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.store', '');
+SELECT pg_catalog.pg_extension_config_dump('morango.store_dirty', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.record_max_counters', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.database_max_counters', '');
 SELECT pg_catalog.pg_extension_config_dump('morango.sync_sessions', '');

@@ -93,7 +93,7 @@ SELECT morango.register_model('item', 'facilitydata', partition => $$'z:' || zon
 -- a pull: the hub serializes (the cast to json, the partition expression)
 SELECT morango.sync(:'hub', 'facilitydata', direction => 'pull') IS NOT NULL AS pulled;
 -- (the laptop's table has no column stamp: the pulled row waits here)
-SELECT source_id, deserialization_error FROM morango.store WHERE dirty_bit;
+SELECT source_id, deserialization_error FROM morango.records WHERE dirty_bit;
 -- a push of a new row without a stamp: the hub's column default fills it
 INSERT INTO item VALUES (2, 'b', 'two', 'cross');
 SELECT morango.sync(:'hub', 'facilitydata', direction => 'push') IS NOT NULL AS pushed;

@@ -34,16 +34,19 @@ CREATE FUNCTION receive(model text, part text, src text, data jsonb,
 RETURNS uuid LANGUAGE sql AS $$
     WITH s AS (
         INSERT INTO morango.store AS s (id, profile, model_name, partition, source_id, serialized,
-                                        deleted, hard_deleted, last_saved_instance, last_saved_counter,
-                                        dirty_bit)
+                                        deleted, hard_deleted, last_saved_instance, last_saved_counter)
         VALUES (morango.record_id(part, src, model), profile, model, part, src,
                 CASE WHEN is_hard THEN '{}' ELSE data END, is_deleted OR is_hard, is_hard,
-                'aaaaaaaa-0000-0000-0000-000000000000', ctr, true)
+                'aaaaaaaa-0000-0000-0000-000000000000', ctr)
         ON CONFLICT (id) DO UPDATE SET serialized = EXCLUDED.serialized, deleted = EXCLUDED.deleted,
             hard_deleted = EXCLUDED.hard_deleted, last_saved_instance = EXCLUDED.last_saved_instance,
-            last_saved_counter = EXCLUDED.last_saved_counter, dirty_bit = true,
-            deserialization_error = NULL
-        RETURNING id
+            last_saved_counter = EXCLUDED.last_saved_counter
+        RETURNING id, profile, model_name
+    ), d AS (
+        -- dirty, its key not computed yet
+        INSERT INTO morango.store_dirty AS d (profile, model_name, id)
+        SELECT profile, model_name, id FROM s
+        ON CONFLICT (profile, model_name, id) DO UPDATE SET keyed = false, error = NULL
     )
     -- and its version vector holds that version, as after a dequeue
     INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)
@@ -62,7 +65,7 @@ SELECT s.model_name, s.partition, s.source_id, s.serialized, s.deleted, s.hard_d
                WHERE m.profile = s.profile AND m.model_name = s.model_name AND c.key = s.app_key) AS changed,
        s.dirty_bit AS dirty, s.deserialization_error AS error,
        jsonb_array_length(s.conflicting_serialized_data) AS conflicts
-FROM morango.store s;
+FROM morango.records s;
 
 -- Test helper: the changes waiting for serialize
 CREATE VIEW changes_view AS

@@ -30,6 +30,8 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -50,10 +52,10 @@ PG_FUNCTION_INFO_V1(morango_version_vector_check);
 	"  conflicting_serialized_data jsonb, rmcs jsonb)"
 
 /*
- * $1 ts, $2 chunk, $3 profile, $4 filter: one pass over the chunk.  The
- * first bad record, if any, is returned and then nothing is inserted;
- * otherwise the records not buffered yet are inserted, and their number
- * returned.
+ * $1 ts, $2 chunk, $3 profile, $4 filter, $5 and $6 the application keys of
+ * records (chunk_keys): one pass over the chunk.  The first bad record, if
+ * any, is returned and then nothing is inserted; otherwise the records not
+ * buffered yet are inserted with their keys, and their number returned.
  */
 static const char *receive_sql =
 "WITH c AS MATERIALIZED (" CHUNK_ROWS "), v AS ("
@@ -100,11 +102,13 @@ static const char *receive_sql =
 "), ins AS ("
 "  INSERT INTO morango.buffer (transfer_session_id, seq, record_id, profile, model_name,"
 "      partition, source_id, serialized, deleted, hard_deleted,"
-"      last_saved_instance, last_saved_counter, conflicting_serialized_data)"
+"      last_saved_instance, last_saved_counter, conflicting_serialized_data, app_key)"
 "  SELECT $1, c.seq, c.id, c.profile, c.model_name, c.partition, c.source_id, c.serialized,"
 "         c.deleted, c.hard_deleted, c.last_saved_instance, c.last_saved_counter,"
-"         COALESCE(c.conflicting_serialized_data, '[]'::jsonb)"
-"  FROM c WHERE NOT EXISTS (SELECT 1 FROM bad)"
+"         COALESCE(c.conflicting_serialized_data, '[]'::jsonb), k.key"
+"  FROM c LEFT JOIN ROWS FROM (pg_catalog.unnest($5::uuid[]), pg_catalog.unnest($6::text[]))"
+"         AS k(id, key) ON k.id = c.id"
+"  WHERE NOT EXISTS (SELECT 1 FROM bad)"
 "  ON CONFLICT (transfer_session_id, record_id) DO NOTHING"
 "  RETURNING record_id"
 "), rm AS ("
@@ -327,33 +331,132 @@ verify_error_callback(void *arg)
 }
 
 /*
- * verify_chunk
- *		Every live or soft-deleted record of chunk jb (already validated by
- *		receive_sql) whose model is registered here for the session's
- *		profile with verify must have the partition, and for a key-derived
- *		source id the source id, that this database's registered
- *		expressions give for its data (morango-semantics.md 2.1; issue 12
- *		item 1): else a peer could file data under a partition its scope
- *		allows while the data says it belongs to another one (a learner
- *		writing another's grade).  Raises, naming the first bad record;
- *		the caller's transaction then stores nothing.  Hard-deleted records,
- *		and tombstones without data (Morango's own conflict merge makes
- *		some), carry nothing to check: their id alone (the id rule) ties
- *		them to their partition, and they can only delete the row of a
- *		record with that id.  Records of models not registered here are checked by
- *		deserialize, before they are ever written into a table.  The
- *		expressions run as the table's owner (owner.c), one statement per
- *		model in the chunk.
+ * The records of chunk $1 (x) with their data as rows of the model's table
+ * (r; format arguments: the table, the part of x.serialized to read) and
+ * what its expressions give (the third argument: morango_expressions_sql)
+ */
+#define CHUNK_AS_ROWS \
+	" FROM pg_catalog.jsonb_to_recordset($1) AS x(id uuid, model_name text," \
+	"      partition text, source_id text, serialized jsonb, deleted boolean," \
+	"      hard_deleted boolean)," \
+	"      pg_catalog.jsonb_populate_record(NULL::%s," \
+	"          CASE WHEN pg_catalog.jsonb_typeof(x.serialized) = 'object'" \
+	"               THEN %s ELSE '{}'::jsonb END) AS r, %s"
+
+/*
+ * What chunk_keys learned from a chunk: the application keys of its
+ * records (ids[i] has keys[i]), the first record whose data does not give
+ * its partition (forged, the error to raise), and the verified models
+ * whose records' data could not be read at all (verify_chunk names the
+ * first bad one).
+ */
+typedef struct ChunkKeys
+{
+	int			n;
+	int			max;
+	Datum	   *ids;			/* uuid */
+	Datum	   *keys;			/* text */
+	char	   *forged;
+	List	   *unread;			/* MorangoModel * */
+} ChunkKeys;
+
+/* one model's keys statement, as the table's owner (morango_try) */
+typedef struct KeysRun
+{
+	MorangoModel *m;
+	const char *sql;
+	Datum		chunk;
+	ChunkKeys  *ck;
+	const char *tsname;
+} KeysRun;
+
+/* the forged-record error of chunk_keys and verify_chunk */
+static char *
+forged_message(MorangoModel *m, const char *tsname, HeapTuple tup, TupleDesc desc, int first)
+{
+	char	   *id = SPI_getvalue(tup, desc, first);
+	char	   *part = SPI_getvalue(tup, desc, first + 1);
+	char	   *src = SPI_getvalue(tup, desc, first + 2);
+	char	   *p = SPI_getvalue(tup, desc, first + 3);
+	char	   *sid = SPI_getvalue(tup, desc, first + 4);
+	char	   *what = m->verify_source ?
+		psprintf("partition %s and source id %s", quote_literal_cstr(part), quote_literal_cstr(src)) :
+		psprintf("partition %s", quote_literal_cstr(part));
+	char	   *gives = m->verify_source ?
+		psprintf("%s and %s", p ? quote_literal_cstr(p) : "NULL", sid ? quote_literal_cstr(sid) : "NULL") :
+		(p ? quote_literal_cstr(p) : "NULL");
+
+	return psprintf("rejected a chunk for transfer session %s: record %s has %s, but its data gives %s"
+					" under this database's registration of model \"%s\"",
+					tsname, id, what, gives, m->model_name);
+}
+
+static void
+keys_run(void *arg)
+{
+	KeysRun    *k = (KeysRun *) arg;
+	ChunkKeys  *ck = k->ck;
+	uint64		n;
+
+	n = morango_owner_exec(k->m->relid, k->sql, 3, (Oid[]) {JSONBOID, TEXTOID, BOOLOID},
+						   (Datum[]) {k->chunk, CStringGetTextDatum(k->m->model_name),
+						   BoolGetDatum(k->m->verify_source)},
+						   NULL, SPI_OK_SELECT);
+	if (ck->n + (int) n > ck->max)
+	{
+		ck->max = Max(ck->max * 2, ck->n + (int) n);
+		ck->ids = repalloc(ck->ids, sizeof(Datum) * ck->max);
+		ck->keys = repalloc(ck->keys, sizeof(Datum) * ck->max);
+	}
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *key = SPI_getvalue(tup, desc, 2);
+
+		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)) && ck->forged == NULL)
+			ck->forged = forged_message(k->m, k->tsname, tup, desc, 4);
+		if (key == NULL)
+			continue;
+		ck->ids[ck->n] = DirectFunctionCall1(uuid_in, CStringGetDatum(SPI_getvalue(tup, desc, 1)));
+		ck->keys[ck->n] = CStringGetTextDatum(key);
+		ck->n++;
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * chunk_keys
+ *		For every record of chunk (a jsonb array not yet validated by
+ *		receive_sql, but by check_chunk_types) whose model is registered
+ *		here for the session's profile: the application key its data gives
+ *		(the text the capture trigger computes for the same row, under the
+ *		pinned settings), so that dequeue can insert a new record with its
+ *		key and deserialize need not compute it; and, for a model registered
+ *		with verify, whether its data gives its partition (and source id):
+ *		see verify_chunk.  Records without data (hard deletes, tombstones
+ *		without data) and records whose key has a null get no key.  One
+ *		statement per model in the chunk, as the table's owner, in a
+ *		subtransaction: if a record's data cannot be read (a value of the
+ *		wrong type), none of that model's records get a key here
+ *		(deserialize computes them, one by one if need be), and a verified
+ *		model is checked by verify_chunk after receive_sql, as before.
  */
 static void
-verify_chunk(MorangoTransfer *t, Datum chunk, const char *tsname)
+chunk_keys(MorangoTransfer *t, Datum chunk, const char *tsname, ChunkKeys *ck)
 {
 	List	   *models = NIL;
 	ListCell   *lc;
 	int			nestlevel;
 
+	memset(ck, 0, sizeof(ChunkKeys));
+	ck->max = 64;
+	ck->ids = palloc(sizeof(Datum) * ck->max);
+	ck->keys = palloc(sizeof(Datum) * ck->max);
+
 	morango_spi_exec("SELECT m.model::oid FROM morango.models m"
-					 " WHERE m.profile = $1 AND m.verify"
+					 " WHERE m.profile = $1"
 					 "   AND m.model_name IN (SELECT x.model_name"
 					 "                        FROM pg_catalog.jsonb_to_recordset($2) AS x(model_name text))"
 					 " ORDER BY m.model_name",
@@ -373,17 +476,111 @@ verify_chunk(MorangoTransfer *t, Datum chunk, const char *tsname)
 	{
 		MorangoModel *m = morango_registry_lookup(lfirst_oid(lc), CurrentMemoryContext);
 		char	   *qualname = morango_qualified_name(m->relid);
+		StringInfoData key,
+					notnull,
+					cols;
+		ListCell   *c;
+		bool		first = true;
+		KeysRun		k;
+		ErrorData  *edata;
+
+		initStringInfo(&key);
+		initStringInfo(&notnull);
+		initStringInfo(&cols);
+		foreach(c, m->pk_columns)
+		{
+			const char *col = quote_identifier((char *) lfirst(c));
+			char	   *lit = quote_literal_cstr((char *) lfirst(c));
+
+			appendStringInfo(&key, "%spg_catalog.to_jsonb(r.%s)", first ? "" : ", ", col);
+			appendStringInfo(&notnull, "%sr.%s IS NOT NULL", first ? "" : " AND ", col);
+			appendStringInfo(&cols, "%s%s, x.serialized -> %s", first ? "" : ", ", lit, lit);
+			first = false;
+		}
+		k.m = m;
+		k.chunk = chunk;
+		k.ck = ck;
+		k.tsname = tsname;
+		if (m->verify)
+			k.sql = psprintf("SELECT x.id::text,"
+							 "       CASE WHEN %s THEN pg_catalog.jsonb_build_array(%s)::text END,"
+							 "       NOT (x.deleted AND x.serialized = '{}'::jsonb)"
+							 "       AND (_morango_e._morango_p IS DISTINCT FROM x.partition"
+							 "            OR ($3 AND _morango_e._morango_sid IS DISTINCT FROM x.source_id)),"
+							 "       x.id::text, x.partition, x.source_id, _morango_e._morango_p,"
+							 "       _morango_e._morango_sid"
+							 CHUNK_AS_ROWS
+							 " WHERE x.model_name = $2 AND x.hard_deleted IS NOT TRUE AND x.id IS NOT NULL",
+							 notnull.data, key.data, qualname,
+							 morango_columns_json_sql(m, "x.serialized", true),
+							 morango_expressions_sql(m, "r"));
+		else
+			k.sql = psprintf("SELECT x.id::text,"
+							 "       CASE WHEN %s THEN pg_catalog.jsonb_build_array(%s)::text END,"
+							 "       false"
+							 " FROM pg_catalog.jsonb_to_recordset($1) AS x(id uuid, model_name text,"
+							 "      serialized jsonb, hard_deleted boolean),"
+							 "      pg_catalog.jsonb_populate_record(NULL::%s,"
+							 "          CASE WHEN pg_catalog.jsonb_typeof(x.serialized) = 'object'"
+							 "               THEN pg_catalog.jsonb_build_object(%s) ELSE '{}'::jsonb END) AS r"
+							 " WHERE x.model_name = $2 AND x.hard_deleted IS NOT TRUE AND x.id IS NOT NULL"
+							 "   AND $3 IS NOT NULL",
+							 notnull.data, key.data, qualname, cols.data);
+		edata = morango_try(keys_run, &k);
+		if (edata != NULL)
+		{
+			FreeErrorData(edata);
+			if (m->verify)
+				ck->unread = lappend(ck->unread, m);
+		}
+	}
+	morango_unpin_settings(nestlevel);
+}
+
+/*
+ * verify_chunk
+ *		Every live or soft-deleted record of chunk (already validated by
+ *		receive_sql) whose model is registered here for the session's
+ *		profile with verify must have the partition, and for a key-derived
+ *		source id the source id, that this database's registered
+ *		expressions give for its data (morango-semantics.md 2.1; issue 12
+ *		item 1): else a peer could file data under a partition its scope
+ *		allows while the data says it belongs to another one (a learner
+ *		writing another's grade).  chunk_keys checked that on the way; this
+ *		raises the first bad record it found, and checks here, naming the
+ *		error, the models whose data chunk_keys could not read.  The
+ *		caller's transaction then stores nothing.  Hard-deleted records,
+ *		and tombstones without data (Morango's own conflict merge makes
+ *		some), carry nothing to check: their id alone (the id rule) ties
+ *		them to their partition, and they can only delete the row of a
+ *		record with that id.  Records of models not registered here are
+ *		checked by deserialize, before they are ever written into a table.
+ */
+static void
+verify_chunk(ChunkKeys *ck, Datum chunk, const char *tsname)
+{
+	ListCell   *lc;
+	int			nestlevel;
+
+	if (ck->forged != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg_internal("%s", ck->forged),
+				 errdetail("Nothing from this chunk was stored.")));
+	if (ck->unread == NIL)
+		return;
+
+	nestlevel = morango_pin_settings(true);
+	foreach(lc, ck->unread)
+	{
+		MorangoModel *m = (MorangoModel *) lfirst(lc);
+		char	   *qualname = morango_qualified_name(m->relid);
 		char	   *sql;
 		ErrorContextCallback errcallback;
 
 		sql = psprintf("SELECT x.id::text, x.partition, x.source_id, _morango_e._morango_p,"
 					   "       _morango_e._morango_sid"
-					   " FROM pg_catalog.jsonb_to_recordset($1) AS x(id uuid, model_name text,"
-					   "      partition text, source_id text, serialized jsonb, deleted boolean,"
-					   "      hard_deleted boolean),"
-					   "      pg_catalog.jsonb_populate_record(NULL::%s,"
-					   "          CASE WHEN pg_catalog.jsonb_typeof(x.serialized) = 'object'"
-					   "               THEN %s ELSE '{}'::jsonb END) AS r, %s"
+					   CHUNK_AS_ROWS
 					   " WHERE x.model_name = $2 AND x.hard_deleted IS NOT TRUE"
 					   "   AND NOT (x.deleted AND x.serialized = '{}'::jsonb)"
 					   "   AND (_morango_e._morango_p IS DISTINCT FROM x.partition"
@@ -401,27 +598,11 @@ verify_chunk(MorangoTransfer *t, Datum chunk, const char *tsname)
 						   NULL, SPI_OK_SELECT);
 		error_context_stack = errcallback.previous;
 		if (SPI_processed > 0)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[0];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			char	   *p = SPI_getvalue(tup, desc, 4);
-			char	   *sid = SPI_getvalue(tup, desc, 5);
-
-			char	   *what = m->verify_source ?
-				psprintf("partition %s and source id %s", quote_literal_cstr(SPI_getvalue(tup, desc, 2)),
-						 quote_literal_cstr(SPI_getvalue(tup, desc, 3))) :
-				psprintf("partition %s", quote_literal_cstr(SPI_getvalue(tup, desc, 2)));
-			char	   *gives = m->verify_source ?
-				psprintf("%s and %s", p ? quote_literal_cstr(p) : "NULL", sid ? quote_literal_cstr(sid) : "NULL") :
-				(p ? quote_literal_cstr(p) : "NULL");
-
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
-					 errmsg("rejected a chunk for transfer session %s: record %s has %s, but its data gives %s"
-							" under this database's registration of model \"%s\"",
-							tsname, SPI_getvalue(tup, desc, 1), what, gives, m->model_name),
+					 errmsg_internal("%s", forged_message(m, tsname, SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1)),
 					 errdetail("Nothing from this chunk was stored.")));
-		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	morango_unpin_settings(nestlevel);
@@ -625,8 +806,9 @@ check_chunk_counters(Jsonb *jb, const char *tsname, Datum ts)
 int64
 morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 {
-	Oid			argtypes[4] = {UUIDOID, JSONBOID, TEXTOID, TEXTARRAYOID};
-	Datum		values[4];
+	Oid			argtypes[6] = {UUIDOID, JSONBOID, TEXTOID, TEXTARRAYOID, UUIDARRAYOID, TEXTARRAYOID};
+	Datum		values[6];
+	ChunkKeys	ck;
 	bool		isnull;
 	Jsonb	   *jb = DatumGetJsonbP(chunk);
 	MorangoTransfer *t;
@@ -663,12 +845,14 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 				 errmsg("transfer session %s is past transferring (stage %s)", tsname,
 						morango_stage_name(t->stage))));
 	check_chunk_types(jb, tsname);
-	values[2] = t->profile;
-	values[3] = t->filter;
-
+	chunk_keys(t, chunk, tsname, &ck);
 	values[0] = ts;
 	values[1] = chunk;
-	morango_spi_exec(receive_sql, 4, argtypes, values, NULL, SPI_OK_SELECT);
+	values[2] = t->profile;
+	values[3] = t->filter;
+	values[4] = PointerGetDatum(construct_array(ck.ids, ck.n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	values[5] = PointerGetDatum(construct_array(ck.keys, ck.n, TEXTOID, -1, false, TYPALIGN_INT));
+	morango_spi_exec(receive_sql, 6, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		elog(ERROR, "receive statement returned no row");
 	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
@@ -693,7 +877,7 @@ morango_receive_chunk_internal(Datum ts, Datum chunk, int64 nbytes)
 	 * the transaction.
 	 */
 	check_chunk_counters(jb, tsname, ts);
-	verify_chunk(t, chunk, tsname);
+	verify_chunk(&ck, chunk, tsname);
 
 	{
 		MorangoTransferUpdate u = MORANGO_TRANSFER_KEEP;

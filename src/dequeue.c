@@ -20,7 +20,8 @@
  *     local version (this instance, a new counter) whose version vector is
  *     the per-instance max of both.
  *
- * Every changed record is marked dirty, for deserialize.  Then the
+ * Every changed record is marked dirty (morango.store_dirty), for
+ * deserialize, and its store row written once.  Then the
  * receiver's database max counters are raised to the sender's (expanded)
  * FSIC for the session's filter (only for the filter's prefixes, the
  * partitions of merged records and rows that exist: counters.c), and the
@@ -83,10 +84,18 @@ static const char *conflict_sql =
 "           ELSE morango.conflict_history(cf.serialized, s.conflicting_serialized_data) END,"
 "    deleted = s.deleted OR cf.deleted,"
 "    hard_deleted = s.hard_deleted OR cf.hard_deleted,"
-"    last_saved_instance = $2, last_saved_counter = $3,"
-"    dirty_bit = true, deserialization_error = NULL, last_transfer_session_id = $1"
+"    last_saved_instance = $2, last_saved_counter = $3, last_transfer_session_id = $1"
 "  FROM cf WHERE s.id = cf.record_id"
-"  RETURNING s.id, s.partition"
+"  RETURNING s.id, s.partition, s.profile, s.model_name, s.app_key"
+/*
+ * dirty: the merged record must be written; the data kept is the local
+ * one, whose key is app_key (or, if the record was dirty already, what it
+ * was then)
+ */
+"), dirty AS ("
+"  INSERT INTO morango.store_dirty AS d (profile, model_name, id, keyed)"
+"  SELECT up.profile, up.model_name, up.id, up.app_key IS NOT NULL FROM up"
+"  ON CONFLICT (profile, model_name, id) DO UPDATE SET keyed = d.keyed AND EXCLUDED.keyed, error = NULL"
 "), rmc AS ("
 "  INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)"
 "  SELECT v.record_id, v.instance_id, max(v.counter) FROM ("
@@ -108,36 +117,63 @@ static const char *conflict_sql =
 
 /*
  * $1 ts: what is left is new records and fast-forwards; a history longer
- * than this database keeps is cut (src/history.c)
+ * than this database keeps is cut (src/history.c).
+ *
+ * Each record's store row is written once.  A new record takes the
+ * application key receive computed for it (buffer.app_key) unless another
+ * record holds it or another record of this buffer has it too (deserialize
+ * then sorts them out), and is marked dirty with keyed set, so that
+ * deserialize only writes it; a new hard-deleted record has nothing to
+ * write and is not marked dirty.  A fast-forward keeps its key; it is
+ * keyed if receive computed the same key.  No other transaction inserts
+ * store rows meanwhile (the instance lock, taken before this statement,
+ * is held by every writer of the store), so the insert needs no ON
+ * CONFLICT.
  */
 static const char *forward_sql =
-"WITH up AS ("
+"WITH ins AS ("
 "  INSERT INTO morango.store AS s (id, profile, model_name, partition, source_id, serialized,"
 "      deleted, hard_deleted, last_saved_instance, last_saved_counter,"
-"      conflicting_serialized_data, dirty_bit, last_transfer_session_id)"
+"      conflicting_serialized_data, last_transfer_session_id, app_key)"
 "  SELECT b.record_id, b.profile, b.model_name, b.partition, b.source_id, b.serialized,"
 "         b.deleted, b.hard_deleted, b.last_saved_instance, b.last_saved_counter,"
-"         morango.conflict_history(NULL, b.conflicting_serialized_data), true, $1"
+"         morango.conflict_history(NULL, b.conflicting_serialized_data), $1,"
+"         CASE WHEN b.app_key IS NOT NULL"
+"               AND count(*) OVER (PARTITION BY b.profile, b.model_name, b.app_key) = 1"
+"               AND NOT EXISTS (SELECT 1 FROM morango.store o"
+"                               WHERE o.profile = b.profile AND o.model_name = b.model_name"
+"                                 AND o.app_key = b.app_key)"
+"              THEN b.app_key END"
 "  FROM morango.buffer b WHERE b.transfer_session_id = $1"
-"  ON CONFLICT (id) DO UPDATE SET"
-"    serialized = EXCLUDED.serialized,"
-"    deleted = EXCLUDED.deleted,"
-"    hard_deleted = EXCLUDED.hard_deleted,"
-"    last_saved_instance = EXCLUDED.last_saved_instance,"
-"    last_saved_counter = EXCLUDED.last_saved_counter,"
-"    conflicting_serialized_data = EXCLUDED.conflicting_serialized_data,"
-"    dirty_bit = true, deserialization_error = NULL,"
-"    last_transfer_session_id = EXCLUDED.last_transfer_session_id"
-"  RETURNING s.id, (xmax = 0) AS inserted"
+"    AND NOT EXISTS (SELECT 1 FROM morango.store o WHERE o.id = b.record_id)"
+"  RETURNING s.id, s.profile, s.model_name, s.app_key, s.hard_deleted"
+"), upd AS ("
+"  UPDATE morango.store s SET"
+"    serialized = b.serialized,"
+"    deleted = b.deleted,"
+"    hard_deleted = b.hard_deleted,"
+"    last_saved_instance = b.last_saved_instance,"
+"    last_saved_counter = b.last_saved_counter,"
+"    conflicting_serialized_data = morango.conflict_history(NULL, b.conflicting_serialized_data),"
+"    last_transfer_session_id = b.transfer_session_id"
+"  FROM morango.buffer b WHERE b.transfer_session_id = $1 AND s.id = b.record_id"
+"  RETURNING s.id, s.profile, s.model_name, COALESCE(b.app_key = s.app_key, false) AS keyed"
 "), rmc AS ("
 "  INSERT INTO morango.record_max_counters AS r (record_id, instance_id, counter)"
 "  SELECT x.record_id, x.instance_id, x.counter"
-"  FROM morango.record_max_counter_buffer x JOIN up ON up.id = x.record_id"
+"  FROM morango.record_max_counter_buffer x"
+"  JOIN (SELECT id FROM ins UNION ALL SELECT id FROM upd) AS up ON up.id = x.record_id"
 "  WHERE x.transfer_session_id = $1"
 "  ON CONFLICT (record_id, instance_id)"
 "  DO UPDATE SET counter = GREATEST(r.counter, EXCLUDED.counter)"
+"), dirty AS ("
+"  INSERT INTO morango.store_dirty AS d (profile, model_name, id, keyed)"
+"  SELECT ins.profile, ins.model_name, ins.id, ins.app_key IS NOT NULL FROM ins"
+"  WHERE NOT ins.hard_deleted"
+"  UNION ALL SELECT upd.profile, upd.model_name, upd.id, upd.keyed FROM upd"
+"  ON CONFLICT (profile, model_name, id) DO UPDATE SET keyed = EXCLUDED.keyed, error = NULL"
 ")"
-" SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up";
+" SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)";
 
 
 /*

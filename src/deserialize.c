@@ -2,7 +2,7 @@
  *
  * deserialize.c
  *		Last step of a record's path: write store rows received from peers
- *		(dirty_bit) into the application tables.
+ *		(the dirty ones: morango.store_dirty) into the application tables.
  *
  * For each registered model, parents before children (order from the
  * foreign keys among registered tables), one set-based statement upserts
@@ -10,8 +10,8 @@
  * one statement deletes the application rows of dirty tombstones.  A batch
  * runs in a subtransaction; if it fails, its records are retried one by
  * one so that a bad row (constraint violation, missing parent, wrong type)
- * does not hold back the rest: it stays dirty with deserialization_error
- * set and is retried next time.  Records that already carry an error skip
+ * does not hold back the rest: it stays dirty with its error set
+ * (store_dirty.error) and is retried next time.  Records that already carry an error skip
  * the batch attempt.
  *
  * Keys.  A record's application key (app_key) is computed from the typed
@@ -103,20 +103,20 @@ typedef struct DeserCounts
 	"($" #n "::text[] IS NULL OR morango.in_filter(s.partition, $" #n "::text[]))"
 
 static const char *candidates_sql =
-"SELECT s.id, s.app_key FROM morango.store s"
-" WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+"SELECT s.id, s.app_key FROM morango.store_dirty d JOIN morango.store s ON s.id = d.id"
+" WHERE d.profile = $1 AND d.model_name = $2"
 "   AND s.deleted = $3 AND s.app_key IS NOT NULL"
-"   AND (s.deserialization_error IS NULL) = $4"
+"   AND (d.error IS NULL) = $4"
 "   AND " FILTER_PRED(5)
 "   AND (s.deleted OR NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
 "                                 WHERE k <> ALL ($6::text[])))"
-"   AND ($7::uuid IS NULL OR s.id > $7)"
-" ORDER BY s.id LIMIT $8"
+"   AND ($7::uuid IS NULL OR d.id > $7)"
+" ORDER BY d.id LIMIT $8"
 " FOR UPDATE OF s SKIP LOCKED";
 
 /*
  * Records are taken in batches of morango.batch_size, in id order (the
- * store_dirty index), each batch's memory freed before the next:
+ * primary key of store_dirty), each batch's memory freed before the next:
  * deserialize's memory does not grow with the number of records.
  */
 
@@ -130,9 +130,9 @@ static const char *candidates_sql =
 	"SELECT c.key FROM morango.changes c WHERE c.model = %u::oid::regclass"
 
 static const char *set_errors_sql =
-"UPDATE morango.store s SET deserialization_error = e.msg"
+"UPDATE morango.store_dirty d SET error = e.msg"
 " FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[])) AS e(id, msg)"
-" WHERE s.id = e.id";
+" WHERE d.profile = $3 AND d.model_name = $4 AND d.id = e.id";
 
 static char *fetch_query(DeserModel *dm);
 static char *keys_query(DeserModel *dm);
@@ -243,8 +243,8 @@ build_model(MorangoModel *m)
 	 * INSERT the rest (a row inserted meanwhile is left alone), mark clean
 	 * what was written.  Records with a local change are left out.  $1
 	 * holds candidates this transaction locked FOR UPDATE while dirty, so
-	 * they still are: no dirty_bit test, which would make the planner walk
-	 * the whole store_dirty index instead of probing the primary key.
+	 * they still are: no test of store_dirty, which would only make the
+	 * planner walk it instead of probing the primary key.
 	 *
 	 * Only records whose data carries the key they hold are written: a
 	 * record whose re-key was refused (the new key is another record's)
@@ -454,11 +454,13 @@ write_batch_run(void *arg)
 	SPI_freetuptable(SPI_tuptable);
 	a->written = 0;
 	if (n > 0)
-		a->written = (int64) morango_spi_exec("UPDATE morango.store s"
-											  " SET dirty_bit = false, deserialization_error = NULL"
-											  " WHERE s.id = ANY($1::uuid[])",
-											  1, (Oid[]) {UUIDARRAYOID}, &done, NULL,
-											  SPI_OK_UPDATE);
+		a->written = (int64) morango_spi_exec("DELETE FROM morango.store_dirty d"
+											  " WHERE d.profile = $2 AND d.model_name = $3"
+											  "   AND d.id = ANY($1::uuid[])",
+											  3, (Oid[]) {UUIDARRAYOID, TEXTOID, TEXTOID},
+											  (Datum[]) {done, CStringGetTextDatum(a->dm->m->profile),
+											  CStringGetTextDatum(a->dm->m->model_name)},
+											  NULL, SPI_OK_DELETE);
 }
 
 /*
@@ -558,9 +560,12 @@ next_page(const char *sql, int nargs, Oid *argtypes, Datum *values, char *nulls,
 	return *n == DatumGetInt32(values[cursor + 1]);
 }
 
-/* Set deserialization_error of records ids (list of pg_uuid_t *) to msgs (list of char *). */
+/*
+ * Set the error of dirty records ids (list of pg_uuid_t *) of dm to msgs
+ * (list of char *).
+ */
 static void
-set_errors(List *ids, List *msgs)
+set_errors(DeserModel *dm, List *ids, List *msgs)
 {
 	int			ne = list_length(ids);
 	Datum	   *ue = palloc(sizeof(Datum) * ne);
@@ -571,9 +576,10 @@ set_errors(List *ids, List *msgs)
 		ue[i] = PointerGetDatum(list_nth(ids, i));
 		me[i] = CStringGetTextDatum((char *) list_nth(msgs, i));
 	}
-	morango_spi_exec(set_errors_sql, 2, (Oid[]) {UUIDARRAYOID, TEXTARRAYOID},
+	morango_spi_exec(set_errors_sql, 4, (Oid[]) {UUIDARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID},
 					 (Datum[]) {PointerGetDatum(construct_array(ue, ne, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
-					 PointerGetDatum(construct_array(me, ne, TEXTOID, -1, false, TYPALIGN_INT))},
+					 PointerGetDatum(construct_array(me, ne, TEXTOID, -1, false, TYPALIGN_INT)),
+					 CStringGetTextDatum(dm->m->profile), CStringGetTextDatum(dm->m->model_name)},
 					 NULL, SPI_OK_UPDATE);
 }
 
@@ -744,25 +750,34 @@ static const char *assign_sql =
 "  UPDATE morango.store s SET app_key = free.k FROM free WHERE s.id = free.id"
 "  RETURNING s.id, free.old"
 "), unlink AS ("
-"  UPDATE morango.store s SET app_key = NULL, deserialization_error ="
+"  UPDATE morango.store s SET app_key = NULL FROM forged f WHERE s.id = f.id AND s.app_key IS NOT NULL"
+"), unlink_err AS ("
+"  UPDATE morango.store_dirty d SET error ="
 "    'its data gives partition ' || COALESCE(pg_catalog.quote_literal(f.p), 'NULL')"
 "    || CASE WHEN $9 THEN ' and source id ' || COALESCE(pg_catalog.quote_literal(f.sid), 'NULL') ELSE '' END"
 "    || ' under this database''s registration of model ' || $5 || ', not the record''s '"
 "    || pg_catalog.quote_literal(f.part)"
 "    || CASE WHEN $9 THEN ' and ' || pg_catalog.quote_literal(f.src) ELSE '' END"
 "    || ': it is not written'"
-"  FROM forged f WHERE s.id = f.id"
-"  RETURNING s.id"
+"  FROM forged f WHERE d.profile = $4 AND d.model_name = $5 AND d.id = f.id"
+"  RETURNING d.id"
 "), err AS ("
-"  UPDATE morango.store s SET deserialization_error ="
+"  UPDATE morango.store_dirty d SET error ="
 "    CASE WHEN v.id IN (SELECT id FROM ok)"
 "         THEN 'its primary key ' || v.k || ' is already used by another record of model ' || $5"
 "         ELSE 'its primary key ' || v.k || ' is null or repeats another record''s' END"
-"  FROM v WHERE s.id = v.id AND v.id NOT IN (SELECT id FROM upd)"
-"  RETURNING s.id"
+"  FROM v WHERE d.profile = $4 AND d.model_name = $5 AND d.id = v.id"
+"    AND v.id NOT IN (SELECT id FROM upd)"
+"  RETURNING d.id"
+/* the others hold the key of their data now: deserialize need not compute it again */
+"), keyed AS ("
+"  UPDATE morango.store_dirty d SET keyed = true FROM a"
+"  WHERE d.profile = $4 AND d.model_name = $5 AND d.id = a.id"
+"    AND a.id NOT IN (SELECT id FROM forged)"
+"    AND (a.old = a.k OR a.id IN (SELECT id FROM upd))"
 ")"
 " SELECT upd.old FROM upd WHERE upd.old IS NOT NULL"
-" UNION ALL SELECT NULL FROM unlink"
+" UNION ALL SELECT NULL FROM unlink_err"
 " UNION ALL SELECT NULL FROM err";
 
 /*
@@ -890,7 +905,7 @@ prepare_keys_batch(DeserModel *dm, Datum ids, int n)
 
 	if (err_ids != NIL)
 	{
-		set_errors(err_ids, err_msgs);
+		set_errors(dm, err_ids, err_msgs);
 		refused += list_length(err_ids);
 	}
 	return refused;
@@ -933,12 +948,12 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 		Datum		ids;
 		int			n;
 
-		more = next_page("SELECT s.id FROM morango.store s"
-						 " WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+		more = next_page("SELECT s.id FROM morango.store_dirty d JOIN morango.store s ON s.id = d.id"
+						 " WHERE d.profile = $1 AND d.model_name = $2 AND NOT d.keyed"
 						 "   AND NOT s.hard_deleted AND (s.app_key IS NULL OR NOT s.deleted)"
 						 "   AND " FILTER_PRED(3)
-						 "   AND ($5::uuid IS NULL OR s.id > $5)"
-						 " ORDER BY s.id LIMIT $6",
+						 "   AND ($5::uuid IS NULL OR d.id > $5)"
+						 " ORDER BY d.id LIMIT $6",
 						 6, argtypes, values, nulls, 4, &last, &ids, &n, NULL);
 		if (n > 0)
 			refused += prepare_keys_batch(dm, ids, n);
@@ -948,17 +963,18 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 	}
 	MemoryContextDelete(batchcxt);
 
-	morango_spi_exec("UPDATE morango.store s SET dirty_bit = false, deserialization_error = NULL"
-					 " WHERE s.dirty_bit AND s.profile = $1 AND s.model_name = $2"
+	morango_spi_exec("DELETE FROM morango.store_dirty d USING morango.store s"
+					 " WHERE d.profile = $1 AND d.model_name = $2 AND s.id = d.id"
 					 "   AND s.app_key IS NULL AND s.hard_deleted AND " FILTER_PRED(3),
-					 3, argtypes, values, nulls, SPI_OK_UPDATE);
+					 3, argtypes, values, nulls, SPI_OK_DELETE);
 
 	/* live records with columns the table lacks are refused, not truncated */
-	morango_spi_exec("UPDATE morango.store s SET deserialization_error ="
+	morango_spi_exec("UPDATE morango.store_dirty d SET error ="
 					 "  'table has no column ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(k), ', ' ORDER BY k)"
 					 "    FROM pg_catalog.jsonb_object_keys(s.serialized) AS k WHERE k <> ALL ($4::text[]))"
 					 "  || ' of the record'"
-					 " WHERE s.dirty_bit AND NOT s.deleted AND s.profile = $1 AND s.model_name = $2"
+					 " FROM morango.store s"
+					 " WHERE d.profile = $1 AND d.model_name = $2 AND s.id = d.id AND NOT s.deleted"
 					 "   AND " FILTER_PRED(3)
 					 "   AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
 					 "               WHERE k <> ALL ($4::text[]))",
@@ -1102,7 +1118,7 @@ write_records(DeserModel *dm, bool deleted, bool fresh, Datum ids, Datum keyarr,
 		counts->applied += nok;
 	counts->failed += list_length(err_ids);
 	if (err_ids != NIL)
-		set_errors(err_ids, err_msgs);
+		set_errors(dm, err_ids, err_msgs);
 }
 
 /*

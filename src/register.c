@@ -584,6 +584,16 @@ morango_register_model(PG_FUNCTION_ARGS)
 					 " VALUES ($1::regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
 					 9, argtypes, values, nulls, SPI_OK_INSERT);
 
+	/*
+	 * records waiting to be written had their keys computed under the
+	 * registration of their time, or none: compute them again under this
+	 * one
+	 */
+	morango_spi_exec("UPDATE morango.store_dirty SET keyed = false"
+					 " WHERE profile = $1 AND model_name = $2 AND keyed",
+					 2, (Oid[]) {TEXTOID, TEXTOID}, (Datum[]) {values[1], values[2]}, NULL,
+					 SPI_OK_UPDATE);
+
 	/* triggers first; the lock we hold keeps writers out until we commit */
 	morango_spi_exec(psprintf("CREATE TRIGGER morango_capture"
 							  " AFTER INSERT OR UPDATE OR DELETE ON %s"

@@ -17,6 +17,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 # a fresh namespace on every call (a nested call gets its own copies)
 if [ "${1:-}" != --in-namespace ]; then
+    # packages first, outside the namespace: installed inside it, their
+    # files in pkglibdir would land in the private copy and vanish with it
+    # (while dpkg records them as installed)
+    . "$(dirname "$0")/lib.sh"
+    mg_install_packages
     exec unshare --mount --propagation private bash "$0" --in-namespace "$@"
 fi
 shift

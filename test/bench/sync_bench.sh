@@ -22,6 +22,14 @@
 #             libpq, validated and buffered).
 #   copy      COPY (SELECT * FROM t) TO STDOUT | COPY t FROM STDIN between
 #             the same clusters, into empty tables with the same indexes.
+#   floors    the same work written as the best set-based statements on
+#             the same rows, in a scratch database: floor_serialize one
+#             INSERT ... SELECT of every row's to_jsonb into a store-like
+#             table (what serialize does at least); floor_receive one
+#             store write and one application write per record (INSERT
+#             ... SELECT, then INSERT ... SELECT jsonb_populate_record,
+#             parents first: what dequeue + deserialize do at least);
+#             *_over_floor are our stages over them.
 #   incr      1% of the records change on the server (0.8% updated, 0.1%
 #             deleted, 0.1% inserted), then the laptop pulls; next to
 #             "full 1%": a fresh peer pulling a dataset of N/100 records.
@@ -177,6 +185,40 @@ for N in $NS; do
         record "$N" copy_s "$copy"
         record "$N" sync_over_copy "$(awk -v a="$full" -v b="$copy" 'BEGIN { printf "%.1f", a / b }')"
 
+        # floors: the same work as the best set-based statements, in a
+        # scratch database of the laptop's cluster holding the rows
+        # unregistered (serialize: one INSERT ... SELECT of the rows'
+        # to_jsonb into a store-like table; receive: one store write and
+        # one application write per record, INSERT ... SELECT
+        # jsonb_populate_record, parents first)
+        f="f_${N}_$run"
+        val "$p2" postgres -c "CREATE DATABASE $f" >/dev/null
+        on "$p2" "$f" -v register=off -f "$work/test/bench/sync_schema.sql"
+        on "$p2" "$f" -c "CREATE SCHEMA dst" -c "SET search_path = dst, public" \
+            -v register=off -f "$work/test/bench/sync_schema.sql" >/dev/null
+        on "$p2" "$f" -v n="$N" -f "$work/test/bench/sync_data.sql"
+        on "$p2" "$f" -c "CREATE TABLE floor_store (id uuid PRIMARY KEY, model_name text NOT NULL,
+                              partition text NOT NULL, serialized jsonb NOT NULL);
+                          CREATE TABLE floor_in (LIKE floor_store INCLUDING ALL); CHECKPOINT"
+        floor_ser=$(on "$p2" "$f" -At -c "\\timing on" -c "
+            INSERT INTO floor_store SELECT id, 'facility', id::text, to_jsonb(t) FROM facility t;
+            INSERT INTO floor_store SELECT id, 'users', facility_id || ':user:' || id, to_jsonb(t) FROM users t;
+            INSERT INTO floor_store SELECT id, 'logs', facility_id || ':user:' || user_id || ':log', to_jsonb(t)
+            FROM logs t" | awk '/^Time:/ { s += $2 } END { printf "%.3f", s / 1000 }')
+        floor_recv=$(on "$p2" "$f" -At -c "\\timing on" -c "
+            INSERT INTO floor_in SELECT * FROM floor_store;
+            INSERT INTO dst.facility SELECT (jsonb_populate_record(NULL::dst.facility, serialized)).*
+            FROM floor_in WHERE model_name = 'facility';
+            INSERT INTO dst.users SELECT (jsonb_populate_record(NULL::dst.users, serialized)).*
+            FROM floor_in WHERE model_name = 'users';
+            INSERT INTO dst.logs SELECT (jsonb_populate_record(NULL::dst.logs, serialized)).*
+            FROM floor_in WHERE model_name = 'logs'" | awk '/^Time:/ { s += $2 } END { printf "%.3f", s / 1000 }')
+        val "$p2" postgres -c "DROP DATABASE $f" >/dev/null
+        record "$N" floor_serialize_s "$floor_ser"
+        record "$N" floor_receive_s "$floor_recv"
+        record "$N" receive_over_floor "$(awk -v a="$deq" -v b="$des" -v f="$floor_recv" 'BEGIN { printf "%.1f", (a + b) / f }')"
+        record "$N" serialize_over_floor "$(awk -v a="$ser" -v f="$floor_ser" 'BEGIN { printf "%.1f", a / f }')"
+
         # no-op: nothing changed
         t4=$(now)
         val "$p2" "$l" -c "SELECT morango.sync('$(peer "$s")', 'facilitydata', direction => 'pull')" >/dev/null
@@ -225,7 +267,7 @@ done
 
 # the table: median [min-max] per metric and N
 echo "machine: $(nproc) cpus, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), PostgreSQL $(val "$p1" postgres -c 'SHOW server_version'), $RUNS run(s) each"
-metrics="records full_s full_rps serialize_s queue_s transfer_s dequeue_s deserialize_s copy_s sync_over_copy incr_s full_small_s incr_over_full noop_ms noop_vacuumed_ms memory_server_mb memory_laptop_mb wire_ratio"
+metrics="records full_s full_rps serialize_s floor_serialize_s serialize_over_floor queue_s transfer_s dequeue_s deserialize_s floor_receive_s receive_over_floor copy_s sync_over_copy incr_s full_small_s incr_over_full noop_ms noop_vacuumed_ms memory_server_mb memory_laptop_mb wire_ratio"
 printf '%-16s' metric
 for N in $NS; do printf '%28s' "N=$N"; done
 echo

@@ -302,7 +302,7 @@ for my $node ($server, $laptop)
         SELECT (SELECT count(*) FROM morango.buffer) + (SELECT count(*) FROM morango.record_max_counter_buffer)}),
 		'0', "$name: no buffer rows left");
 	is($node->safe_psql('postgres', q{
-        SELECT count(*) FROM morango.store WHERE dirty_bit}), '0', "$name: no record left dirty");
+        SELECT count(*) FROM morango.records WHERE dirty_bit}), '0', "$name: no record left dirty");
 	is($node->safe_psql('postgres', 'SELECT count(*) FROM morango.changes'), '0',
 		"$name: no change left unserialized");
 	is($node->safe_psql('postgres', q{SELECT string_agg(invariant, ',') FROM morango.check_invariants()}),
