@@ -206,7 +206,7 @@ INSERT INTO morango.store (id, profile, model_name, partition, source_id, serial
 SELECT morango.record_id(p, 's' || g, 'm'), 'qprop', 'm', p, 's' || g, '{}',
        ('c000000' || floor(random() * 4)::int || '-0000-0000-0000-000000000000')::uuid, 1 + floor(random() * 6)::int
 FROM (SELECT g, rnd_part() AS p FROM generate_series(1, 400) g) AS x;
-CREATE FUNCTION queue_matches(n integer) RETURNS TABLE (rounds bigint, same bigint, queued bigint)
+CREATE FUNCTION queue_matches(n integer, tag text DEFAULT 'qprop') RETURNS TABLE (rounds bigint, same bigint, queued bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
@@ -217,8 +217,8 @@ DECLARE
 BEGIN
     FOR r IN SELECT a.g, a.f, a.raw AS mine, b.raw AS theirs
              FROM cases a JOIN cases b ON b.g = a.g + 300 WHERE a.g <= n LOOP
-        ts := md5('qprop' || r.g)::uuid;
-        PERFORM morango.transfer_open(md5('qprop-ss' || r.g)::uuid, ts, 'qprop', false, true, r.f);
+        ts := md5(tag || r.g)::uuid;
+        PERFORM morango.transfer_open(md5(tag || '-ss' || r.g)::uuid, ts, 'qprop', false, true, r.f);
         UPDATE morango.transfer_sessions SET local_fsic = r.mine, remote_fsic = r.theirs WHERE id = ts;
         PERFORM morango.queue(ts);
         diff := morango.fsic_diff(morango.fsic_expand(r.mine, r.f), morango.fsic_expand(r.theirs, r.f));
@@ -237,6 +237,38 @@ BEGIN
     RETURN QUERY SELECT n::bigint, n_same, n_queued;
 END $$;
 SELECT rounds, same, queued > 1000 AS many_queued FROM queue_matches(150);
+-- ... and when the diff names more instances than the candidates query
+-- writes out (a single-user device against a hub: queue.c,
+-- QUEUE_MAX_RANGES), with the records of 80 more instances
+INSERT INTO morango.store (id, profile, model_name, partition, source_id, serialized,
+                           last_saved_instance, last_saved_counter)
+SELECT morango.record_id(p, 'h' || g, 'm'), 'qprop', 'm', p, 'h' || g, '{}',
+       ('d' || lpad((g % 80)::text, 7, '0') || '-0000-0000-0000-000000000000')::uuid, 1 + g % 5
+FROM (SELECT g, rnd_part() AS p FROM generate_series(1, 400) g) AS x
+ON CONFLICT DO NOTHING;
+UPDATE cases SET raw = jsonb_build_object(
+    'super', jsonb_build_object('', (SELECT jsonb_object_agg('d' || lpad(i::text, 7, '0') || '-0000-0000-0000-000000000000',
+                                                             2 + (i + g) % 3)
+                                     FROM generate_series(0, 79) i)),
+    'sub', '{}'::jsonb)
+WHERE g <= 40;
+UPDATE cases SET raw = jsonb_build_object('super', '{}'::jsonb, 'sub',
+    jsonb_build_object(rnd_part(), (SELECT jsonb_object_agg('d' || lpad(i::text, 7, '0') || '-0000-0000-0000-000000000000',
+                                                            1 + (i * g) % 4)
+                                    FROM generate_series(0, 79, 3) i)))
+WHERE g BETWEEN 301 AND 340;
+SELECT rounds, same, queued > 100 AS many_queued FROM queue_matches(40, 'qhub');
+-- morango.prefix_upper(): every string that starts with a prefix lies in
+-- its byte range
+SELECT count(*) AS pairs,
+       count(*) FILTER (WHERE NOT starts_with(a.p, b.p)
+                           OR (a.p COLLATE "C" >= b.p COLLATE "C"
+                               AND (morango.prefix_upper(b.p) IS NULL
+                                    OR a.p COLLATE "C" < morango.prefix_upper(b.p) COLLATE "C"))) AS in_range,
+       count(*) FILTER (WHERE starts_with(a.p, b.p) AND morango.prefix_upper(b.p) IS NOT NULL) > 100 AS bounded_seen
+FROM cases a, cases b WHERE a.g <= 100 AND b.g <= 100;
+SELECT encode(convert_to(morango.prefix_upper(p), 'UTF8'), 'hex') AS upper
+FROM (VALUES ('abc'), ('ab:'), ('abé'), ('é'), (''), ('a~')) AS v(p);
 DELETE FROM morango.store WHERE profile = 'qprop';
 DELETE FROM morango.transfer_sessions t USING morango.sync_sessions s
 WHERE s.id = t.sync_session_id AND s.profile = 'qprop';

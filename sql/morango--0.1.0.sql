@@ -112,6 +112,9 @@ CREATE TABLE morango.store (
 );
 CREATE UNIQUE INDEX store_app_key ON morango.store (profile, model_name, app_key);
 CREATE INDEX store_version ON morango.store (last_saved_instance, last_saved_counter);
+-- queue reads the records under a narrow filter (one user's device) by
+-- partition ranges (morango.prefix_upper), in byte order
+CREATE INDEX store_partition ON morango.store (profile, partition COLLATE "C");
 
 /*
  * The dirty records: a row per store record that holds a version from a
@@ -196,6 +199,10 @@ CREATE TABLE morango.database_max_counters (
     counter             bigint NOT NULL CHECK (counter >= 0),
     PRIMARY KEY (profile, instance_id, partition)
 );
+-- fsic() reads the partitions under and above a filter (a hub holds rows
+-- for every device's partitions: it must not read them all)
+CREATE INDEX database_max_counters_partition
+    ON morango.database_max_counters (profile, partition COLLATE "C");
 
 -- -------------------------------------------------------------------------
 -- Sessions and buffers
@@ -544,6 +551,13 @@ AS 'MODULE_PATHNAME', 'morango_above_filter_sql';
 COMMENT ON FUNCTION morango.above_filter(text, text[]) IS
     'is the partition a strict prefix of one of the filter''s prefixes (a super partition of its FSIC)?';
 
+CREATE FUNCTION morango.prefix_upper(prefix text)
+RETURNS text
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'morango_prefix_upper_sql';
+COMMENT ON FUNCTION morango.prefix_upper(text) IS
+    'a string above, in byte order, every string that starts with prefix (NULL: none): the end of its btree range';
+
 CREATE FUNCTION morango.check_filter(filter text[])
 RETURNS void
 LANGUAGE C STABLE PARALLEL SAFE
@@ -579,16 +593,43 @@ BEGIN
     PERFORM morango.check_filter(filter);
     -- through EXECUTE ... USING, the plan is made for this filter, which
     -- in_filter and above_filter then sort once (src/filter.c)
+    --
+    -- Only the rows it needs are read (database_max_counters_partition):
+    -- sub, the partitions in the byte ranges of the filter's prefixes
+    -- (morango.prefix_upper), tested exactly; super, the strict prefixes
+    -- of the filter's prefixes, looked up by value.
     EXECUTE $q$
-        WITH sub AS (
-            SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
-            FROM morango.database_max_counters d
-            WHERE d.profile = $1 AND morango.in_filter(d.partition, $2)
-            GROUP BY d.partition
+        WITH f AS (
+            SELECT DISTINCT x.p, morango.prefix_upper(x.p) AS hi
+            FROM pg_catalog.unnest($2) AS x(p)
+        ), c AS (
+            SELECT d.partition, d.instance_id, d.counter
+            FROM f, LATERAL (
+                SELECT d.partition, d.instance_id, d.counter
+                FROM morango.database_max_counters d
+                WHERE d.profile = $1 AND d.partition COLLATE "C" >= f.p
+                  AND d.partition COLLATE "C" < f.hi
+                OFFSET 0) AS d   -- (a range scan per prefix, never a join)
+            WHERE f.hi IS NOT NULL AND morango.in_filter(d.partition, $2)
+            UNION   -- (prefixes without an upper bound, say '')
+            SELECT d.partition, d.instance_id, d.counter
+            FROM f, LATERAL (
+                SELECT d.partition, d.instance_id, d.counter
+                FROM morango.database_max_counters d
+                WHERE d.profile = $1 AND d.partition COLLATE "C" >= f.p
+                OFFSET 0) AS d
+            WHERE f.hi IS NULL AND morango.in_filter(d.partition, $2)
+        ), sub AS (
+            SELECT c.partition, jsonb_object_agg(c.instance_id, c.counter) AS m
+            FROM c GROUP BY c.partition
         ), sup AS (
             SELECT d.partition, jsonb_object_agg(d.instance_id, d.counter) AS m
             FROM morango.database_max_counters d
-            WHERE d.profile = $1 AND morango.above_filter(d.partition, $2)
+            WHERE d.profile = $1
+              AND d.partition COLLATE "C" = ANY (ARRAY(
+                  SELECT DISTINCT pg_catalog.left(f.p, n)
+                  FROM f, pg_catalog.generate_series(0, pg_catalog.length(f.p) - 1) AS n))
+              AND morango.above_filter(d.partition, $2)
               AND NOT morango.in_filter(d.partition, $2)
             GROUP BY d.partition
         )

@@ -224,6 +224,12 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer session %s has no FSIC from the sender", tsname)));
 
+	/* a transfer that sent nothing (a no-op sync) only raises the counters */
+	conflict_parts = (Datum) 0;
+	conflict_parts_null = true;
+	if (t->records_total == 0)
+		goto claims;
+
 	/* 1. what we already have */
 	morango_spi_exec(ignore_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
 	counts[3] = morango_spi_int8(1);
@@ -248,6 +254,8 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	morango_spi_exec(forward_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
 	counts[0] = morango_spi_int8(1);
 	counts[1] = morango_spi_int8(2);
+
+claims:
 	morango_fault("dequeue");
 
 	/* 4. we now hold what the sender held, for this filter */

@@ -1189,6 +1189,18 @@ morango_deserialize_internal(const char *profile, Datum filter, bool filter_null
 	ListCell   *lc;
 	DeserCounts counts = {0, 0, 0};
 	int			nestlevel;
+	bool		isnull;
+
+	*applied = *deleted = *failed = 0;
+
+	/* nothing waits (a no-op sync): no statement to build */
+	morango_spi_exec("SELECT EXISTS (SELECT 1 FROM morango.store_dirty d"
+					 "               WHERE $1::text IS NULL OR d.profile = $1)",
+					 1, (Oid[]) {TEXTOID},
+					 (Datum[]) {profile ? CStringGetTextDatum(profile) : (Datum) 0},
+					 profile ? NULL : "n", SPI_OK_SELECT);
+	if (!DatumGetBool(morango_spi_value(1, &isnull)))
+		return;
 
 	models = morango_registry_models(profile, CurrentMemoryContext);
 

@@ -60,6 +60,7 @@ PG_FUNCTION_INFO_V1(morango_in_filter_sql);
 PG_FUNCTION_INFO_V1(morango_above_filter_sql);
 PG_FUNCTION_INFO_V1(morango_check_filter_sql);
 PG_FUNCTION_INFO_V1(morango_filter_key_sql);
+PG_FUNCTION_INFO_V1(morango_prefix_upper_sql);
 
 /*
  * filter_elements
@@ -255,6 +256,33 @@ morango_prefixes_extend(const MorangoPrefix *set, int n, const char *s, int len)
 }
 
 /*
+ * morango_prefix_upper
+ *		An upper bound, in byte order (COLLATE "C"), of the strings that
+ *		start with s[0..len-1]: every such string is < the result, so that
+ *		"x >= s AND x < result" is a btree range holding them all (and
+ *		perhaps a few more: callers test the prefix exactly too).  The
+ *		result is s cut after its last ASCII byte below 0x7f, that byte
+ *		incremented: still valid UTF-8.  NULL (no bound) when s has no such
+ *		byte, say ''.  *outlen gets the result's length.  Pure.
+ */
+char *
+morango_prefix_upper(const char *s, int len, int *outlen)
+{
+	char	   *r;
+
+	while (len > 0 && (unsigned char) s[len - 1] >= 0x7f)
+		len--;
+	if (len == 0)
+		return NULL;
+	r = palloc(len + 1);
+	memcpy(r, s, len);
+	r[len - 1]++;
+	r[len] = '\0';
+	*outlen = len;
+	return r;
+}
+
+/*
  * What in_filter() and above_filter() keep in fn_extra: the filter array
  * they last saw (a copy, to recognise it) and its sorted prefixes, which
  * point into the copy.
@@ -400,6 +428,22 @@ morango_check_filter_sql(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(0))
 		morango_check_filter(PG_GETARG_ARRAYTYPE_P(0));
 	PG_RETURN_VOID();
+}
+
+/*
+ * morango.prefix_upper(prefix text) -> text
+ *		morango_prefix_upper() of prefix, NULL for no bound.
+ */
+Datum
+morango_prefix_upper_sql(PG_FUNCTION_ARGS)
+{
+	text	   *prefix = PG_GETARG_TEXT_PP(0);
+	int			len;
+	char	   *r = morango_prefix_upper(VARDATA_ANY(prefix), (int) VARSIZE_ANY_EXHDR(prefix), &len);
+
+	if (r == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(r, len));
 }
 
 /*

@@ -134,6 +134,7 @@ extern int	morango_prefixes_sort(MorangoPrefix *prefixes, int n, bool reduce);
 extern int	morango_prefixes_find(const MorangoPrefix *set, int n, const char *s, int len);
 extern bool morango_prefixes_cover(const MorangoPrefix *set, int n, const char *s, int len);
 extern bool morango_prefixes_extend(const MorangoPrefix *set, int n, const char *s, int len);
+extern char *morango_prefix_upper(const char *s, int len, int *outlen);
 
 /* scope.c: certificate scopes (pure) */
 extern char *morango_scope_expand_line(const char *line,

@@ -69,20 +69,37 @@ typedef struct QueueInstance
 } QueueInstance;
 
 /*
+ * The most instance ranges, or partition ranges, written into the
+ * candidates query.  A hub's
+ * FSIC names every instance it holds versions of under a device's filter,
+ * and a device cannot claim instances it has never seen a version of
+ * (counters.c), so the diff of a single-user device against a hub names
+ * nearly every instance the hub knows: a thousand OR terms cost more to
+ * plan than the few records under the filter cost to read.  Above this
+ * many, the candidates are the records under the filter, and
+ * queue_wanted() alone picks those the receiver lacks.
+ */
+#define QUEUE_MAX_RANGES 64
+
+/*
  * The candidates: the store records of the profile under the filter whose
  * last saved version is above the lowest counter the receiver needs of its
  * instance.  $1 profile, $2 filter; then per instance i, $(3+2i) the
  * instance and $(4+2i) that counter; then $(3+2n) this database's current
  * instance and $(4+2n) the claim our FSIC makes for it (the bound in the
- * header comment).  The (instance, counter) ranges are written out so that
- * the planner sees how many records each range holds: an index scan of
- * store_version for the few records an incremental sync needs, a
- * sequential scan for a full one.
+ * header comment); then per filter prefix j, the range of partitions that
+ * start with it, $(5+2n+2j) to $(6+2n+2j) (morango_prefix_upper; none
+ * when a prefix has no upper bound, say '').  The (instance, counter) and
+ * partition ranges are written out so that the planner sees how many
+ * records each holds: an index scan of store_version for the few records
+ * an incremental sync needs, of store_partition for the few under a
+ * narrow filter, a sequential scan for a full sync.
  */
 static char *
-candidates_sql(int ninst)
+candidates_sql(int ninst, int nranges)
 {
 	StringInfoData sql;
+	int			first_range = 5 + 2 * ninst;
 
 	initStringInfo(&sql);
 	/*
@@ -98,14 +115,20 @@ candidates_sql(int ninst)
 					 " SELECT s.id, s.partition, s.last_saved_instance, s.last_saved_counter"
 					 " FROM morango.store s"
 					 " WHERE s.profile = $1 AND morango.in_filter(s.partition, $2::text[])"
-					 "   AND NOT EXISTS (SELECT 1 FROM over WHERE over.record_id = s.id) AND (",
+					 "   AND NOT EXISTS (SELECT 1 FROM over WHERE over.record_id = s.id)",
 					 3 + 2 * ninst, 4 + 2 * ninst);
-	for (int i = 0; i < ninst; i++)
-		appendStringInfo(&sql, "%s(s.last_saved_instance = $%d AND s.last_saved_counter > $%d)",
-						 i ? " OR " : "", 3 + 2 * i, 4 + 2 * i);
+	/* the partitions under the filter, as ranges of store_partition */
+	for (int i = 0; i < nranges; i++)
+		appendStringInfo(&sql, "%s(s.partition COLLATE \"C\" >= $%d AND s.partition COLLATE \"C\" < $%d)%s",
+						 i ? " OR " : " AND (", first_range + 2 * i, first_range + 2 * i + 1,
+						 i == nranges - 1 ? ")" : "");
+	/* the records of the instances in the diff */
 	if (ninst == 0)
-		appendStringInfoString(&sql, "false");
-	appendStringInfoChar(&sql, ')');
+		appendStringInfoString(&sql, " AND false");
+	else if (ninst <= QUEUE_MAX_RANGES)
+		for (int i = 0; i < ninst; i++)
+			appendStringInfo(&sql, "%s(s.last_saved_instance = $%d AND s.last_saved_counter > $%d)%s",
+							 i ? " OR " : " AND (", 3 + 2 * i, 4 + 2 * i, i == ninst - 1 ? ")" : "");
 	return sql.data;
 }
 
@@ -246,9 +269,10 @@ queue_wanted(const QueueInstance *insts, int ninst, pg_uuid_t *inst, text *parti
 static Datum
 queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 {
-	int			nargs = 4 + 2 * ninst;
-	Oid		   *argtypes = palloc(sizeof(Oid) * nargs);
-	Datum	   *values = palloc(sizeof(Datum) * nargs);
+	int			nranges = t->nfilter;
+	int			nargs;
+	Oid		   *argtypes;
+	Datum	   *values;
 	bool		isnull;
 	pg_uuid_t  *ids;
 	Datum	   *elems;
@@ -256,6 +280,32 @@ queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 	int64		cap = 1024;
 	Portal		portal;
 
+	/*
+	 * a prefix without an upper bound: every partition is in range; and
+	 * a filter of many prefixes is no narrow one
+	 */
+	if (nranges > QUEUE_MAX_RANGES)
+		nranges = 0;
+	for (int j = 0; j < nranges; j++)
+	{
+		int			len;
+
+		if (morango_prefix_upper(t->prefixes[j], strlen(t->prefixes[j]), &len) == NULL)
+			nranges = 0;
+	}
+	nargs = 4 + 2 * ninst + 2 * nranges;
+	argtypes = palloc(sizeof(Oid) * nargs);
+	values = palloc(sizeof(Datum) * nargs);
+	for (int j = 0; j < nranges; j++)
+	{
+		int			len;
+		char	   *hi = morango_prefix_upper(t->prefixes[j], strlen(t->prefixes[j]), &len);
+
+		argtypes[4 + 2 * ninst + 2 * j] = TEXTOID;
+		values[4 + 2 * ninst + 2 * j] = CStringGetTextDatum(t->prefixes[j]);
+		argtypes[5 + 2 * ninst + 2 * j] = TEXTOID;
+		values[5 + 2 * ninst + 2 * j] = PointerGetDatum(cstring_to_text_with_len(hi, len));
+	}
 	argtypes[0] = TEXTOID;
 	values[0] = t->profile;
 	argtypes[1] = TEXTARRAYOID;
@@ -276,7 +326,7 @@ queue_select(MorangoTransfer *t, QueueInstance *insts, int ninst)
 	values[3 + 2 * ninst] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	/* (the instance id points into that result, kept until SPI_finish) */
 	ids = palloc(sizeof(pg_uuid_t) * cap);
-	portal = morango_spi_cursor_open(candidates_sql(ninst), nargs, argtypes, values, NULL, false);
+	portal = morango_spi_cursor_open(candidates_sql(ninst, nranges), nargs, argtypes, values, NULL, false);
 	while (morango_spi_cursor_fetch(portal, 10000) > 0)
 	{
 		for (uint64 r = 0; r < SPI_processed; r++)

@@ -7,6 +7,7 @@
 #
 #   bash test/bench/hub_bench.sh                    # as root; R = 5
 #   HUB_INSTANCES=1000 HUB_PARTITIONS=10000 HUB_PER_PARTITION=10 HUB_RUNS=5 bash test/bench/hub_bench.sh
+#   BENCH_TOP=15 ...      # also print each side's 15 costliest statements
 #
 # The hub holds the school-like workload of sync_schema.sql / sync_data.sql
 # (N = 10,000 records).  The crowd of other devices is made with one INSERT
@@ -15,7 +16,9 @@
 # the 10 facilities), each holding counters of HUB_PER_PARTITION of the
 # HUB_INSTANCES instances, and every instance's counter at each facility
 # prefix.  The device syncs (direction both) one real user's partition,
-# "<facility>:user:<user>": first a full sync, then the timed ones.
+# "<facility>:user:<user>" (its users table without the foreign key to
+# facility, which is outside the filter): first a full sync, then the
+# timed ones.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 . "$here/tools/lib.sh"
@@ -29,10 +32,15 @@ mg_install_packages
 mg_ensure_user
 work=$(mg_prepare_tree "$here")
 trap 'mg_cluster_stop_all; rm -rf "$work"' EXIT
+{
+    cat "$work/test/regress.conf"
+    echo "shared_preload_libraries = 'pg_stat_statements'"
+    echo "pg_stat_statements.track = all"
+} >"$work/bench.conf"
 p1=$(mg_free_port $(( ${MG_PORT_BASE:-55410} + 270 )))
-mg_cluster_start "$work/hub" "$p1" "$work/test/regress.conf"
+mg_cluster_start "$work/hub" "$p1" "$work/bench.conf"
 p2=$(mg_free_port $((p1 + 1)))
-mg_cluster_start "$work/device" "$p2" "$work/test/regress.conf"
+mg_cluster_start "$work/device" "$p2" "$work/bench.conf"
 
 on() {  # on PORT DB [psql args]
     local port=$1 db=$2; shift 2
@@ -79,6 +87,8 @@ for hub in plain crowded; do
 
     val "$p2" postgres -c "CREATE DATABASE device_$hub" >/dev/null
     on "$p2" "device_$hub" -v register=on -f "$work/test/bench/sync_schema.sql"
+    # the user's facility is outside the device's filter
+    on "$p2" "device_$hub" -c "ALTER TABLE users DROP CONSTRAINT users_facility_id_fkey"
     peer="host=127.0.0.1 port=$p1 dbname=hub_$hub user=postgres"
     sync="SELECT morango.sync('$peer', 'facilitydata', $filter)"
     val "$p2" "device_$hub" -c "$sync" >/dev/null
@@ -89,6 +99,10 @@ for hub in plain crowded; do
     on "$p1" "hub_$hub" -c "VACUUM ANALYZE"
     on "$p2" "device_$hub" -c "VACUUM ANALYZE"
 
+    for port in "$p1" "$p2"; do
+        val "$port" postgres -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+        val "$port" postgres -c "SELECT pg_stat_statements_reset()" >/dev/null
+    done
     for run in $(seq 1 "$RUNS"); do
         t0=$(now)
         val "$p2" "device_$hub" -c "$sync" >/dev/null
@@ -105,6 +119,16 @@ for hub in plain crowded; do
         b=$(val "$p2" "device_$hub" -c "SELECT sum(progress) FROM logs")
         [ "$a" = "$b" ] || { echo "$hub: the 1-record sync did not arrive ($a, $b)" >&2; exit 1; }
     done
+    if [ -n "${BENCH_TOP:-}" ]; then   # where the time goes, for profiling
+        for side in "$p1 hub_$hub hub" "$p2 device_$hub device"; do
+            set -- $side
+            echo "-- $hub hub, $3: statements by total time over the timed syncs (ms, calls)" >&2
+            val "$1" postgres -F ' | ' -c "SELECT round(total_exec_time::numeric, 1), calls,
+                    left(regexp_replace(query, '\s+', ' ', 'g'), 120)
+                FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                WHERE d.datname = '$2' ORDER BY total_exec_time DESC LIMIT ${BENCH_TOP}" >&2
+        done
+    fi
 done
 
 echo "machine: $(nproc) cpus, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), PostgreSQL $(val "$p1" postgres -c 'SHOW server_version'), $RUNS run(s) each"
