@@ -344,6 +344,16 @@ verify_error_callback(void *arg)
 	"               THEN %s ELSE '{}'::jsonb END) AS r, %s"
 
 /*
+ * A record of chunk_keys whose data has only columns of the table ($4), or
+ * a tombstone: deserialize refuses live records with others (they get no
+ * key here, and deserialize names the columns)
+ */
+#define KNOWN_COLUMNS \
+	"(x.deleted OR (pg_catalog.jsonb_typeof(x.serialized) = 'object'" \
+	" AND NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(x.serialized) AS _morango_k" \
+	"                 WHERE _morango_k <> ALL ($4::text[]))))"
+
+/*
  * What chunk_keys learned from a chunk: the application keys of its
  * records (ids[i] has keys[i]), the first record whose data does not give
  * its partition (forged, the error to raise), and the verified models
@@ -368,6 +378,7 @@ typedef struct KeysRun
 	Datum		chunk;
 	ChunkKeys  *ck;
 	const char *tsname;
+	Datum		columns;		/* text[]: the table's columns */
 } KeysRun;
 
 /* the forged-record error of chunk_keys and verify_chunk */
@@ -398,9 +409,9 @@ keys_run(void *arg)
 	ChunkKeys  *ck = k->ck;
 	uint64		n;
 
-	n = morango_owner_exec(k->m->relid, k->sql, 3, (Oid[]) {JSONBOID, TEXTOID, BOOLOID},
+	n = morango_owner_exec(k->m->relid, k->sql, 4, (Oid[]) {JSONBOID, TEXTOID, BOOLOID, TEXTARRAYOID},
 						   (Datum[]) {k->chunk, CStringGetTextDatum(k->m->model_name),
-						   BoolGetDatum(k->m->verify_source)},
+						   BoolGetDatum(k->m->verify_source), k->columns},
 						   NULL, SPI_OK_SELECT);
 	if (ck->n + (int) n > ck->max)
 	{
@@ -483,6 +494,7 @@ chunk_keys(MorangoTransfer *t, Datum chunk, const char *tsname, ChunkKeys *ck)
 		bool		first = true;
 		KeysRun		k;
 		ErrorData  *edata;
+		bool		isnull;
 
 		initStringInfo(&key);
 		initStringInfo(&notnull);
@@ -497,13 +509,19 @@ chunk_keys(MorangoTransfer *t, Datum chunk, const char *tsname, ChunkKeys *ck)
 			appendStringInfo(&cols, "%s%s, x.serialized -> %s", first ? "" : ", ", lit, lit);
 			first = false;
 		}
+		/* the table's columns: a live record with another key is not keyed here */
+		morango_spi_exec("SELECT pg_catalog.array_agg(a.attname::text) FROM pg_catalog.pg_attribute a"
+						 " WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+						 1, (Oid[]) {OIDOID}, (Datum[]) {ObjectIdGetDatum(m->relid)}, NULL,
+						 SPI_OK_SELECT);
+		k.columns = PointerGetDatum(PG_DETOAST_DATUM_COPY(morango_spi_value(1, &isnull)));
 		k.m = m;
 		k.chunk = chunk;
 		k.ck = ck;
 		k.tsname = tsname;
 		if (m->verify)
 			k.sql = psprintf("SELECT x.id::text,"
-							 "       CASE WHEN %s THEN pg_catalog.jsonb_build_array(%s)::text END,"
+							 "       CASE WHEN %s AND " KNOWN_COLUMNS " THEN pg_catalog.jsonb_build_array(%s)::text END,"
 							 "       NOT (x.deleted AND x.serialized = '{}'::jsonb)"
 							 "       AND (_morango_e._morango_p IS DISTINCT FROM x.partition"
 							 "            OR ($3 AND _morango_e._morango_sid IS DISTINCT FROM x.source_id)),"
@@ -516,10 +534,10 @@ chunk_keys(MorangoTransfer *t, Datum chunk, const char *tsname, ChunkKeys *ck)
 							 morango_expressions_sql(m, "r"));
 		else
 			k.sql = psprintf("SELECT x.id::text,"
-							 "       CASE WHEN %s THEN pg_catalog.jsonb_build_array(%s)::text END,"
+							 "       CASE WHEN %s AND " KNOWN_COLUMNS " THEN pg_catalog.jsonb_build_array(%s)::text END,"
 							 "       false"
 							 " FROM pg_catalog.jsonb_to_recordset($1) AS x(id uuid, model_name text,"
-							 "      serialized jsonb, hard_deleted boolean),"
+							 "      serialized jsonb, deleted boolean, hard_deleted boolean),"
 							 "      pg_catalog.jsonb_populate_record(NULL::%s,"
 							 "          CASE WHEN pg_catalog.jsonb_typeof(x.serialized) = 'object'"
 							 "               THEN pg_catalog.jsonb_build_object(%s) ELSE '{}'::jsonb END) AS r"

@@ -254,6 +254,8 @@ morango_dequeue_internal(Datum ts, int64 *counts)
 	morango_spi_exec(forward_sql, 1, t1, &ts, NULL, SPI_OK_SELECT);
 	counts[0] = morango_spi_int8(1);
 	counts[1] = morango_spi_int8(2);
+	/* deserialize's plans need to know how many records wait (session.c) */
+	morango_analyze_store(counts[0] + counts[1]);
 
 claims:
 	morango_fault("dequeue");

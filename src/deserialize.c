@@ -108,8 +108,9 @@ static const char *candidates_sql =
 "   AND s.deleted = $3 AND s.app_key IS NOT NULL"
 "   AND (d.error IS NULL) = $4"
 "   AND " FILTER_PRED(5)
-"   AND (s.deleted OR NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
-"                                 WHERE k <> ALL ($6::text[])))"
+"   AND (s.deleted OR d.keyed"	/* (receive saw no column the table lacks) */
+"        OR NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
+"                       WHERE k <> ALL ($6::text[])))"
 "   AND ($7::uuid IS NULL OR d.id > $7)"
 " ORDER BY d.id LIMIT $8"
 " FOR UPDATE OF s SKIP LOCKED";
@@ -708,12 +709,16 @@ keys_query(DeserModel *dm)
  * The SQL that gives records their keys; see prepare_keys_batch().  $1
  * ids, $2 current keys, $3 new keys, $4 profile, $5 model name, $6 and $7
  * the partitions and source ids the data gives, $8 and $9 whether to check
- * them.  Returns a row per record refused (NULL) and per record re-keyed
- * (its old key, whose row the caller deletes).
+ * them, $10 the table's columns.  Returns a row per record refused (NULL)
+ * and per record re-keyed (its old key, whose row the caller deletes).
+ * Records that now hold the key of their data, and no column the table
+ * lacks, are marked keyed.
  */
 static const char *assign_sql =
 "WITH a AS ("
-"  SELECT v.*, s.partition AS part, s.source_id AS src"
+"  SELECT v.*, s.partition AS part, s.source_id AS src,"
+"         (s.deleted OR NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS c"
+"                                   WHERE c <> ALL ($10::text[]))) AS known"
 "  FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]),"
 "                  pg_catalog.unnest($3::text[]), pg_catalog.unnest($6::text[]),"
 "                  pg_catalog.unnest($7::text[])) AS v(id, old, k, p, sid)"
@@ -773,7 +778,7 @@ static const char *assign_sql =
 "), keyed AS ("
 "  UPDATE morango.store_dirty d SET keyed = true FROM a"
 "  WHERE d.profile = $4 AND d.model_name = $5 AND d.id = a.id"
-"    AND a.id NOT IN (SELECT id FROM forged)"
+"    AND a.id NOT IN (SELECT id FROM forged) AND a.known"
 "    AND (a.old = a.k OR a.id IN (SELECT id FROM upd))"
 ")"
 " SELECT upd.old FROM upd WHERE upd.old IS NOT NULL"
@@ -867,15 +872,16 @@ prepare_keys_batch(DeserModel *dm, Datum ids, int n)
 	/* refuse forged records, null and taken keys; assign new keys, re-key changed ones */
 	if (ngood > 0)
 	{
-		morango_spi_exec(assign_sql, 9,
+		morango_spi_exec(assign_sql, 10,
 						 (Oid[]) {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID,
-						 TEXTARRAYOID, TEXTARRAYOID, BOOLOID, BOOLOID},
+						 TEXTARRAYOID, TEXTARRAYOID, BOOLOID, BOOLOID, TEXTARRAYOID},
 						 (Datum[]) {PointerGetDatum(construct_array(ka.ids, ngood, UUIDOID, UUID_LEN,
 																	false, TYPALIGN_CHAR)),
 						 text_array(ka.old, ngood), text_array(ka.new_key, ngood),
 						 CStringGetTextDatum(dm->m->profile), CStringGetTextDatum(dm->m->model_name),
 						 text_array(ka.p, ngood), text_array(ka.sid, ngood),
-						 BoolGetDatum(dm->m->verify), BoolGetDatum(dm->m->verify_source)},
+						 BoolGetDatum(dm->m->verify), BoolGetDatum(dm->m->verify_source),
+						 dm->columns},
 						 NULL, SPI_OK_SELECT);
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
@@ -964,7 +970,7 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 	MemoryContextDelete(batchcxt);
 
 	morango_spi_exec("DELETE FROM morango.store_dirty d USING morango.store s"
-					 " WHERE d.profile = $1 AND d.model_name = $2 AND s.id = d.id"
+					 " WHERE d.profile = $1 AND d.model_name = $2 AND NOT d.keyed AND s.id = d.id"
 					 "   AND s.app_key IS NULL AND s.hard_deleted AND " FILTER_PRED(3),
 					 3, argtypes, values, nulls, SPI_OK_DELETE);
 
@@ -974,7 +980,8 @@ prepare_keys(DeserModel *dm, Datum filter, bool filter_null)
 					 "    FROM pg_catalog.jsonb_object_keys(s.serialized) AS k WHERE k <> ALL ($4::text[]))"
 					 "  || ' of the record'"
 					 " FROM morango.store s"
-					 " WHERE d.profile = $1 AND d.model_name = $2 AND s.id = d.id AND NOT s.deleted"
+					 " WHERE d.profile = $1 AND d.model_name = $2 AND NOT d.keyed AND s.id = d.id"
+					 "   AND NOT s.deleted"
 					 "   AND " FILTER_PRED(3)
 					 "   AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(s.serialized) AS k"
 					 "               WHERE k <> ALL ($4::text[]))",

@@ -56,6 +56,6 @@ morango_analyze_store(int64 written)
 		return;
 	if (!has_privs_of_role(GetUserId(), owner))
 		return;
-	morango_spi_exec("ANALYZE morango.store, morango.record_max_counters",
+	morango_spi_exec("ANALYZE morango.store, morango.record_max_counters, morango.store_dirty",
 					 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 }
